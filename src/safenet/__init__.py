@@ -1,0 +1,26 @@
+"""safenet: secure, accurate and fast neural-network inference (after SAFENet, ICLR 2021).
+
+The plaintext half lives here: datasets (:mod:`safenet.data`), the model zoo and the
+channel-wise approximated activation (:mod:`safenet.nn`), channel scoring and fine-tuning
+(:mod:`safenet.approx`), and :func:`compile`, which lowers a model to an integer
+:class:`~safenet.plan.Plan` over a prime field whose :meth:`~safenet.plan.Plan.reference`
+is the oracle for the secure protocol.
+"""
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "compile", "Plan", "Field"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy imports keep `import safenet` (and the CLI's start-up) light.
+    if name == "compile":
+        from safenet.plan.compiler import compile_model
+
+        return compile_model
+    if name in ("Plan", "Field"):
+        import safenet.plan
+
+        return getattr(safenet.plan, name)
+    raise AttributeError(f"module 'safenet' has no attribute {name!r}")

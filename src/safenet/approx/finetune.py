@@ -1,0 +1,303 @@
+"""Fine-tuning an approximated model: distillation, ReLU-to-polynomial blend, clipping.
+
+Polynomial activations compound: a few bad steps blow activations up and the loss turns to
+NaN. The recipe guards against it on three levels: the polynomial is blended in gradually
+(``blend`` rises 0 -> 1 over ``blend_epochs``), gradients are clipped (norm ``clip``), and a
+step whose loss is not finite or explodes is rolled back to the last good state with the
+learning rate halved (:class:`DivergenceGuard`); after ``max_rollbacks`` it gives up with
+:class:`FinetuneDiverged` instead of saving a broken model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safenet.approx.scoring import score_channels
+from safenet.checkpoint import Checkpoint
+from safenet.data import ImageDataset
+from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
+from safenet.training import evaluate, lr_at, run_epochs
+
+
+class FinetuneDiverged(RuntimeError):
+    """Fine-tuning kept diverging even after rolling back and lowering the learning rate."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of :func:`finetune`."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    kd_weight: float = 0.9
+    blend_epochs: float = 1.0
+    clip: float = 2.0
+    max_rollbacks: int = 8
+    seed: int = 0
+    limit: int | None = None
+    eval_limit: int | None = None
+    device: str = "cpu"
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, t: float, w: float
+) -> torch.Tensor:
+    """w * T^2 * KL(teacher_T || student_T) + (1 - w) * CE(student, labels) (Hinton et al.)."""
+    kd = (
+        F.kl_div(
+            F.log_softmax(student / t, 1),
+            F.log_softmax(teacher / t, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+    return w * kd + (1 - w) * F.cross_entropy(student, labels)
+
+
+class DivergenceGuard:
+    """Owns the blend schedule and rolls the model back when the loss goes bad.
+
+    Every ``every`` good steps it snapshots model, optimiser and blend. A non-finite or
+    exploding loss restores the snapshot and halves both the learning rate and the speed at
+    which the blend approaches 1, so the next attempt is gentler.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        blend_steps: int,
+        max_rollbacks: int,
+        every: int = 50,
+    ) -> None:
+        self.model, self.opt, self.max_rollbacks, self.every = model, opt, max_rollbacks, every
+        self.rollbacks, self.good = 0, 0
+        self.lr_scale = 1.0
+        self.blend, self.rate = 0.0, 1.0 / max(blend_steps, 1)
+        self.avg: float | None = None
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        self.state = copy.deepcopy((self.model.state_dict(), self.opt.state_dict(), self.blend))
+
+    def advance(self) -> float:
+        """Move the blend one step towards 1 and apply it; returns the new blend."""
+        self.blend = min(1.0, self.blend + self.rate)
+        set_blend(self.model, self.blend)
+        return self.blend
+
+    def bad(self, loss: torch.Tensor) -> bool:
+        v = float(loss.detach())
+        return not math.isfinite(v) or (self.avg is not None and v > 20 * self.avg + 5)
+
+    def accept(self, loss: torch.Tensor) -> None:
+        v = float(loss.detach())
+        self.avg = v if self.avg is None else 0.98 * self.avg + 0.02 * v
+        self.good += 1
+        if self.good % self.every == 0:
+            self.snapshot()
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+        if self.rollbacks > self.max_rollbacks:
+            raise FinetuneDiverged(
+                f"loss diverged {self.rollbacks} times; try a lower --lr, a larger "
+                "--blend-epochs or a smaller replacement ratio"
+            )
+        model_state, opt_state, self.blend = copy.deepcopy(self.state)
+        self.model.load_state_dict(model_state)
+        self.opt.load_state_dict(opt_state)
+        self.lr_scale /= 2
+        self.rate /= 2
+        set_blend(self.model, self.blend)
+
+
+def prepare(
+    teacher: nn.Module,
+    train_ds: ImageDataset,
+    specs: Mapping[str, LayerSpec] | LayerSpec,
+    criterion: str = "taylor",
+    per_channel: bool = False,
+    score_batches: int = 8,
+    batch_size: int = 128,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Convert a ReLU model, rank channels, apply per-layer ratios/degrees, fit polynomials."""
+    example = train_ds.normalize(train_ds.images[:2])
+    student = convert(copy.deepcopy(teacher).eval(), example, per_channel=per_channel)
+
+    def batches() -> Any:
+        for i, b in enumerate(
+            train_ds.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
+        ):
+            if i >= score_batches:
+                return
+            yield b
+
+    degree = specs.degree if isinstance(specs, LayerSpec) else 2
+    scores = score_channels(student, batches(), criterion, degree)
+    set_layers(student, specs, scores)
+    calibrate(student, (x for x, _ in batches()))
+    return student, scores
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+    config: FinetuneConfig,
+    save: Callable[[nn.Module, list[dict[str, Any]]], None] | None = None,
+    metrics_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Fine-tune ``student`` against ``teacher`` by distillation; returns (model, history).
+
+    The blend ramps from 0 (pure ReLU) to 1 (pure polynomial on replaced channels) over the
+    first ``blend_epochs``; evaluation always uses blend 1, the model that will be served.
+    """
+    torch.manual_seed(config.seed)
+    teacher = teacher.eval().to(config.device)
+    student = student.to(config.device)
+    poly = [p for n, p in student.named_parameters() if n.endswith("coefficients")]
+    rest = [p for n, p in student.named_parameters() if not n.endswith("coefficients")]
+    opt = torch.optim.SGD(
+        [
+            {"params": rest, "weight_decay": config.weight_decay},
+            {"params": poly, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps = math.ceil(len(train_ds) / config.batch_size)
+    total, blend_steps = config.epochs * steps, max(int(config.blend_epochs * steps), 1)
+    guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks)
+    history: list[dict[str, Any]] = []
+
+    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        guard.advance()
+        with torch.no_grad():
+            t = teacher(x)
+        loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+        while guard.bad(loss):
+            guard.rollback()
+            log(
+                f"step {step}: loss {float(loss.detach()):.3g}, rolled back, lr x{guard.lr_scale:g}"
+            )
+            loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+        guard.accept(loss)
+        return loss
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+        set_blend(student, 1.0)
+        row["test_accuracy"] = evaluate(student, test_ds, device=config.device)
+        set_blend(student, guard.blend)
+        row["rollbacks"], row["blend"] = guard.rollbacks, guard.blend
+        history.append(row)
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        log(
+            f"epoch {row['epoch']}: loss {row['train_loss']:.4f} "
+            f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)"
+        )
+        if save is not None:
+            save(student, history)
+
+    run_epochs(
+        student,
+        train_ds,
+        test_ds,
+        config.epochs,
+        0,
+        config.batch_size,
+        opt,
+        lambda s: lr_at(s, total, 0, config.lr) * guard.lr_scale,
+        loss_fn,
+        on_epoch,
+        config.device,
+        config.seed,
+        clip=config.clip,
+        evaluate_after=False,
+    )
+    set_blend(student, 1.0)
+    return student.eval(), history
+
+
+def finetune_checkpoint(
+    parent: Checkpoint,
+    parent_name: str,
+    specs: Mapping[str, LayerSpec] | LayerSpec,
+    config: FinetuneConfig,
+    out: str | Path,
+    criterion: str = "taylor",
+    per_channel: bool = False,
+    data_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Checkpoint:
+    """The ``safenet finetune`` job: approximate a ReLU checkpoint and fine-tune it."""
+    if parent.activation is not None:
+        raise ValueError("the model is already approximated; start from its ReLU parent")
+    train_ds = ImageDataset(parent.dataset, "train", data_dir, config.limit)
+    test_ds = ImageDataset(parent.dataset, "test", data_dir, config.eval_limit)
+    teacher = parent.build()
+    base_acc = evaluate(teacher, test_ds)
+    student, _ = prepare(
+        teacher, train_ds, specs, criterion, per_channel, batch_size=config.batch_size
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec_json = (
+        asdict(specs) if isinstance(specs, LayerSpec) else {k: asdict(v) for k, v in specs.items()}
+    )
+
+    def save(model: nn.Module, history: list[dict[str, Any]]) -> None:
+        acts = activations(model)
+        kept = sum(int(a.relu_mask.sum()) for a in acts.values())
+        total = sum(a.num_channels for a in acts.values())
+        ck = Checkpoint.from_model(
+            model,
+            parent.arch,
+            parent.arch_kwargs,
+            parent.dataset,
+            metrics={
+                "accuracy": history[-1]["test_accuracy"],
+                "evaluated_on": len(test_ds),
+                "parent_accuracy": base_acc,
+                "relu_channel_fraction": kept / total,
+            },
+            history=history,
+            training={"finetune": asdict(config), "specs": spec_json, "criterion": criterion},
+            parent=parent_name,
+        )
+        ck.save(out)
+
+    log(f"parent accuracy {base_acc:.4f} on {len(test_ds)} test images")
+    finetune(
+        student,
+        teacher,
+        train_ds,
+        test_ds,
+        config,
+        save,
+        out.with_name(out.name + ".metrics.jsonl"),
+        log,
+    )
+    from safenet.checkpoint import load
+
+    return load(out)

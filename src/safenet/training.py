@@ -1,0 +1,207 @@
+"""Training a model from scratch: SGD with augmentation, a schedule, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from safenet.checkpoint import Checkpoint
+from safenet.checkpoint import load as load_checkpoint
+from safenet.data import ImageDataset, make_loader
+from safenet.nn.zoo import build_model
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train` (defaults suit ResNets on MNIST-sized data)."""
+
+    arch: str = "resnet20"
+    dataset: str = "fashion-mnist"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    width: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    eval_limit: int | None = None
+    device: str = "cpu"
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    ds: ImageDataset,
+    batch_size: int = 500,
+    device: str = "cpu",
+    progress: bool = False,
+) -> float:
+    """Top-1 accuracy of ``model`` on ``ds``."""
+    model.eval()
+    correct = 0
+    batches = ds.batches(batch_size)
+    for x, y in tqdm(
+        batches,
+        total=math.ceil(len(ds) / batch_size),
+        disable=not progress,
+        desc="eval",
+        leave=False,
+    ):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    return correct / max(len(ds), 1)
+
+
+def run_epochs(
+    model: nn.Module,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+    epochs: int,
+    start_epoch: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    lr_fn: Callable[[int], float],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor],
+    on_epoch: Callable[[int, dict[str, Any]], None],
+    device: str = "cpu",
+    seed: int = 0,
+    clip: float | None = None,
+    evaluate_after: bool = True,
+) -> None:
+    """The loop shared by training and fine-tuning: epochs of SGD steps, eval, callback.
+
+    ``on_epoch`` receives the epoch's row; with ``evaluate_after`` it already holds
+    ``test_accuracy``, otherwise the callback measures it.
+    """
+    steps = math.ceil(len(train_ds) / batch_size)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        t0, total, seen = time.time(), 0.0, 0
+        bar = tqdm(
+            make_loader(train_ds, batch_size, True, seed + epoch),
+            total=steps,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+        )
+        for i, (x, y) in enumerate(bar):
+            step = epoch * steps + i
+            for g in optimizer.param_groups:
+                g["lr"] = lr_fn(step)
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(model, x, y, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "seconds": time.time() - t0}
+        if evaluate_after:
+            row["test_accuracy"] = evaluate(model, test_ds, device=device)
+        on_epoch(epoch, row)
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> Checkpoint:
+    """Train ``config.arch`` on ``config.dataset``; checkpoint and log metrics every epoch.
+
+    Writes ``out`` (the checkpoint, updated each epoch) and ``out`` + ``.metrics.jsonl``.
+    With ``resume`` and an existing ``out``, training continues where it stopped.
+    """
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    train_ds = ImageDataset(config.dataset, "train", data_dir, config.limit)
+    test_ds = ImageDataset(config.dataset, "test", data_dir, config.eval_limit)
+    info = train_ds.info
+    arch_kwargs: dict[str, Any] = {
+        "in_channels": info.channels,
+        "image_size": info.image_size,
+        "num_classes": info.num_classes,
+    }
+    if config.width is not None:
+        arch_kwargs["width"] = config.width
+    model = build_model(config.arch, **arch_kwargs).to(config.device)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
+    start, history = 0, []
+    if resume and out.is_file():
+        ck = load_checkpoint(out)
+        if ck.training.get("config", {}).get("arch") != config.arch:
+            raise ValueError(f"{out} was trained as another architecture; refusing to resume")
+        model.load_state_dict(ck.state_dict)
+        opt.load_state_dict(ck.training["optimizer"])
+        start, history = int(ck.training["epoch"]), ck.history
+        log(f"resuming {out} after epoch {start}")
+    steps = math.ceil(len(train_ds) / config.batch_size)
+    total, warm = config.epochs * steps, int(config.warmup_epochs * steps)
+    metrics_path = out.with_name(out.name + ".metrics.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, _step: int) -> torch.Tensor:
+        return F.cross_entropy(m(x), y)
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+        history.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(
+            f"epoch {row['epoch']}: loss {row['train_loss']:.4f} "
+            f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)"
+        )
+        ck = Checkpoint.from_model(
+            model,
+            config.arch,
+            arch_kwargs,
+            config.dataset,
+            metrics={"accuracy": row["test_accuracy"], "evaluated_on": len(test_ds)},
+            history=history,
+            training={"epoch": epoch + 1, "optimizer": opt.state_dict(), "config": asdict(config)},
+        )
+        ck.save(out)
+
+    run_epochs(
+        model,
+        train_ds,
+        test_ds,
+        config.epochs,
+        start,
+        config.batch_size,
+        opt,
+        lambda s: lr_at(s, total, warm, config.lr),
+        loss_fn,
+        on_epoch,
+        config.device,
+        config.seed,
+    )
+    return load_checkpoint(out)
