@@ -193,6 +193,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from safenet.demo import run_demo
+
+    run_demo(args.limit, data_dir=args.data_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``safenet`` command."""
     parser = argparse.ArgumentParser(prog="safenet", description=__doc__)
@@ -271,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the built-in models, float vs fixed point")
+    p.add_argument("--limit", type=int, default=1000, help="test images to use")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -14,6 +14,7 @@ from safenet import checkpoint
 from safenet.data import ImageDataset
 from safenet.field import Field
 from safenet.plan import Plan, RangeStats, compile_model
+from safenet.plan.analysis import exact_input_bound
 
 
 def evaluate_plan(
@@ -87,5 +88,13 @@ def evaluate_model(
     report = {"model": str(model_ref), "arch": ck.arch, "dataset": dataset, "split": split}
     report |= evaluate_plan(model, plan, ds, progress=progress)
     report |= plan.counts()
-    report |= {"field": plan.field.to_dict(), "fingerprint": plan.fingerprint()}
+    report |= {
+        "static_exact_input_bound": exact_input_bound(plan),
+        "input_range": [
+            float(ds.normalize(ds.images[:1] * 0).min()),
+            float(ds.normalize(ds.images[:1] * 0 + 255).max()),
+        ],
+        "field": plan.field.to_dict(),
+        "fingerprint": plan.fingerprint(),
+    }
     return report

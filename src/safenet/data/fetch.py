@@ -99,7 +99,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
     dest = Path(data_dir) / name
     try:
         for split in ("train", "test"):
-            load_dataset(name, split, dest)
+            load_dataset(name, split, dest, system=False)
         log(f"{name}: already present in {dest}")
         return dest
     except DatasetError:
@@ -109,7 +109,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
         try:
             source(name, dest)
             for split in ("train", "test"):
-                load_dataset(name, split, dest)
+                load_dataset(name, split, dest, system=False)
         except (DatasetError, OSError, subprocess.SubprocessError, StopIteration) as e:
             errors.append(f"{label}: {e}")
             continue

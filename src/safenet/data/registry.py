@@ -99,27 +99,27 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def candidate_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
-    """Folders searched for ``name``, most specific first."""
+def candidate_dirs(name: str, data_dir: str | Path | None, system: bool = True) -> list[Path]:
+    """Folders searched for ``name``, most specific first (system copies last, if asked)."""
     roots = [Path(data_dir)] if data_dir is not None else [default_data_dir()]
     out = []
     for r in roots:
         out += [r / name, r]
-    return out + SYSTEM_DIRS.get(name, [])
+    return out + (SYSTEM_DIRS.get(name, []) if system else [])
 
 
 def load_dataset(
-    name: str, split: str = "train", data_dir: str | Path | None = None
+    name: str, split: str = "train", data_dir: str | Path | None = None, system: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, C, H, W) uint8 and labels (N,) int64 of a split of a known dataset.
 
     Looks in ``data_dir`` (or ``$SAFENET_DATA_DIR``, or ``~/.cache/safenet/data``), in a
-    sub-folder named after the dataset or directly, then in system locations.
+    sub-folder named after the dataset or directly, then (``system``) in system locations.
     """
     info = dataset_info(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; use one of {SPLITS}")
-    dirs = candidate_dirs(name, data_dir)
+    dirs = candidate_dirs(name, data_dir, system)
     if name.startswith("cifar"):
         for d in dirs:
             try:

@@ -48,6 +48,19 @@ class LayerSpec:
             raise ValueError(f"degree must be 2 or 3, got {self.degree}")
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps ChannelActivation as one opaque module call."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ChannelActivation) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model``, treating ChannelActivation modules as leaves."""
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph, type(model).__name__)
+
+
 def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(str(node.target)), nn.ReLU)
@@ -65,14 +78,20 @@ def convert(
     :func:`set_layers`. ``example_input`` (a batch) gives the channel count of each site.
     Models already converted are returned re-traced with their activations untouched.
     """
-    gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
     was_training = gm.training
     gm.eval()
     ShapeProp(gm).propagate(example_input)
     gm.train(was_training)
-    for node in list(gm.graph.nodes):
-        if not _is_relu(node, gm):
-            continue
+    sites = [node for node in gm.graph.nodes if _is_relu(node, gm)]
+    targets = [str(n.target) for n in sites if n.op == "call_module"]
+    shared = sorted({t for t in targets if targets.count(t) > 1})
+    if shared:
+        raise ValueError(
+            f"ReLU module(s) {shared} used at several sites; give each site its own nn.ReLU "
+            "so each can be approximated separately"
+        )
+    for node in sites:
         meta = node.meta.get("tensor_meta")
         if meta is None or len(meta.shape) < 2:
             raise ValueError(f"cannot find the channel count of activation {node.name}")
@@ -126,6 +145,8 @@ def set_layers(
         raise KeyError(f"no activation layer named {sorted(unknown)}; known: {list(acts)}")
     for name, spec in specs.items():
         act = acts[name]
+        if scores is not None and name not in scores:
+            raise KeyError(f"no channel scores for layer {name!r}")
         s = scores[name] if scores is not None else -torch.arange(act.num_channels).float()
         _reset(act, keep_mask(s, spec.ratio), spec.degree)
 

@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from safenet.field import Field
 from safenet.nn.activation import ChannelActivation
+from safenet.nn.surgery import trace
 from safenet.plan.ir import Op, Plan, UnsupportedLayerError
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
@@ -141,7 +142,7 @@ class _Lowering:
         src = self.ops[inp.op]
         scale_in = src.scale
         if scale_in > f.frac_bits + f.weight_bits:
-            inp = self.emit(
+            truncated = self.emit(
                 Op(
                     "truncate",
                     [inp.op],
@@ -151,6 +152,8 @@ class _Lowering:
                     name=f"{_label(node)}.truncate",
                 )
             )
+            truncated.divisor = inp.divisor  # a pending pool divisor survives the truncation
+            inp = truncated
             scale_in = f.frac_bits
         wbits = f.weight_bits + math.ceil(math.log2(inp.divisor))
         weight = aff.weight / inp.divisor
@@ -406,7 +409,7 @@ def compile_model(
     field = field or Field()
     input_shape = tuple(int(s) for s in input_shape)
     model = copy.deepcopy(model).eval().double()
-    gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
     ShapeProp(gm).propagate(torch.zeros((1, *input_shape), dtype=torch.float64))
     ops = _Lowering(gm, field).run(input_shape)
     plan = Plan(field, input_shape, ops)

@@ -1,0 +1,130 @@
+"""Static range analysis: for which inputs is a Plan provably exact?
+
+A Plan is exact on an input when no op output (and no polynomial sum before its
+truncation) leaves (-p/2, p/2): then arithmetic mod p equals integer arithmetic and the
+protocol computes what the float model's quantised twin computes. :func:`static_bounds`
+propagates per-channel intervals through the ops (interval arithmetic: weights split into
+positive and negative parts, ReLU clamps, polynomials bounded by sum |C_j| |X|^j), so its
+bounds hold for *every* input within ``input_bound``. :func:`exact_input_bound` finds the
+largest such bound. Deep networks multiply worst cases layer by layer, so the static bound
+is conservative; :class:`~safenet.plan.reference.RangeStats` measures the real headroom on
+data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safenet.plan.ir import Op, Plan
+
+_MARGIN = 1.0 + 1e-9  # float64 rounding in the bounds themselves
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.repeat(lo, per), np.repeat(hi, per)
+
+
+def _affine(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = op.arrays["weight"].astype(np.float64)
+    b = op.arrays["bias"].astype(np.float64)
+    if op.kind == "conv" and any(op.attrs["padding"]):
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # zero padding joins the range
+    if op.kind == "conv":
+        groups = op.attrs["groups"]
+        out_c, in_per = w.shape[0], w.shape[1]
+        wp = np.clip(w, 0, None).sum((2, 3))
+        wn = np.clip(w, None, 0).sum((2, 3))
+        per_group = out_c // groups
+        g = np.arange(out_c) // per_group
+        idx = g[:, None] * in_per + np.arange(in_per)[None]
+        new_hi = (wp * hi[idx] + wn * lo[idx]).sum(1) + b
+        new_lo = (wp * lo[idx] + wn * hi[idx]).sum(1) + b
+    else:
+        wp, wn = np.clip(w, 0, None), np.clip(w, None, 0)
+        new_hi = wp @ hi + wn @ lo + b
+        new_lo = wp @ lo + wn @ hi + b
+    return new_lo, new_hi
+
+
+def _shift(x: np.ndarray, k: int) -> np.ndarray:
+    return np.floor((x + (2.0 ** (k - 1) if k > 0 else 0.0)) / 2.0**k)
+
+
+def static_bounds(plan: Plan, input_bound: float) -> list[float]:
+    """Worst-case |value| of every op's output over inputs with |x| <= ``input_bound``.
+
+    For activation ops with polynomial channels the bound covers the polynomial sum before
+    its truncation, the largest value the protocol reduces there.
+    """
+    f = plan.field
+    b = np.ceil(input_bound * 2.0**f.frac_bits)
+    bounds: list[float] = []
+    vals: list[tuple[np.ndarray, np.ndarray]] = []  # per channel (or per feature) intervals
+    for op in plan.ops:
+        ins = [vals[j] for j in op.inputs]
+        if op.kind == "input":
+            c = plan.input_shape[0]
+            lo, hi = np.full(c, -b), np.full(c, b)
+        elif op.kind in ("conv", "linear"):
+            lo, hi = ins[0]
+            if op.kind == "linear" and len(lo) != op.arrays["weight"].shape[1]:
+                raise ValueError(f"{op.name}: interval size mismatch")
+            lo, hi = _affine(op, lo, hi)
+        elif op.kind == "sumpool":
+            k2 = op.attrs["kernel"] ** 2
+            lo, hi = ins[0][0] * k2, ins[0][1] * k2
+        elif op.kind == "rescale":
+            m = op.attrs["multiplier"]
+            lo, hi = sorted((ins[0][0] * m, ins[0][1] * m), key=lambda a: float(a.sum()))
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        elif op.kind == "add":
+            lo = sum(v[0] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
+            hi = sum(v[1] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
+        elif op.kind == "flatten":
+            lo, hi = _expand(*ins[0], int(np.prod(op.shape)) // len(ins[0][0]))
+        elif op.kind == "truncate":
+            lo, hi = _shift(ins[0][0], op.attrs["shift"]), _shift(ins[0][1], op.attrs["shift"])
+        elif op.kind == "activation":
+            xl, xh = _shift(ins[0][0], op.attrs["shift"]), _shift(ins[0][1], op.attrs["shift"])
+            mask = op.arrays["relu_mask"].astype(bool)
+            lo, hi = np.maximum(xl, 0.0), np.maximum(xh, 0.0)
+            if not mask.all():
+                coef = np.abs(op.arrays["coefficients"].astype(np.float64))
+                if len(coef) == 1:
+                    coef = np.repeat(coef, len(mask), 0)
+                m = np.maximum(np.abs(xl), np.abs(xh))
+                y = sum(coef[:, j] * m**j for j in range(coef.shape[1]))
+                bounds_y = float(np.max(np.where(mask, 0.0, y)))
+                yo = _shift(y, op.attrs["poly_shift"])
+                lo, hi = np.where(mask, lo, -yo), np.where(mask, hi, yo)
+                vals.append((lo, hi))
+                bounds.append(max(bounds_y, float(np.abs(np.concatenate([lo, hi])).max())))
+                continue
+        else:
+            raise ValueError(f"unknown op kind {op.kind!r}")
+        vals.append((lo, hi))
+        bounds.append(float(max(np.abs(lo).max(), np.abs(hi).max())) * _MARGIN)
+    return bounds
+
+
+def exact_input_bound(plan: Plan, upper: float = 2.0**20) -> float:
+    """Largest B (to 1%) such that the plan is provably exact for every input with |x| <= B.
+
+    Returns 0.0 if even the smallest non-zero input may overflow.
+    """
+    half = plan.field.half
+
+    def ok(b: float) -> bool:
+        return max(static_bounds(plan, b)) < half
+
+    lo, hi = 0.0, upper
+    if ok(hi):
+        return hi
+    smallest = 2.0**-plan.field.frac_bits
+    if not ok(smallest):
+        return 0.0
+    lo = smallest
+    while hi / lo > 1.01:
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo

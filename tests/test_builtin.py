@@ -1,0 +1,41 @@
+"""The built-in models shipped in the package: present, documented, and as good as claimed."""
+
+import pytest
+
+from safenet import checkpoint
+from safenet.data import ImageDataset
+from safenet.evaluate import evaluate_plan
+from safenet.nn.surgery import activations
+from safenet.plan import compile_model
+
+
+@pytest.mark.parametrize("name", ["default", "default-approx"])
+def test_builtin_metadata(name):
+    ck = checkpoint.load(name)
+    assert ck.arch == "resnet20" and ck.dataset == "fashion-mnist"
+    assert ck.metrics["evaluated_on"] == 10000
+    if name == "default":
+        assert ck.activation is None
+        assert ck.metrics["accuracy"] >= 0.92
+    else:
+        assert ck.parent == "default"
+        base = checkpoint.load("default").metrics["accuracy"]
+        assert ck.metrics["accuracy"] >= base - 0.01
+        assert ck.metrics["relu_channel_fraction"] <= 0.5
+
+
+def test_default_approx_keeps_at_most_half_the_relus_and_agrees_in_fixed_point(data_dir):
+    base = checkpoint.load("default").build()
+    ck = checkpoint.load("default-approx")
+    model = ck.build()
+    assert len(activations(model)) == 19
+    ds = ImageDataset("fashion-mnist", "test", data_dir, 200)
+    full = compile_model(base, (1, 28, 28)).counts()
+    plan = compile_model(model, (1, 28, 28))
+    counts = plan.counts()
+    assert counts["relu_count"] + counts["poly_count"] == full["relu_count"]
+    assert counts["relu_count"] <= 0.5 * full["relu_count"]
+    r = evaluate_plan(model, plan, ds, progress=False)
+    assert r["overflows"] == 0
+    assert r["agreement"] >= 0.98
+    assert r["accuracy"] >= 0.85

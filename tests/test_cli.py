@@ -1,0 +1,67 @@
+"""The `safenet` command: the eval contract, errors, compile, info."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from safenet.cli import main
+from safenet.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("cli") / "lenet.pt"
+    train(TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600), out, data_dir,
+          log=lambda _m: None)  # fmt: skip
+    return out
+
+
+def test_eval_json_contract(lenet, data_dir, capsys):
+    rc = main(["eval", "--model", str(lenet), "--dataset", "fashion-mnist", "--split", "test",
+               "--limit", "50", "--json", "--data-dir", str(data_dir)])  # fmt: skip
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "accuracy_fixed_point", "agreement", "relu_count", "poly_count"):
+        assert key in report
+    assert report["images"] == 50
+    assert 0.9 <= report["agreement"] <= 1.0
+    assert report["relu_count"] == 6 * 28 * 28 + 16 * 10 * 10 + 120 + 84
+    assert report["poly_count"] == 0
+    assert report["overflows"] == 0
+
+
+def test_eval_bad_model_is_a_clear_error(capsys):
+    assert main(["eval", "--model", "no/such/model.pt"]) == 2
+    assert "no model at" in capsys.readouterr().err
+
+
+def test_missing_dataset_says_how_to_fix(lenet, tmp_path, capsys):
+    rc = main(["eval", "--model", str(lenet), "--limit", "5", "--data-dir", str(tmp_path)])
+    assert rc == 2
+    assert "safenet data fetch fashion-mnist" in capsys.readouterr().err
+
+
+def test_compile_writes_plan(lenet, tmp_path, capsys):
+    out = tmp_path / "lenet.plan"
+    assert main(["compile", "--model", str(lenet), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fingerprint" in text and out.is_file()
+    from safenet.plan import Plan
+
+    assert Plan.load(out).fingerprint() in text
+
+
+def test_info_and_entry_point(lenet):
+    out = subprocess.run([sys.executable, "-m", "safenet.cli", "info", "--model", str(lenet),
+                          "--json"], capture_output=True, text=True, check=True)  # fmt: skip
+    info = json.loads(out.stdout)
+    assert info["arch"] == "lenet5" and info["dataset"] == "fashion-mnist"
+
+
+def test_finetune_rejects_bad_layer_json(lenet, tmp_path, capsys):
+    rc = main(["finetune", "--model", str(lenet), "--layers", "{not json", "--out",
+               str(tmp_path / "x.pt")])  # fmt: skip
+    assert rc == 2
+    assert "--layers must be JSON" in capsys.readouterr().err

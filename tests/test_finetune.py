@@ -1,0 +1,142 @@
+"""Fine-tuning approximated models: distillation, blend schedule, divergence recovery."""
+
+import math
+
+import pytest
+import torch
+
+from safenet.approx.finetune import (
+    DivergenceGuard,
+    FinetuneConfig,
+    FinetuneDiverged,
+    distillation_loss,
+    finetune,
+    finetune_checkpoint,
+    prepare,
+)
+from safenet.checkpoint import Checkpoint, load
+from safenet.data import ImageDataset
+from safenet.nn.surgery import LayerSpec, activations
+from safenet.nn.zoo import build_model
+from safenet.training import TrainConfig, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("parent") / "lenet.pt"
+    cfg = TrainConfig(arch="lenet5", epochs=3, batch_size=64, lr=0.05, limit=600, seed=0)
+    return train(cfg, out, data_dir, log=lambda _m: None), out
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_pure_kd():
+    t = torch.randn(4, 10)
+    y = torch.randint(0, 10, (4,))
+    assert float(distillation_loss(t, t, y, 4.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(t + torch.randn(4, 10), t, y, 4.0, 1.0)) > 0
+
+
+def test_finetune_checkpoint_keeps_accuracy_and_saves_config(parent, tmp_path, data_dir):
+    ck, path = parent
+    cfg = FinetuneConfig(epochs=2, batch_size=64, lr=0.01, limit=600, blend_epochs=1.0)
+    out = tmp_path / "approx.pt"
+    approx = finetune_checkpoint(ck, str(path), LayerSpec(0.5, 2), cfg, out,
+                                 data_dir=data_dir, log=lambda _m: None)  # fmt: skip
+    assert approx.parent == str(path)
+    assert approx.activation is not None
+    assert approx.metrics["relu_channel_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert approx.metrics["accuracy"] >= ck.metrics["accuracy"] - 0.15
+    assert [h["blend"] for h in approx.history][-1] == 1.0
+    model = load(out).build()
+    acts = activations(model)
+    assert len(acts) == 4
+    for a in acts.values():
+        assert float(a.blend) == 1.0
+        assert a.ratio == pytest.approx(0.5, abs=0.1)
+        assert torch.isfinite(a.coefficients).all()
+    ds = ImageDataset("fashion-mnist", "test", data_dir)
+    assert evaluate(model, ds) == pytest.approx(approx.metrics["accuracy"])
+
+
+def test_finetune_refuses_an_already_approximated_parent(parent, tmp_path, data_dir):
+    ck, _ = parent
+    student, _ = prepare(ck.build(), ImageDataset("fashion-mnist", "train", data_dir, 128),
+                         LayerSpec(0.5), score_batches=1, batch_size=64)  # fmt: skip
+    approx = Checkpoint.from_model(student, ck.arch, ck.arch_kwargs, ck.dataset)
+    with pytest.raises(ValueError, match="already approximated"):
+        finetune_checkpoint(approx, "x", LayerSpec(0.5), FinetuneConfig(), tmp_path / "o.pt",
+                            data_dir=data_dir)  # fmt: skip
+
+
+def _student(data_dir, ratio=1.0):
+    torch.manual_seed(0)
+    teacher = build_model("lenet5").eval()
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 256)
+    student, _ = prepare(teacher, ds, LayerSpec(ratio, 2), "approx-error", score_batches=1,
+                         batch_size=64)  # fmt: skip
+    return teacher, student, ds
+
+
+def test_guard_rolls_back_and_slows_down(data_dir):
+    _, student, _ = _student(data_dir)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    guard = DivergenceGuard(student, opt, blend_steps=10, max_rollbacks=3, every=2)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    guard.advance()
+    guard.accept(torch.tensor(1.0))
+    guard.advance()
+    guard.accept(torch.tensor(1.0))  # second good step: snapshot at blend 0.2
+    snap_blend = guard.blend
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    guard.advance()
+    assert guard.bad(torch.tensor(float("nan")))
+    assert guard.bad(torch.tensor(1e6))
+    assert not guard.bad(torch.tensor(1.5))
+    guard.rollback()
+    assert guard.blend == snap_blend and guard.lr_scale == 0.5 and guard.rate == 0.05
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "blend" not in k)
+    for _ in range(3):
+        try:
+            guard.rollback()
+        except FinetuneDiverged:
+            break
+    else:
+        pytest.fail("the guard should give up after max_rollbacks")
+
+
+def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
+    """A NaN loss mid-run is rolled back; training finishes with finite weights."""
+    teacher, student, ds = _student(data_dir, ratio=0.5)
+    import safenet.approx.finetune as ft
+
+    real = ft.distillation_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ft, "distillation_loss", flaky)
+    logs = []
+    cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.01, blend_epochs=0.5)
+    model, history = finetune(student, teacher, ds, ds, cfg, log=logs.append)
+    assert history[-1]["rollbacks"] == 1
+    assert any("rolled back" in m for m in logs)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(history[-1]["train_loss"])
+
+
+def test_finetune_gives_up_cleanly_when_always_diverging(data_dir, monkeypatch):
+    teacher, student, ds = _student(data_dir, ratio=0.5)
+    import safenet.approx.finetune as ft
+
+    monkeypatch.setattr(ft, "distillation_loss",
+                        lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))  # fmt: skip
+    saved = []
+    with pytest.raises(FinetuneDiverged, match="lower --lr"):
+        finetune(student, teacher, ds, ds, FinetuneConfig(epochs=1, max_rollbacks=2),
+                 save=lambda m, h: saved.append(1), log=lambda _m: None)  # fmt: skip
+    assert saved == [], "a diverged model must never be saved"
