@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 DATA_DIR = Path(__file__).parent / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """``tests/data``: holds ``fashion-mnist/`` (600 train and 400 test images, gzip IDX)."""
     return DATA_DIR

@@ -37,7 +37,10 @@ def test_eval_bad_model_is_a_clear_error(capsys):
     assert "no model at" in capsys.readouterr().err
 
 
-def test_missing_dataset_says_how_to_fix(lenet, tmp_path, capsys):
+def test_missing_dataset_says_how_to_fix(lenet, tmp_path, capsys, monkeypatch):
+    from safenet.data import registry
+
+    monkeypatch.setattr(registry, "SYSTEM_DIRS", {})  # this machine may have a system copy
     rc = main(["eval", "--model", str(lenet), "--limit", "5", "--data-dir", str(tmp_path)])
     assert rc == 2
     assert "safenet data fetch fashion-mnist" in capsys.readouterr().err
@@ -65,3 +68,10 @@ def test_finetune_rejects_bad_layer_json(lenet, tmp_path, capsys):
                str(tmp_path / "x.pt")])  # fmt: skip
     assert rc == 2
     assert "--layers must be JSON" in capsys.readouterr().err
+
+
+def test_plot_writes_png(lenet, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curve.png"
+    assert main(["plot", "--model", str(lenet), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,23 +19,23 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_train_writes_checkpoint_metrics_and_resumes(tmp_path, data_dir):
-    cfg = TrainConfig(arch="lenet5", epochs=2, batch_size=64, lr=0.05, limit=600, seed=1)
-    out = tmp_path / "lenet.pt"
+    cfg = TrainConfig(arch="minionn", width=8, epochs=2, batch_size=32, limit=600, seed=1)
+    out = tmp_path / "minionn.pt"
     ck = train(cfg, out, data_dir, log=lambda _m: None)
     assert out.is_file()
-    assert ck.arch == "lenet5" and ck.dataset == "fashion-mnist"
-    assert ck.arch_kwargs == {"in_channels": 1, "image_size": 28, "num_classes": 10}
+    assert ck.arch == "minionn" and ck.dataset == "fashion-mnist"
+    assert ck.arch_kwargs == {"in_channels": 1, "image_size": 28, "num_classes": 10, "width": 8}
     assert ck.activation is None
     assert ck.metrics["evaluated_on"] == 400
     assert ck.metrics["accuracy"] > 0.3, "two epochs on 600 images should beat chance clearly"
     rows = [
-        json.loads(line) for line in (tmp_path / "lenet.pt.metrics.jsonl").read_text().splitlines()
+        json.loads(line) for line in (tmp_path / "minionn.pt.metrics.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert ck.training["epoch"] == 2
 
     more = train(
-        TrainConfig(arch="lenet5", epochs=3, batch_size=64, lr=0.05, limit=600, seed=1),
+        TrainConfig(arch="minionn", width=8, epochs=3, batch_size=32, limit=600, seed=1),
         out, data_dir, resume=True, log=lambda _m: None,
     )  # fmt: skip
     assert more.training["epoch"] == 3

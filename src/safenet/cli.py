@@ -193,6 +193,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from safenet import checkpoint
+    from safenet.plots import plot_checkpoint
+
+    print(f"wrote {plot_checkpoint(checkpoint.load(args.model), args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from safenet.demo import run_demo
 
@@ -279,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("plot", help="PNG of a checkpoint's training curve and layers")
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_plot)
+
     p = sub.add_parser("demo", help="the built-in models, float vs fixed point")
     p.add_argument("--limit", type=int, default=1000, help="test images to use")
     _add_data_dir(p)
@@ -291,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError, KeyError, OverflowError) as e:
+    except (DatasetError, FileNotFoundError, ValueError, KeyError, OverflowError, ImportError) as e:
         print(f"safenet: error: {e}", file=sys.stderr)
         return 2
 
