@@ -28,9 +28,8 @@ def test_train_writes_checkpoint_metrics_and_resumes(tmp_path, data_dir):
     assert ck.activation is None
     assert ck.metrics["evaluated_on"] == 400
     assert ck.metrics["accuracy"] > 0.3, "two epochs on 600 images should beat chance clearly"
-    rows = [
-        json.loads(line) for line in (tmp_path / "minionn.pt.metrics.jsonl").read_text().splitlines()
-    ]
+    log = (tmp_path / "minionn.pt.metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in log.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert ck.training["epoch"] == 2
 

@@ -60,6 +60,9 @@ class Checkpoint:
         os.close(fd)
         try:
             torch.save(payload, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is not a secret
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
