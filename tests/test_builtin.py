@@ -39,3 +39,22 @@ def test_default_approx_keeps_at_most_half_the_relus_and_agrees_in_fixed_point(d
     assert r["overflows"] == 0
     assert r["agreement"] >= 0.98
     assert r["accuracy"] >= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["default", "default-approx"])
+def test_builtin_full_test_set(name):
+    """The issue's must-show on all 10,000 test images (needs `safenet data fetch`)."""
+    from safenet.evaluate import evaluate_model
+
+    r = evaluate_model(name, "fashion-mnist", "test", progress=False)
+    assert r["images"] == 10000
+    assert r["overflows"] == 0
+    assert r["agreement"] >= 0.995
+    assert r["accuracy"] == pytest.approx(checkpoint.load(name).metrics["accuracy"], abs=3e-4)
+    if name == "default":
+        assert r["accuracy"] >= 0.92
+    else:
+        base = checkpoint.load("default").metrics["accuracy"]
+        assert r["accuracy"] >= base - 0.01
+        assert r["relu_count"] <= 0.5 * (r["relu_count"] + r["poly_count"])
