@@ -1044,3 +1044,27 @@ def test_range_stats_count_wraps_on_big_number_paths(make):
     stats = RangeStats()
     plan.reference(x, encoded=True, stats=stats)
     assert stats.total_overflows > 0
+
+
+def test_view_with_size_and_conv_chain_compile():
+    """x.view(x.size(0), -1) lowers to flatten; conv -> conv without activation works."""
+
+    class ViewNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 2, 3, padding=1)
+            self.c2 = nn.Conv2d(2, 2, 3)
+            self.fc = nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.c2(self.c1(x)))
+            return self.fc(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    m = ViewNet().eval()
+    plan = compile_model(m, (1, 6, 6))
+    assert [op.kind for op in plan.ops] == [
+        "input", "conv", "conv", "activation", "flatten", "linear",
+    ]  # fmt: skip
+    x = torch.randn(3, 1, 6, 6)
+    np.testing.assert_allclose(plan.reference(x.numpy()), m(x).detach().numpy(), atol=0.02)

@@ -134,10 +134,7 @@ class _Lowering:
         return self.emit(op)
 
     def materialise(self, node: fx.Node, aff: _Affine) -> _Val:
-        src_node = node
-        while isinstance(self.env.get(src_node), _Affine):  # the conv/linear's input node
-            src_node = self._affine_input[src_node]
-        inp = self.value(src_node)
+        inp = self.value(self._affine_input[node])  # lowered before the conv/linear itself
         f = self.field
         src = self.ops[inp.op]
         scale_in = src.scale
@@ -391,7 +388,7 @@ class _Lowering:
                 raise UnsupportedLayerError(f"{_label(node)}: only view/reshape to (N, -1)")
             self.flatten(node)
         elif node.op == "call_method" and t == "size":
-            self.env[node] = self.env.get(node.args[0], _Val(-1))  # shape query, used by view
+            pass  # x.size(0) feeding view(N, -1): a shape query, no tensor to lower
         else:
             raise UnsupportedLayerError(
                 f"unsupported operation {_label(node)} ({t}); supported: {SUPPORTED}"
