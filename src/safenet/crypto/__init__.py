@@ -1,0 +1,1 @@
+"""Cryptographic building blocks: fixed-key AES hashing, garbled circuits, OT, HE."""

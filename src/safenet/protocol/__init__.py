@@ -1,0 +1,1 @@
+"""The two-party protocol: transport now; offline/online phases, client and server to come."""

@@ -1,0 +1,270 @@
+"""Framed messages over TCP (or any stream socket), with byte/message/round counters.
+
+Every message is one frame:
+
+    magic b"SN" | version u8 | kind u8 | label length u8 | payload length u64 | label | payload
+
+``label`` names the primitive that sent it (``"ot.base"``, ``"gc.tables"``...): the receiver
+checks it, so two parties that disagree on the protocol's step fail at once with a clear
+:class:`ProtocolError` instead of misreading bytes, and counters are kept per phase and label.
+A frame larger than ``max_message`` is refused before anything is allocated. A peer that
+closes mid-frame raises :class:`ConnectionClosed`; silence beyond ``timeout`` raises
+:class:`TransportTimeout`. Nothing here ever waits forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"SN"
+VERSION = 1
+HEADER = struct.Struct(">2sBBBQ")
+KIND_BYTES, KIND_ARRAY, KIND_ERROR = 0, 1, 2
+DEFAULT_MAX_MESSAGE = 4 << 30
+DEFAULT_TIMEOUT = 120.0
+
+
+class TransportError(RuntimeError):
+    """Base class of everything that can go wrong on the wire."""
+
+
+class ConnectionClosed(TransportError):
+    """The peer closed the connection (possibly in the middle of a message)."""
+
+
+class TransportTimeout(TransportError):
+    """The peer sent nothing for longer than the timeout."""
+
+
+class ProtocolError(TransportError):
+    """The peer sent something that is not the expected frame."""
+
+
+class PeerError(TransportError):
+    """The peer reported an error and gave up."""
+
+
+@dataclass
+class Counter:
+    """Bytes and messages in each direction for one (phase, label)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+
+
+@dataclass
+class Stats:
+    """Traffic per phase and label, and the number of rounds (direction changes)."""
+
+    counters: dict[tuple[str, str], Counter] = field(default_factory=lambda: defaultdict(Counter))
+    rounds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def total(self, phase: str | None = None) -> Counter:
+        """Sum over labels (of one phase, or of all)."""
+        out = Counter()
+        for (ph, _), c in self.counters.items():
+            if phase is None or ph == phase:
+                out.bytes_sent += c.bytes_sent
+                out.bytes_received += c.bytes_received
+                out.messages_sent += c.messages_sent
+                out.messages_received += c.messages_received
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly: {phase: {label: counters}, "rounds": {phase: n}}."""
+        out: dict[str, Any] = {}
+        for (ph, label), c in sorted(self.counters.items()):
+            out.setdefault(ph, {})[label] = c.__dict__.copy()
+        out["rounds"] = dict(self.rounds)
+        return out
+
+
+class Connection:
+    """One end of a framed, counted, time-limited byte stream.
+
+    ``phase`` (e.g. ``"offline"`` / ``"online"``) is attached to every counter; set it as
+    the protocol moves on. A *round* is counted each time this end starts sending after
+    having received (or at its very first send).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.max_message = max_message
+        self.phase = "setup"
+        self.stats = Stats()
+        self._last = "recv"
+        self.closed = False
+
+    # ---- sending --------------------------------------------------------------------------
+    def _send_frame(self, kind: int, label: str, parts: list[bytes | memoryview]) -> None:
+        if self.closed:
+            raise ConnectionClosed("connection already closed")
+        lab = label.encode()
+        if len(lab) > 255:
+            raise ValueError("label longer than 255 bytes")
+        length = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        if length > self.max_message:
+            raise ProtocolError(f"{label}: message of {length} bytes exceeds {self.max_message}")
+        if self._last == "recv":
+            self.stats.rounds[self.phase] += 1
+            self._last = "send"
+        try:
+            self.sock.sendall(HEADER.pack(MAGIC, VERSION, kind, len(lab), length) + lab)
+            for p in parts:
+                self.sock.sendall(p)
+        except TimeoutError as e:
+            raise TransportTimeout(f"{label}: send timed out") from e
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ConnectionClosed(f"{label}: peer closed the connection") from e
+        c = self.stats.counters[(self.phase, label)]
+        c.bytes_sent += HEADER.size + len(lab) + length
+        c.messages_sent += 1
+
+    def send(self, data: bytes, label: str = "data") -> None:
+        """Send one message of raw bytes."""
+        self._send_frame(KIND_BYTES, label, [bytes(data)])
+
+    def send_json(self, obj: Any, label: str = "json") -> None:
+        """Send a JSON-serialisable object."""
+        self.send(json.dumps(obj).encode(), label)
+
+    def send_array(self, array: np.ndarray, label: str = "array") -> None:
+        """Send a numpy array (dtype and shape travel with it; no pickling)."""
+        a = np.require(array, requirements="C")  # unlike ascontiguousarray, keeps 0-d shapes
+        if a.dtype.hasobject:
+            raise TypeError("object arrays cannot be sent")
+        dt = a.dtype.str.encode()
+        meta = struct.pack(">B", len(dt)) + dt + struct.pack(f">B{a.ndim}Q", a.ndim, *a.shape)
+        self._send_frame(KIND_ARRAY, label, [meta, memoryview(a.reshape(-1).view(np.uint8))])
+
+    def send_error(self, message: str) -> None:
+        """Tell the peer we are giving up (best effort), so it fails fast and clearly."""
+        with contextlib.suppress(TransportError, OSError):
+            self._send_frame(KIND_ERROR, "error", [message.encode()[:4096]])
+
+    # ---- receiving ------------------------------------------------------------------------
+    def _read_exact(self, n: int, what: str) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self.sock.recv_into(view[got:], min(n - got, 1 << 24))
+            except TimeoutError as e:
+                raise TransportTimeout(f"{what}: no data from the peer in time") from e
+            except ConnectionResetError as e:
+                raise ConnectionClosed(f"{what}: connection reset by the peer") from e
+            if k == 0:
+                raise ConnectionClosed(
+                    f"{what}: peer closed the connection"
+                    + (f" after {got} of {n} bytes" if got else "")
+                )
+            got += k
+        return buf
+
+    def _recv_frame(self, label: str) -> tuple[int, bytearray]:
+        if self.closed:
+            raise ConnectionClosed("connection already closed")
+        self._last = "recv"
+        magic, version, kind, lab_len, length = HEADER.unpack(
+            self._read_exact(HEADER.size, f"{label} header")
+        )
+        if magic != MAGIC:
+            raise ProtocolError(f"{label}: not a safenet frame (bad magic {bytes(magic)!r})")
+        if version != VERSION:
+            raise ProtocolError(f"{label}: peer speaks wire version {version}, we speak {VERSION}")
+        got_label = self._read_exact(lab_len, f"{label} label").decode(errors="replace")
+        if length > self.max_message:
+            raise ProtocolError(f"{label}: peer announced {length} bytes, limit {self.max_message}")
+        payload = self._read_exact(length, label)
+        if kind == KIND_ERROR:
+            raise PeerError(f"peer gave up: {payload.decode(errors='replace')}")
+        if got_label != label:
+            raise ProtocolError(f"expected message {label!r}, peer sent {got_label!r}")
+        c = self.stats.counters[(self.phase, label)]
+        c.bytes_received += HEADER.size + lab_len + length
+        c.messages_received += 1
+        return kind, payload
+
+    def recv(self, label: str = "data") -> bytes:
+        """Receive one raw-bytes message with this label."""
+        kind, payload = self._recv_frame(label)
+        if kind != KIND_BYTES:
+            raise ProtocolError(f"{label}: expected bytes, got frame kind {kind}")
+        return bytes(payload)
+
+    def recv_json(self, label: str = "json") -> Any:
+        """Receive a JSON object."""
+        try:
+            return json.loads(self.recv(label))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ProtocolError(f"{label}: malformed JSON: {e}") from e
+
+    def recv_array(self, label: str = "array") -> np.ndarray:
+        """Receive a numpy array sent with :meth:`send_array` (validated, never unpickled)."""
+        kind, payload = self._recv_frame(label)
+        if kind != KIND_ARRAY:
+            raise ProtocolError(f"{label}: expected an array, got frame kind {kind}")
+        try:
+            n = payload[0]
+            dtype = np.dtype(bytes(payload[1 : 1 + n]).decode())
+            ndim = payload[1 + n]
+            shape = struct.unpack_from(f">{ndim}Q", payload, 2 + n)
+            offset = 2 + n + 8 * ndim
+        except (IndexError, struct.error, TypeError, ValueError, UnicodeDecodeError) as e:
+            raise ProtocolError(f"{label}: malformed array header: {e}") from e
+        if dtype.hasobject:
+            raise ProtocolError(f"{label}: object arrays are refused")
+        if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != len(payload) - offset:
+            raise ProtocolError(f"{label}: array of shape {shape} does not match its size")
+        return np.frombuffer(payload, dtype=dtype, offset=offset).reshape(shape)
+
+    # ---- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connection_pair(
+    timeout: float | None = DEFAULT_TIMEOUT, max_message: int = DEFAULT_MAX_MESSAGE
+) -> tuple[Connection, Connection]:
+    """Two connected Connections over a real ``socket.socketpair()`` (tests, local runs)."""
+    a, b = socket.socketpair()
+    return Connection(a, timeout, max_message), Connection(b, timeout, max_message)
+
+
+def connect(host: str, port: int, timeout: float | None = DEFAULT_TIMEOUT) -> Connection:
+    """Open a TCP connection to a listening peer."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise ConnectionClosed(f"cannot connect to {host}:{port}: {e}") from e
+    return Connection(sock, timeout)

@@ -1,0 +1,145 @@
+"""Framed transport: round trips, counters, and every way a peer can misbehave."""
+
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from safenet.protocol.transport import (
+    HEADER,
+    MAGIC,
+    VERSION,
+    Connection,
+    ConnectionClosed,
+    PeerError,
+    ProtocolError,
+    TransportTimeout,
+    connection_pair,
+)
+
+
+def _raw_pair(timeout=2.0, max_message=1 << 20):
+    a, b = socket.socketpair()
+    return a, Connection(b, timeout=timeout, max_message=max_message)
+
+
+def test_round_trips_and_counters():
+    a, b = connection_pair(timeout=5)
+    arrays = [
+        np.arange(12, dtype=np.uint64).reshape(3, 2, 2),
+        np.array(3.5),
+        np.zeros((0, 4), dtype=np.int16),
+        np.random.default_rng(0).random((5, 7)).astype(">f4"),
+    ]
+
+    def peer():
+        b.phase = "offline"
+        for _ in arrays:
+            b.send_array(b.recv_array("x"), "echo")
+        b.send(b.recv("raw") + b"!", "raw")
+        b.send_json({"got": b.recv_json("j")}, "j")
+
+    t = threading.Thread(target=peer)
+    t.start()
+    a.phase = "offline"
+    for x in arrays:
+        a.send_array(x, "x")
+        y = a.recv_array("echo")
+        assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(x, y)
+    a.send(b"hello", "raw")
+    assert a.recv("raw") == b"hello!"
+    a.send_json([1, "two"], "j")
+    assert a.recv_json("j") == {"got": [1, "two"]}
+    t.join(5)
+    s = a.stats.as_dict()
+    assert s["offline"]["x"]["messages_sent"] == len(arrays)
+    assert s["offline"]["echo"]["messages_received"] == len(arrays)
+    assert s["rounds"]["offline"] == len(arrays) + 2
+    total = a.stats.total("offline")
+    assert total.bytes_sent == b.stats.total("offline").bytes_received
+    assert total.bytes_received == b.stats.total("offline").bytes_sent
+
+
+def test_label_mismatch_is_a_protocol_error():
+    a, b = connection_pair(timeout=2)
+    a.send(b"x", "gc.tables")
+    with pytest.raises(ProtocolError, match="expected message 'ot.ext'"):
+        b.recv("ot.ext")
+
+
+def test_peer_closing_mid_frame():
+    raw, conn = _raw_pair()
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 0, 1, 100) + b"x" + b"only ten b")
+    raw.close()
+    with pytest.raises(ConnectionClosed, match="after 10 of 100 bytes"):
+        conn.recv("x")
+
+
+def test_peer_closing_before_anything():
+    raw, conn = _raw_pair()
+    raw.close()
+    with pytest.raises(ConnectionClosed):
+        conn.recv("x")
+
+
+def test_bad_magic_and_version():
+    raw, conn = _raw_pair()
+    raw.sendall(b"XX" + bytes(HEADER.size - 2))
+    with pytest.raises(ProtocolError, match="bad magic"):
+        conn.recv("x")
+    raw, conn = _raw_pair()
+    raw.sendall(HEADER.pack(MAGIC, VERSION + 1, 0, 0, 0))
+    with pytest.raises(ProtocolError, match="wire version"):
+        conn.recv("x")
+
+
+def test_oversized_frame_is_refused_before_reading_it():
+    raw, conn = _raw_pair(max_message=1000)
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 0, 1, 1 << 40) + b"x")
+    with pytest.raises(ProtocolError, match="limit 1000"):
+        conn.recv("x")
+    a, _b = connection_pair(max_message=10)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        a.send(bytes(11), "big")
+
+
+def test_silence_times_out():
+    _raw, conn = _raw_pair(timeout=0.2)
+    with pytest.raises(TransportTimeout):
+        conn.recv("x")
+
+
+def test_peer_error_is_reported():
+    a, b = connection_pair(timeout=2)
+    a.send_error("wrong plan fingerprint")
+    with pytest.raises(PeerError, match="wrong plan fingerprint"):
+        b.recv("anything")
+
+
+def test_malformed_arrays_are_refused():
+    raw, conn = _raw_pair()
+    dt = b"|O"
+    payload = struct.pack(">B", len(dt)) + dt + struct.pack(">BQ", 1, 1) + bytes(8)
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 1, 1, len(payload)) + b"a" + payload)
+    with pytest.raises(ProtocolError, match="object arrays"):
+        conn.recv_array("a")
+    raw, conn = _raw_pair()
+    dt = b"<u8"
+    payload = struct.pack(">B", len(dt)) + dt + struct.pack(">BQ", 1, 5) + bytes(8)
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 1, 1, len(payload)) + b"a" + payload)
+    with pytest.raises(ProtocolError, match="does not match its size"):
+        conn.recv_array("a")
+    with pytest.raises(TypeError):
+        connection_pair()[0].send_array(np.array([object()]), "o")
+
+
+def test_closed_connection_raises():
+    a, b = connection_pair(timeout=2)
+    a.close()
+    a.close()
+    with pytest.raises(ConnectionClosed):
+        a.send(b"x")
+    with pytest.raises(ConnectionClosed):
+        b.recv("x")
