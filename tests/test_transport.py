@@ -143,3 +143,32 @@ def test_closed_connection_raises():
         a.send(b"x")
     with pytest.raises(ConnectionClosed):
         b.recv("x")
+
+
+def _both(fa, fb):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as ex:
+        x, y = ex.submit(fa), ex.submit(fb)
+        return [f.exception(timeout=5) or f.result(timeout=5) for f in (x, y)]
+
+
+def test_handshake_agrees_or_names_the_difference():
+    from safenet.protocol.transport import HandshakeError, handshake
+
+    a, b = connection_pair(timeout=3)
+    ra, rb = _both(
+        lambda: handshake(a, "client", "f" * 64), lambda: handshake(b, "server", "f" * 64)
+    )
+    assert ra["role"] == "server" and rb["role"] == "client"
+
+    a, b = connection_pair(timeout=3)
+    ra, rb = _both(
+        lambda: handshake(a, "client", "a" * 64), lambda: handshake(b, "server", "b" * 64)
+    )
+    assert isinstance(ra, HandshakeError) and "fingerprints differ" in str(ra)
+    assert isinstance(rb, HandshakeError)
+
+    a, b = connection_pair(timeout=3)
+    ra, rb = _both(lambda: handshake(a, "client", "f"), lambda: handshake(b, "client", "f"))
+    assert isinstance(ra, HandshakeError) and "both ends" in str(ra)
