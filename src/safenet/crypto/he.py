@@ -1,0 +1,155 @@
+"""BFV homomorphic encryption (Microsoft SEAL via seal-python) over the plan's prime field.
+
+The plaintext modulus is the plan's prime p, so a batched plaintext is a vector of N values
+in F_p and slot-wise products and sums are exactly the field arithmetic of the protocol.
+The client owns the keys; the server only ever holds the public key and ciphertexts.
+
+Circuit privacy (the client must learn M r - s and nothing else about the server's M):
+:func:`rerandomize` adds a fresh public-key encryption of zero, and :func:`flood` adds
+uniform noise of ``flood_bits`` bits to the ciphertext's c0 polynomial, statistically hiding
+the noise that the server's plaintexts left behind. SEAL has no call for the latter; it is
+done on the documented uncompressed serialisation (the ciphertext's two polynomials are its
+last 2 * L * N little-endian uint64 words, RNS limb by limb), adding the noise modulo each
+coefficient prime, and the result is validated by SEAL on load.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import seal
+
+from safenet.field import DELPHI_PRIME
+
+
+class HEError(RuntimeError):
+    """A ciphertext or key is malformed, or the noise budget would be exceeded."""
+
+
+@dataclass(frozen=True)
+class HEParams:
+    """BFV parameters: ring dimension N, plaintext modulus p (= the plan's prime)."""
+
+    poly_degree: int = 8192
+    plain_modulus: int = DELPHI_PRIME
+
+    def __post_init__(self) -> None:
+        if (self.plain_modulus - 1) % (2 * self.poly_degree):
+            raise ValueError(f"p must be 1 mod 2N = {2 * self.poly_degree} for batching")
+
+
+class HEContext:
+    """A SEAL context with its encoder and evaluator; shared by both parties' code."""
+
+    def __init__(self, params: HEParams = HEParams()) -> None:
+        self.params = params
+        parms = seal.EncryptionParameters(seal.scheme_type.bfv)
+        parms.set_poly_modulus_degree(params.poly_degree)
+        parms.set_coeff_modulus(seal.CoeffModulus.BFVDefault(params.poly_degree))
+        parms.set_plain_modulus(params.plain_modulus)
+        self.context = seal.SEALContext(parms)
+        if not self.context.parameters_set():
+            raise HEError(f"invalid BFV parameters: {self.context.parameter_error_message()}")
+        self.encoder = seal.BatchEncoder(self.context)
+        self.evaluator = seal.Evaluator(self.context)
+        # the data-level primes (the last, special prime is dropped after key generation)
+        self.coeff_primes = [q.value() for q in parms.coeff_modulus()][:-1]
+
+    @property
+    def slots(self) -> int:
+        return self.params.poly_degree
+
+    def encode(self, values: np.ndarray) -> seal.Plaintext:
+        """Batch-encode up to N field elements (any integers; reduced mod p)."""
+        v = np.asarray(values, dtype=np.int64).reshape(-1)
+        if len(v) > self.slots:
+            raise ValueError(f"{len(v)} values do not fit {self.slots} slots")
+        full = np.zeros(self.slots, dtype=np.uint64)
+        full[: len(v)] = np.mod(v, self.params.plain_modulus).astype(np.uint64)
+        return self.encoder.encode(full)
+
+    def ciphertext_from_bytes(self, data: bytes) -> seal.Ciphertext:
+        """Load and validate a serialised ciphertext (a clear error if it is not one)."""
+        ct = seal.Ciphertext()
+        try:
+            ct.load_bytes(self.context, data)
+        except Exception as e:  # SEAL raises several types on malformed input
+            raise HEError(f"malformed ciphertext: {e}") from e
+        return ct
+
+    def public_key_from_bytes(self, data: bytes) -> seal.PublicKey:
+        """Load and validate a serialised public key."""
+        fd, path = tempfile.mkstemp(suffix=".pk")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            pk = seal.PublicKey()
+            pk.load(self.context, path)
+        except Exception as e:
+            raise HEError(f"malformed public key: {e}") from e
+        finally:
+            os.unlink(path)
+        return pk
+
+
+class ClientKeys:
+    """The client's key pair: it encrypts its masks and decrypts the server's answers."""
+
+    def __init__(self, he: HEContext) -> None:
+        self.he = he
+        keygen = seal.KeyGenerator(he.context)
+        self._secret = keygen.secret_key()
+        self.public_key = keygen.create_public_key()
+        self._encryptor = seal.Encryptor(he.context, self.public_key, self._secret)
+        self._decryptor = seal.Decryptor(he.context, self._secret)
+
+    @cached_property
+    def public_key_bytes(self) -> bytes:
+        return self.public_key.to_string()
+
+    def encrypt(self, values: np.ndarray) -> seal.Ciphertext:
+        """Encrypt up to N field elements (symmetric encryption: fresh, smaller noise)."""
+        return self._encryptor.encrypt_symmetric(self.he.encode(values))
+
+    def decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
+        """All N slots as uint64 residues mod p."""
+        if self._decryptor.invariant_noise_budget(ct) <= 0:
+            raise HEError("ciphertext noise budget exhausted: decryption would be wrong")
+        return self.he.encoder.decode_uint64(self._decryptor.decrypt(ct))
+
+    def noise_budget(self, ct: seal.Ciphertext) -> int:
+        """Remaining noise budget in bits (tests and parameter checks)."""
+        return self._decryptor.invariant_noise_budget(ct)
+
+
+def rerandomize(he: HEContext, ct: seal.Ciphertext, public_key: seal.PublicKey) -> seal.Ciphertext:
+    """ct + Enc_pk(0): a fresh encryption's randomness on top of the server's result."""
+    zero = seal.Encryptor(he.context, public_key).encrypt_zero()
+    return he.evaluator.add(ct, zero)
+
+
+def flood(he: HEContext, ct: seal.Ciphertext, flood_bits: int) -> seal.Ciphertext:
+    """Add uniform noise in [-2^flood_bits, 2^flood_bits] to c0 (statistical circuit privacy).
+
+    Decryption stays correct while 2^flood_bits plus the existing noise is below q / (2p);
+    check with the noise budget in tests. Returns a new ciphertext.
+    """
+    raw = bytearray(ct.to_string(seal.compr_mode_type.none))
+    n = he.params.poly_degree
+    limbs = len(he.coeff_primes)
+    if ct.size() != 2 or ct.coeff_modulus_size() != limbs or ct.is_ntt_form():
+        raise HEError("flood expects a fresh-level, size-2, non-NTT BFV ciphertext")
+    offset = len(raw) - 2 * limbs * n * 8
+    words = np.frombuffer(raw, dtype="<u8", offset=offset).reshape(2, limbs, n).copy()
+    noise = [secrets.randbelow(2 ** (flood_bits + 1) + 1) - 2**flood_bits for _ in range(n)]
+    noise_arr = np.array(noise, dtype=object)
+    for i, q in enumerate(he.coeff_primes):
+        c0 = words[0, i].astype(object)
+        words[0, i] = ((c0 + noise_arr % q) % q).astype(np.uint64)
+    raw[offset:] = words.tobytes()
+    return he.ciphertext_from_bytes(bytes(raw))
