@@ -1,0 +1,128 @@
+"""numba kernels for the label arithmetic around each AES call (one call per layer piece).
+
+Labels are uint64 pairs in a slot array ``L`` of shape ``(n_slots, m, 2)`` for ``m``
+instances. Each kernel loops gate-major, instance-minor in compiled code, so no Python runs
+per gate or per instance. The hash itself stays in ``FixedKeyAES`` (AES-NI via cryptography).
+
+Tweak of AND gate ``g`` (layer-order number) in instance ``i`` of ``n``: ``2 * (g * n + i)``
+for the garbler half gate and ``2 * (g * n + i) + 1`` for the evaluator half gate, unique per
+gate per instance within one garbling (each garbling has a fresh Delta).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+Arr = np.ndarray
+U64 = np.uint64
+_ONE = np.uint64(1)
+_ZERO = np.uint64(0)
+
+
+@numba.njit(cache=True, nogil=True)
+def xor_block(
+    L: np.ndarray, out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int
+) -> None:
+    """XOR gates ``lo..hi`` in order: ``L[out] = L[a] ^ L[b]`` for every instance."""
+    m = L.shape[1]
+    for g in range(lo, hi):
+        o, x, y = out[g], a[g], b[g]
+        for i in range(m):
+            L[o, i, 0] = L[x, i, 0] ^ L[y, i, 0]
+            L[o, i, 1] = L[x, i, 1] ^ L[y, i, 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def garble_gather(
+    L: Arr, a: Arr, an: Arr, b: Arr, bn: Arr, lo: int, hi: int, d0: U64, d1: U64,
+    X: Arr, T: Arr, n_total: int, i0: int,
+) -> None:  # fmt: skip
+    """Fill ``X[0..3] = A0, A1, B0, B1`` (zero/one labels of both inputs) and tweaks ``T``."""
+    m = L.shape[1]
+    for j in range(hi - lo):
+        g = lo + j
+        sa, sb, ma, mb = a[g], b[g], an[g], bn[g]
+        base = np.uint64(g) * np.uint64(n_total) + np.uint64(i0)
+        for i in range(m):
+            x0 = L[sa, i, 0] ^ (ma & d0)
+            x1 = L[sa, i, 1] ^ (ma & d1)
+            y0 = L[sb, i, 0] ^ (mb & d0)
+            y1 = L[sb, i, 1] ^ (mb & d1)
+            X[0, j, i, 0] = x0
+            X[0, j, i, 1] = x1
+            X[1, j, i, 0] = x0 ^ d0
+            X[1, j, i, 1] = x1 ^ d1
+            X[2, j, i, 0] = y0
+            X[2, j, i, 1] = y1
+            X[3, j, i, 0] = y0 ^ d0
+            X[3, j, i, 1] = y1 ^ d1
+            t = (base + np.uint64(i)) << _ONE
+            T[0, j, i] = t
+            T[1, j, i] = t
+            T[2, j, i] = t | _ONE
+            T[3, j, i] = t | _ONE
+
+
+@numba.njit(cache=True, nogil=True)
+def garble_combine(X: Arr, H: Arr, d0: U64, d1: U64, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
+    """Half-gates (ZRE15): tables ``(T_G, T_E)`` into ``tab`` and output zero labels into ``L``.
+
+    ``T_G = H(A0) ^ H(A1) ^ p_b*Delta``, ``W_G = H(A_{p_a}) ^ p_a*p_b*Delta``;
+    ``T_E = H(B0) ^ H(B1) ^ A0``, ``W_E = H(B_{p_b})``; output zero label ``W_G ^ W_E``.
+    """
+    G, m = X.shape[1], X.shape[2]
+    for j in range(G):
+        o = out[lo + j]
+        for i in range(m):
+            a0, a1 = X[0, j, i, 0], X[0, j, i, 1]
+            pa = _ZERO - (a0 & _ONE)
+            pb = _ZERO - (X[2, j, i, 0] & _ONE)
+            ha0, ha1 = H[0, j, i, 0], H[0, j, i, 1]
+            hb0, hb1 = H[2, j, i, 0], H[2, j, i, 1]
+            tg0 = ha0 ^ H[1, j, i, 0] ^ (pb & d0)
+            tg1 = ha1 ^ H[1, j, i, 1] ^ (pb & d1)
+            fb0 = hb0 ^ H[3, j, i, 0]
+            fb1 = hb1 ^ H[3, j, i, 1]
+            tab[j, i, 0, 0] = tg0
+            tab[j, i, 0, 1] = tg1
+            tab[j, i, 1, 0] = fb0 ^ a0
+            tab[j, i, 1, 1] = fb1 ^ a1
+            L[o, i, 0] = ha0 ^ (pa & tg0) ^ hb0 ^ (pb & fb0)
+            L[o, i, 1] = ha1 ^ (pa & tg1) ^ hb1 ^ (pb & fb1)
+
+
+@numba.njit(cache=True, nogil=True)
+def eval_gather(
+    L: Arr, a: Arr, b: Arr, lo: int, hi: int, X: Arr, T: Arr, n_total: int, i0: int
+) -> None:
+    """Fill ``X[0..1] = A, B`` (the evaluator's input labels) and tweaks ``T``."""
+    m = L.shape[1]
+    for j in range(hi - lo):
+        g = lo + j
+        sa, sb = a[g], b[g]
+        base = np.uint64(g) * np.uint64(n_total) + np.uint64(i0)
+        for i in range(m):
+            X[0, j, i, 0] = L[sa, i, 0]
+            X[0, j, i, 1] = L[sa, i, 1]
+            X[1, j, i, 0] = L[sb, i, 0]
+            X[1, j, i, 1] = L[sb, i, 1]
+            t = (base + np.uint64(i)) << _ONE
+            T[0, j, i] = t
+            T[1, j, i] = t | _ONE
+
+
+@numba.njit(cache=True, nogil=True)
+def eval_combine(X: Arr, H: Arr, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
+    """Half-gates evaluation: ``W = H(A) ^ s_a*T_G ^ H(B) ^ s_b*(T_E ^ A)``, s = lsb."""
+    G, m = X.shape[1], X.shape[2]
+    for j in range(G):
+        o = out[lo + j]
+        for i in range(m):
+            a0, a1 = X[0, j, i, 0], X[0, j, i, 1]
+            sa = _ZERO - (a0 & _ONE)
+            sb = _ZERO - (X[1, j, i, 0] & _ONE)
+            L[o, i, 0] = H[0, j, i, 0] ^ (sa & tab[j, i, 0, 0]) ^ H[1, j, i, 0]
+            L[o, i, 0] ^= sb & (tab[j, i, 1, 0] ^ a0)
+            L[o, i, 1] = H[0, j, i, 1] ^ (sa & tab[j, i, 0, 1]) ^ H[1, j, i, 1]
+            L[o, i, 1] ^= sb & (tab[j, i, 1, 1] ^ a1)

@@ -1,0 +1,82 @@
+"""Half-gates evaluation: the evaluator's side of :mod:`safenet.crypto.gc.garble`.
+
+The evaluator holds one label per input wire (its own through OT, the garbler's sent in the
+clear) and the AND tables; it learns one label per output wire and, with the garbler's
+decode bits, the output bits. It walks the same schedule as the garbler: one vectorised
+AES call per AND layer piece, two hashes per AND gate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safenet.crypto.aes import FixedKeyAES
+from safenet.crypto.gc import _kernels as K
+from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.garble import _chunks, _pieces
+
+__all__ = ["decode", "evaluate"]
+
+
+def evaluate(
+    circuit: Circuit,
+    tables: np.ndarray,
+    input_labels: dict[str, np.ndarray],
+    *,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """Evaluate garbled ``circuit``; returns output labels ``(n_outputs, n_instances, 2)``.
+
+    Args:
+        circuit: the circuit that was garbled.
+        tables: uint64 ``(and_count, n_instances, 2, 2)`` from :meth:`Garbled.take_tables`
+            (or :func:`~safenet.crypto.gc.garble.tables_from_bytes`).
+        input_labels: group name -> labels ``(nbits, n_instances, 2)``, one per input wire,
+            for every input group the circuit uses.
+        chunk: instances per pass (any value; results do not depend on it).
+
+    Outputs are concatenated in declaration order; :meth:`Circuit.split_outputs` cuts them.
+    """
+    sch = circuit.schedule
+    sizes = {np.asarray(v).shape[1] for v in input_labels.values()}
+    if len(sizes) != 1:
+        raise ValueError("all input labels must cover the same number of instances")
+    n = sizes.pop()
+    if tables.shape != (circuit.and_count, n, 2, 2) or tables.dtype != np.uint64:
+        raise ValueError(
+            f"tables must be uint64 {(circuit.and_count, n, 2, 2)}, got {tables.dtype} "
+            f"{tables.shape}"
+        )
+    for name, slots in sch.input_slots.items():
+        if (slots >= 0).any() and name not in input_labels:
+            raise KeyError(f"missing labels for input {name!r}")
+        if name in input_labels and np.shape(input_labels[name]) != (len(slots), n, 2):
+            raise ValueError(f"labels of {name!r} must have shape {(len(slots), n, 2)}")
+    out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
+    aes = FixedKeyAES()
+    for i0, i1 in _chunks(n, chunk):
+        m = i1 - i0
+        L = np.empty((sch.n_slots, m, 2), dtype=np.uint64)
+        L[0] = 0
+        for name, slots in sch.input_slots.items():
+            used = slots >= 0
+            if used.any():
+                L[slots[used]] = np.asarray(input_labels[name], dtype=np.uint64)[used, i0:i1]
+        for d in range(sch.depth + 1):
+            K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
+            if d == sch.depth:
+                break
+            for lo, hi in _pieces(*sch.and_layer(d), m):
+                X = np.empty((2, hi - lo, m, 2), dtype=np.uint64)
+                T = np.empty((2, hi - lo, m), dtype=np.uint64)
+                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X, T, n, i0)
+                H = aes.hash(X, T)
+                K.eval_combine(X, H, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+        out[:, i0:i1] = L[sch.out_slots]
+    return out
+
+
+def decode(labels: np.ndarray, decode_bits: np.ndarray) -> np.ndarray:
+    """Output bits ``lsb(label) ^ decode_bit``, uint8 of shape ``decode_bits.shape``."""
+    lsb = (np.asarray(labels)[..., 0] & np.uint64(1)).astype(np.uint8)
+    return lsb ^ np.asarray(decode_bits, dtype=np.uint8)

@@ -1,0 +1,247 @@
+"""Half-gates garbling (Zahur-Rosulek-Evans 2015) with free-XOR and point-and-permute.
+
+One :func:`garble` call garbles ``n_instances`` independent copies of a circuit under one
+fresh global offset Delta (lsb 1): every wire has a zero label ``W0`` and one label
+``W0 ^ Delta``, the lsb of a label is its permute bit, XOR and NOT are free and an AND gate
+costs two ciphertexts ``(T_G, T_E)``. Hashing is the tweakable correlation-robust hash of
+:class:`safenet.crypto.aes.FixedKeyAES` with tweak ``2 * (g * n_instances + i) + {0, 1}`` for
+AND gate ``g`` of instance ``i`` (unique within a garbling; see :func:`and_tweaks`).
+
+Single use, enforced by :class:`Garbled`:
+
+* the tables are handed out once (:meth:`Garbled.take_tables`); a second call raises;
+* each input group is released once, either as the labels of chosen bits
+  (:func:`encode`, the garbler's own inputs) or as ``(label0, label1)`` pairs for oblivious
+  transfer (:func:`label_pairs`); a second release of the same group raises, because two
+  labels of one wire reveal Delta. Released zero labels are dropped, and Delta is dropped once
+  every group has been released, so a spent object holds no secret;
+* a :class:`Garbled` cannot be copied or pickled, and every :func:`garble` call draws a fresh
+  Delta and fresh labels from the OS CSPRNG.
+
+Python cannot stop code that reaches into private attributes; these checks stop accidental
+reuse, which is what breaks security in practice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from safenet.crypto.aes import FixedKeyAES, random_blocks
+from safenet.crypto.gc import _kernels as K
+from safenet.crypto.gc.circuit import Circuit, Schedule
+
+__all__ = ["Garbled", "and_tweaks", "encode", "garble", "label_pairs", "tables_from_bytes"]
+
+#: instances processed together; label memory is ``n_slots * chunk * 16`` bytes
+DEFAULT_CHUNK = 16384
+#: gate-instances per AES call: wide layers are cut into pieces of about this size
+PIECE = 1 << 15
+
+
+def _pieces(lo: int, hi: int, m: int) -> Iterator[tuple[int, int]]:
+    step = max(1, PIECE // max(m, 1))
+    for a in range(lo, hi, step):
+        yield a, min(hi, a + step)
+
+
+def _chunks(n: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+    c = DEFAULT_CHUNK if chunk is None else chunk
+    if c < 1:
+        raise ValueError("chunk must be positive")
+    for a in range(0, n, c):
+        yield a, min(n, a + c)
+
+
+def and_tweaks(circuit: Circuit, n_instances: int, chunk: int | None = None) -> np.ndarray:
+    """Every hash tweak a garbling uses, in order (for auditing uniqueness in tests).
+
+    Runs the same chunk/layer/piece loops and the same gather kernel as :func:`garble`, on
+    dummy labels, and returns the tweaks it writes.
+    """
+    sch = circuit.schedule
+    out = []
+    zero = np.uint64(0)
+    for i0, i1 in _chunks(n_instances, chunk):
+        m = i1 - i0
+        L = np.zeros((sch.n_slots, m, 2), dtype=np.uint64)
+        for d in range(sch.depth):
+            for lo, hi in _pieces(*sch.and_layer(d), m):
+                X = np.empty((4, hi - lo, m, 2), dtype=np.uint64)
+                T = np.empty((4, hi - lo, m), dtype=np.uint64)
+                K.garble_gather(
+                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
+                    lo, hi, zero, zero, X, T, n_instances, i0,
+                )  # fmt: skip
+                out.append(T[[0, 2]].reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+
+
+class Garbled:
+    """The garbler's side of one garbling: secrets released once each (see module doc).
+
+    Attributes:
+        circuit: the garbled circuit.
+        n_instances: independent copies garbled.
+        decode_bits: uint8 ``(n_outputs, n_instances)``, lsb of each output zero label;
+            public, sent to the evaluator so that it can :func:`decode` its outputs.
+    """
+
+    def __init__(
+        self,
+        circuit: Circuit,
+        n_instances: int,
+        delta: np.ndarray,
+        input_zero: dict[str, np.ndarray],
+        tables: np.ndarray,
+        decode_bits: np.ndarray,
+    ) -> None:
+        self.circuit = circuit
+        self.n_instances = n_instances
+        self.decode_bits = decode_bits
+        self._delta: np.ndarray | None = delta
+        self._input_zero: dict[str, np.ndarray] = dict(input_zero)
+        self._tables: np.ndarray | None = tables
+        self._released: set[str] = set()
+
+    def __copy__(self) -> Garbled:
+        raise TypeError("a Garbled object is single-use and cannot be copied")
+
+    def __deepcopy__(self, memo: dict) -> Garbled:
+        raise TypeError("a Garbled object is single-use and cannot be copied")
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a Garbled object is single-use and cannot be pickled")
+
+    @property
+    def table_bytes(self) -> int:
+        """Size of the garbled tables: 32 bytes per AND gate per instance."""
+        return self.circuit.table_bytes * self.n_instances
+
+    @property
+    def tables_taken(self) -> bool:
+        """Whether :meth:`take_tables` has been called."""
+        return self._tables is None
+
+    def take_tables(self) -> np.ndarray:
+        """The AND tables, uint64 ``(and_count, n_instances, 2, 2)``; only once.
+
+        Gate-major in layer order, so ``tables[a:b]`` is a contiguous run of layers and
+        ``tables.tobytes()`` is the wire format (see :func:`tables_from_bytes`).
+        """
+        if self._tables is None:
+            raise RuntimeError(
+                "garbled tables were already taken (garbled circuits are single-use)"
+            )
+        t, self._tables = self._tables, None
+        return t
+
+    def _release(self, name: str) -> np.ndarray:
+        if name in self._released:
+            raise RuntimeError(
+                f"labels of input {name!r} were already released (single use: two labels of "
+                "one wire would reveal Delta)"
+            )
+        if name not in self._input_zero:
+            raise KeyError(f"no input group {name!r}; have {sorted(self.circuit.inputs)}")
+        self._released.add(name)
+        return self._input_zero.pop(name)
+
+    def _delta_after_release(self) -> np.ndarray:
+        assert self._delta is not None
+        delta = self._delta
+        if not self._input_zero:  # everything released: forget Delta
+            self._delta = None
+        return delta
+
+    def encode(self, name: str, bits: np.ndarray) -> np.ndarray:
+        """Labels of the garbler's own input ``name`` for ``bits`` ``(nbits, n_instances)``."""
+        b = np.asarray(bits)
+        want = (len(self.circuit.inputs.get(name, ())), self.n_instances)
+        if b.shape != want:
+            raise ValueError(f"input {name!r}: bits must have shape {want}, got {b.shape}")
+        if b.size and b.max() > 1:
+            raise ValueError("bits must be 0 or 1")
+        zero = self._release(name)
+        delta = self._delta_after_release()
+        mask = np.uint64(0) - b.astype(np.uint64)
+        return zero ^ (mask[..., None] & delta)
+
+    def label_pairs(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(label0, label1)``, each ``(nbits, n_instances, 2)``, of input ``name`` for OT."""
+        zero = self._release(name)
+        delta = self._delta_after_release()
+        return zero, zero ^ delta
+
+
+def encode(garbled: Garbled, input_name: str, bits: np.ndarray) -> np.ndarray:
+    """Labels of the garbler's own input bits (see :meth:`Garbled.encode`)."""
+    return garbled.encode(input_name, bits)
+
+
+def label_pairs(garbled: Garbled, input_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Label pairs of an evaluator input, for OT (see :meth:`Garbled.label_pairs`)."""
+    return garbled.label_pairs(input_name)
+
+
+def tables_from_bytes(data: bytes, circuit: Circuit, n_instances: int) -> np.ndarray:
+    """Inverse of ``tables.tobytes()``: a read-only ``(and_count, n_instances, 2, 2)`` view."""
+    want = circuit.table_bytes * n_instances
+    if len(data) != want:
+        raise ValueError(f"expected {want} bytes of tables, got {len(data)}")
+    return np.frombuffer(data, dtype="<u8").reshape(circuit.and_count, n_instances, 2, 2)
+
+
+def garble(
+    circuit: Circuit,
+    n_instances: int,
+    *,
+    chunk: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> Garbled:
+    """Garble ``n_instances`` copies of ``circuit`` under a fresh Delta.
+
+    Args:
+        circuit: the circuit (its schedule is computed once and cached on it).
+        n_instances: copies; they share Delta and nothing else.
+        chunk: instances per pass (memory ``n_slots * chunk * 16`` bytes for labels).
+        rng: a seeded generator for reproducible tests only; ``None`` (the default) draws
+            Delta and labels from the OS CSPRNG.
+    """
+    if n_instances < 1:
+        raise ValueError("n_instances must be positive")
+    sch: Schedule = circuit.schedule
+    delta = random_blocks((1,), rng)[0]
+    delta[0] |= np.uint64(1)  # point-and-permute: lsb(Delta) = 1
+    d0, d1 = delta[0], delta[1]
+    input_zero = {
+        name: random_blocks((len(w), n_instances), rng) for name, w in circuit.inputs.items()
+    }
+    tables = np.empty((circuit.and_count, n_instances, 2, 2), dtype=np.uint64)
+    decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
+    aes = FixedKeyAES()
+    for i0, i1 in _chunks(n_instances, chunk):
+        m = i1 - i0
+        L = np.empty((sch.n_slots, m, 2), dtype=np.uint64)
+        L[0] = 0
+        for name, slots in sch.input_slots.items():
+            used = slots >= 0
+            L[slots[used]] = input_zero[name][used, i0:i1]
+        for d in range(sch.depth + 1):
+            K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
+            if d == sch.depth:
+                break
+            for lo, hi in _pieces(*sch.and_layer(d), m):
+                X = np.empty((4, hi - lo, m, 2), dtype=np.uint64)
+                T = np.empty((4, hi - lo, m), dtype=np.uint64)
+                K.garble_gather(
+                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
+                    lo, hi, d0, d1, X, T, n_instances, i0,
+                )  # fmt: skip
+                H = aes.hash(X, T)
+                K.garble_combine(X, H, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+        decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
+            np.uint8
+        ) ^ sch.out_neg[:, None]
+    return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits)

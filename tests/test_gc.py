@@ -1,0 +1,421 @@
+"""Garbled circuits: builder arithmetic, half-gates garbling/evaluation, the ReLU circuit."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from safenet.crypto.gc import (
+    FALSE,
+    TRUE,
+    CircuitBuilder,
+    and_tweaks,
+    bits_to_int,
+    decode,
+    evaluate,
+    garble,
+    int_to_bits,
+    relu_circuit,
+    relu_reference,
+    tables_from_bytes,
+)
+from safenet.field import DELPHI_PRIME, is_probable_prime
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def run_garbled(circuit, values, rng=None, evaluator=()):
+    """Garble, hand labels over (evaluator groups through label pairs), evaluate, decode."""
+    n = len(next(iter(values.values())))
+    g = garble(circuit, n, rng=rng)
+    labels = {}
+    for name, v in values.items():
+        bits = int_to_bits(np.asarray(v, dtype=np.uint64), len(circuit.inputs[name]))
+        if name in evaluator:
+            l0, l1 = g.label_pairs(name)
+            labels[name] = np.where(bits[..., None].astype(bool), l1, l0)
+        else:
+            labels[name] = g.encode(name, bits)
+    out = evaluate(circuit, g.take_tables(), labels)
+    return {k: bits_to_int(v) for k, v in circuit.split_outputs(decode(out, g.decode_bits)).items()}
+
+
+def run_plain(circuit, values):
+    bits = {
+        k: int_to_bits(np.asarray(v, dtype=np.uint64), len(circuit.inputs[k]))
+        for k, v in values.items()
+    }
+    return {k: bits_to_int(v) for k, v in circuit.evaluate_plain(bits).items()}
+
+
+def check(circuit, values, expected, rng):
+    got = run_garbled(circuit, values, rng, evaluator=tuple(values)[1:])
+    plain = run_plain(circuit, values)
+    for name, want in expected.items():
+        want = np.asarray(want, dtype=np.uint64)
+        np.testing.assert_array_equal(plain[name], want, err_msg=f"plain {name}")
+        np.testing.assert_array_equal(got[name], want, err_msg=f"garbled {name}")
+
+
+def edge_values(w, rng, m):
+    top = (1 << w) - 1
+    v = rng.integers(0, top, m, dtype=np.uint64, endpoint=True)
+    special = np.array([0, 1, 2, top, top - 1, 1 << (w - 1), (1 << (w - 1)) - 1], np.uint64)
+    v[: len(special)] = special & np.uint64(top)
+    return v
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+# -- bits and builder arithmetic ----------------------------------------------------------------
+
+
+def test_bits_roundtrip(rng):
+    v = rng.integers(0, 2**63, (3, 50), dtype=np.uint64)
+    b = int_to_bits(v, 64)
+    assert b.shape == (64, 3, 50) and b.dtype == np.uint8
+    np.testing.assert_array_equal(bits_to_int(b), v)
+    np.testing.assert_array_equal(int_to_bits([5], 4)[:, 0], [1, 0, 1, 0])
+    with pytest.raises(ValueError):
+        int_to_bits(np.array([-1]), 8)
+
+
+def test_constants_and_folding_are_free():
+    bld = CircuitBuilder()
+    x = bld.input("x", 4)
+    assert bld.and_(x[0], FALSE) == FALSE and bld.and_(x[0], TRUE) == x[0]
+    assert bld.and_(x[0], x[0] ^ 1) == FALSE and bld.xor(x[1], x[1]) == FALSE
+    assert bld.xor(x[1], TRUE) == x[1] ^ 1 and bld.or_(x[2], TRUE) == TRUE
+    assert bld.and_(x[0], x[1]) == bld.and_(x[1], x[0])  # hash-consed
+    # shifts and constant outputs cost nothing; constant outputs decode correctly
+    bld.output("y", [*bld.shl(bld.shr(x, 1), 2), TRUE, FALSE, x[3] ^ 1])
+    c = bld.build()
+    assert c.and_count == 0 and c.xor_count == 0
+    xs = np.arange(16, dtype=np.uint64)
+    want = ((xs >> 1) << 2) | (1 << 5) | (((xs >> 3) & 1) ^ 1) << 7
+    got = run_garbled(c, {"x": xs}, np.random.default_rng(0))["y"]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("w", [1, 5, 16, 41])
+def test_adder_and_subtractor(w, rng):
+    bld = CircuitBuilder()
+    x, y = bld.input("x", w), bld.input("y", w)
+    s, c = bld.add(x, y)
+    d, ge = bld.sub(x, y)
+    bld.output("sum", [*s, c])
+    bld.output("diff", d)
+    bld.output("ge", [ge])
+    bld.output("lt", [bld.lt(x, y)])
+    circuit = bld.build()
+    assert circuit.and_count_by_stage()[""] == circuit.and_count
+    xs, ys = edge_values(w, rng, 300), edge_values(w, rng, 300)[::-1].copy()
+    mask = np.uint64((1 << w) - 1)
+    check(
+        circuit,
+        {"x": xs, "y": ys},
+        {"sum": xs + ys, "diff": (xs - ys) & mask, "ge": xs >= ys, "lt": xs < ys},
+        rng,
+    )
+
+
+def test_adder_costs_one_and_per_bit():
+    bld = CircuitBuilder()
+    x, y = bld.input("x", 32), bld.input("y", 32)
+    s, c = bld.add(x, y)
+    bld.output("s", [*s, c])
+    assert bld.build().and_count == 32
+    bld = CircuitBuilder()
+    x = bld.input("x", 32)
+    bld.output("s", bld.add_const(x, 0x10000))  # bits below 16 pass through for free
+    assert bld.build().and_count == 14  # carries into bits 18..31
+
+
+@pytest.mark.parametrize("w", [3, 12, 41])
+def test_constant_comparators(w, rng):
+    consts = sorted({1, 2, 3, (1 << w) - 1, 1 << (w - 1), int(rng.integers(1, 1 << w))})
+    bld = CircuitBuilder()
+    x = bld.input("x", w)
+    for i, c in enumerate(consts):
+        bld.output(f"ge{i}", [bld.ge_const(x, c)])
+        bld.output(f"gt{i}", [bld.gt_const(x, c)])
+        bld.output(f"le{i}", [bld.le_const(x, c)])
+        bld.output(f"lt{i}", [bld.lt_const(x, c)])
+        bld.output(f"eq{i}", [bld.eq_const(x, c)])
+        bld.output(f"add{i}", bld.add_const(x, c))
+        bld.output(f"sub{i}", bld.sub_const(x, c))
+    bld.output("ge_zero", [bld.ge_const(x, 0)])
+    bld.output("big", [bld.ge_const(x, 1 << w)])
+    circuit = bld.build()
+    xs = edge_values(w, rng, 400)
+    xs[10 : 10 + 3 * len(consts)] = [
+        (c + d) % (1 << w) for c in consts for d in (-1, 0, 1)
+    ]  # around every constant
+    mask = np.uint64((1 << w) - 1)
+    want = {"ge_zero": np.ones_like(xs), "big": np.zeros_like(xs)}
+    for i, c in enumerate(consts):
+        cu = np.uint64(c)
+        want |= {
+            f"ge{i}": xs >= cu,
+            f"gt{i}": xs > cu,
+            f"le{i}": xs <= cu,
+            f"lt{i}": xs < cu,
+            f"eq{i}": xs == cu,
+            f"add{i}": (xs + cu) & mask,
+            f"sub{i}": (xs - cu) & mask,
+        }
+    check(circuit, {"x": xs}, want, rng)
+
+
+def test_comparison_with_constant_costs_at_most_one_and_per_bit():
+    bld = CircuitBuilder()
+    x = bld.input("x", 40)
+    bld.output("a", [bld.ge_const(x, 3 << 30)])  # low 30 bits of the constant are zero
+    assert bld.build().and_count == 9
+
+
+def test_mux_and_select(rng):
+    w = 20
+    bld = CircuitBuilder()
+    s, x, y = bld.input("s", 1), bld.input("x", w), bld.input("y", w)
+    bld.output("mux", bld.mux_vec(s[0], x, y))
+    bld.output("and", bld.and_vec(s[0], x))
+    bld.output("max", bld.mux_vec(bld.ge(x, y), x, y))
+    circuit = bld.build()
+    ss = rng.integers(0, 2, 500, dtype=np.uint64)
+    xs, ys = edge_values(w, rng, 500), edge_values(w, rng, 500)
+    check(
+        circuit,
+        {"s": ss, "x": xs, "y": ys},
+        {"mux": np.where(ss == 1, xs, ys), "and": xs * ss, "max": np.maximum(xs, ys)},
+        rng,
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_circuits_match_plain_bit_evaluator(seed):
+    """Random XOR/AND/OR/NOT DAGs over 2 groups, built gate by gate, vs numpy on bits."""
+    r = np.random.default_rng(seed)
+    m, n_in = 300, (3, 5)
+    bld = CircuitBuilder()
+    lits = bld.input("g", n_in[0]) + bld.input("e", n_in[1])
+    ins = {"g": r.integers(0, 2, (n_in[0], m)), "e": r.integers(0, 2, (n_in[1], m))}
+    vals = [*ins["g"].astype(bool), *ins["e"].astype(bool)]
+    for _ in range(int(r.integers(30, 120))):
+        op = r.integers(0, 4)
+        i, j = r.integers(0, len(lits), 2)
+        if op == 0:
+            lits.append(bld.xor(lits[i], lits[j]))
+            vals.append(vals[i] ^ vals[j])
+        elif op == 1:
+            lits.append(bld.and_(lits[i], lits[j]))
+            vals.append(vals[i] & vals[j])
+        elif op == 2:
+            lits.append(bld.or_(lits[i], lits[j]))
+            vals.append(vals[i] | vals[j])
+        else:
+            lits.append(bld.not_(lits[i]))
+            vals.append(~vals[i])
+    picks = r.integers(0, len(lits), 12)
+    bld.output("out", [lits[i] for i in picks])
+    circuit = bld.build()
+    g = garble(circuit, m, rng=r)
+    labels = {"g": g.encode("g", ins["g"])}
+    l0, l1 = g.label_pairs("e")
+    labels["e"] = np.where(ins["e"][..., None].astype(bool), l1, l0)
+    got = decode(evaluate(circuit, g.take_tables(), labels, chunk=97), g.decode_bits)
+    want = np.array([vals[i] for i in picks], dtype=np.uint8)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(circuit.evaluate_plain(ins)["out"], want)
+
+
+# -- garbling mechanics ---------------------------------------------------------------------------
+
+
+def _adder(w=16):
+    bld = CircuitBuilder()
+    s, c = bld.add(bld.input("x", w), bld.input("y", w))
+    bld.output("s", [*s, c])
+    return bld.build()
+
+
+def test_table_size_and_serialisation(rng):
+    circuit, n = _adder(), 37
+    g = garble(circuit, n, rng=rng)
+    assert g.table_bytes == 32 * circuit.and_count * n
+    raw = g.take_tables().tobytes()
+    assert len(raw) == 32 * circuit.and_count * n
+    tables = tables_from_bytes(raw, circuit, n)
+    xs, ys = rng.integers(0, 1 << 16, n), rng.integers(0, 1 << 16, n)
+    labels = {"x": g.encode("x", int_to_bits(xs, 16)), "y": g.encode("y", int_to_bits(ys, 16))}
+    out = bits_to_int(decode(evaluate(circuit, tables, labels), g.decode_bits))
+    np.testing.assert_array_equal(out, xs + ys)
+
+
+def test_chunking_does_not_change_results(rng):
+    circuit, n = _adder(), 100
+    xs, ys = rng.integers(0, 1 << 16, n), rng.integers(0, 1 << 16, n)
+    g = garble(circuit, n, chunk=7)
+    labels = {"x": g.encode("x", int_to_bits(xs, 16)), "y": g.encode("y", int_to_bits(ys, 16))}
+    tables = g.take_tables()
+    a = evaluate(circuit, tables, labels, chunk=13)
+    b = evaluate(circuit, tables, labels)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(bits_to_int(decode(a, g.decode_bits)), xs + ys)
+
+
+def test_wrong_labels_or_tables_give_garbage(rng):
+    circuit, n = _adder(), 200
+    xs, ys = rng.integers(0, 1 << 16, n), rng.integers(0, 1 << 16, n)
+    bx, by = int_to_bits(xs, 16), int_to_bits(ys, 16)
+    g1, g2 = garble(circuit, n), garble(circuit, n)
+    t1, t2 = g1.take_tables(), g2.take_tables()
+    assert not np.array_equal(t1, t2)  # fresh Delta and labels every time
+    l1 = {"x": g1.encode("x", bx), "y": g1.encode("y", by)}
+    l2 = {"x": g2.encode("x", bx), "y": g2.encode("y", by)}
+    right = bits_to_int(decode(evaluate(circuit, t1, l1), g1.decode_bits))
+    np.testing.assert_array_equal(right, xs + ys)
+    for tables, labels in ((t2, l1), (t1, l2)):  # the other garbling's tables or labels
+        wrong = bits_to_int(decode(evaluate(circuit, tables, labels), g1.decode_bits))
+        assert np.mean(wrong == xs + ys) < 0.05
+    random_labels = {k: rng.integers(0, 2**64, v.shape, dtype=np.uint64) for k, v in l1.items()}
+    wrong = bits_to_int(decode(evaluate(circuit, t1, random_labels), g1.decode_bits))
+    assert np.mean(wrong == xs + ys) < 0.05
+
+
+def test_label_structure(rng):
+    circuit = _adder()
+    g = garble(circuit, 5, rng=rng)
+    l0, l1 = g.label_pairs("x")
+    delta = l0 ^ l1
+    assert (delta == delta[0, 0]).all() and delta[0, 0, 0] & 1 == 1  # global Delta, lsb 1
+    assert ((l0[..., 0] ^ l1[..., 0]) & 1 == 1).all()  # permute bits differ
+
+
+def test_single_use(rng):
+    circuit = _adder()
+    g = garble(circuit, 4, rng=rng)
+    g.take_tables()
+    with pytest.raises(RuntimeError):
+        g.take_tables()
+    g.encode("x", np.zeros((16, 4), np.uint8))
+    with pytest.raises(RuntimeError):
+        g.encode("x", np.ones((16, 4), np.uint8))
+    with pytest.raises(RuntimeError):
+        g.label_pairs("x")
+    g.label_pairs("y")
+    with pytest.raises(RuntimeError):
+        g.encode("y", np.zeros((16, 4), np.uint8))
+    assert g._delta is None and not g._input_zero  # nothing secret left
+    with pytest.raises(TypeError):
+        copy.copy(g)
+    with pytest.raises(TypeError):
+        copy.deepcopy(g)
+    with pytest.raises(TypeError):
+        pickle.dumps(g)
+
+
+def test_every_and_tweak_is_unique():
+    circuit = relu_circuit(DELPHI_PRIME, 9)
+    for n, chunk in ((3, None), (50, 16)):
+        tw = and_tweaks(circuit, n, chunk=chunk)
+        assert len(tw) == 2 * circuit.and_count * n
+        assert len(np.unique(tw)) == len(tw)
+
+
+# -- ReLU -----------------------------------------------------------------------------------------
+
+
+def relu_int(a, b, r, p, k):
+    v = (a + b) % p
+    x = (v - p if v > p // 2 else v) >> k  # Python >> floors negatives
+    return (max(x, 0) + r) % p
+
+
+def relu_cases(p, k, m, rng):
+    """Random (a, b, r) plus edge cases for v, the truncation boundaries, s and the mask."""
+    h = p // 2
+    vs = [0, 1, 2, h - 1, h, h + 1, h + 2, p - 1, p - 2]
+    for base in (0, h - h % (1 << k), p):  # multiples of 2^k near 0, h, and just below p
+        for j in (-2, -1, 0, 1, 2):
+            for d in (-1, 0, 1):
+                vs.append((base + j * (1 << k) + d) % p)
+    n_edge = len(vs)
+    a = [int(x) for x in rng.integers(0, p, m)]
+    b = [int(x) for x in rng.integers(0, p, m)]
+    r = [int(x) for x in rng.integers(0, p, m)]
+    for i, v in enumerate(vs):  # random split of each special v
+        b[i] = (v - a[i]) % p
+    # extreme splits: s = a + b at 0, h, h+1, p-1, p, p+h, p+h+1, 2p-2
+    for i, (x, y) in enumerate(
+        [(0, 0), (0, h), (h, 1), (p - 1, 0), (1, p - 1), (p - 1, 1), (h, p - 1), (p - 1, p - 1),
+         (h + 1, p - 1), (p - 1, h + 2), (0, p - 1), (h, h), (h + 1, h)]
+    ):  # fmt: skip
+        a[n_edge + i], b[n_edge + i] = x, y
+    # masks at the wrap boundary of the final reduction, and at 0 and p - 1
+    for i in range(0, 3 * n_edge, 3):
+        y = relu_int(a[i], b[i], 0, p, k)
+        r[i], r[i + 1], r[i + 2] = (p - y) % p, (p - y - 1) % p, [0, p - 1][i % 2]
+    return a, b, r
+
+
+RELU_PARAMS = [
+    (DELPHI_PRIME, 9),
+    (DELPHI_PRIME, 0),
+    (DELPHI_PRIME, 1),
+    (DELPHI_PRIME, 13),
+    (DELPHI_PRIME, 38),
+    (5, 0),
+    (7, 1),
+    (97, 3),
+    (65537, 8),
+    (2**31 - 1, 12),
+    (2**61 - 1, 20),
+]
+
+
+def _ntt_prime(bits, two_adicity):
+    c = (1 << (bits - two_adicity)) - 1
+    while not is_probable_prime(c * (1 << two_adicity) + 1):
+        c -= 2
+    return c * (1 << two_adicity) + 1
+
+
+@pytest.mark.parametrize("p, k", RELU_PARAMS + [(_ntt_prime(52, 14), 16)])
+def test_relu_circuit_plain(p, k):
+    """Exact semantics against Python ints, in plaintext over many cases."""
+    rng = np.random.default_rng(p % 1000 + k)
+    circuit = relu_circuit(p, k)
+    a, b, r = relu_cases(p, k, 3000, rng)
+    got = run_plain(circuit, {"server_share": a, "client_share": b, "server_mask": r})["z"]
+    want = [relu_int(x, y, m, p, k) for x, y, m in zip(a, b, r, strict=True)]
+    np.testing.assert_array_equal(got, np.array(want, dtype=np.uint64))
+
+
+@pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (97, 3), (2**31 - 1, 12)])
+def test_relu_garbled(p, k):
+    rng = np.random.default_rng(k)
+    circuit = relu_circuit(p, k)
+    a, b, r = relu_cases(p, k, 4000 if p == DELPHI_PRIME else 1000, rng)
+    got = run_garbled(
+        circuit,
+        {"server_share": a, "client_share": b, "server_mask": r},
+        evaluator=("client_share",),
+    )["z"]
+    want = [relu_int(x, y, m, p, k) for x, y, m in zip(a, b, r, strict=True)]
+    np.testing.assert_array_equal(got, np.array(want, dtype=np.uint64))
+    np.testing.assert_array_equal(got, relu_reference(a, b, r, p, k))
+
+
+def test_relu_cost():
+    circuit = relu_circuit(DELPHI_PRIME, 9)
+    assert circuit.and_count <= 248  # Delphi's circuit: ~533
+    assert circuit.table_bytes == 32 * circuit.and_count
+    assert sum(circuit.and_count_by_stage().values()) == circuit.and_count
+    assert set(circuit.inputs) == {"server_share", "client_share", "server_mask"}
+    assert all(len(v) == 41 for v in circuit.inputs.values())
+    assert len(circuit.outputs["z"]) == 41
