@@ -13,7 +13,7 @@ import numpy as np
 from safenet.crypto.aes import FixedKeyAES
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.garble import _chunks, _pieces
+from safenet.crypto.gc.garble import _chunk_labels, _chunks, _pieces
 
 __all__ = ["decode", "evaluate"]
 
@@ -56,12 +56,7 @@ def evaluate(
     aes = FixedKeyAES()
     for i0, i1 in _chunks(n, chunk):
         m = i1 - i0
-        L = np.empty((sch.n_slots, m, 2), dtype=np.uint64)
-        L[0] = 0
-        for name, slots in sch.input_slots.items():
-            used = slots >= 0
-            if used.any():
-                L[slots[used]] = np.asarray(input_labels[name], dtype=np.uint64)[used, i0:i1]
+        L = _chunk_labels(sch, input_labels, i0, i1)
         for d in range(sch.depth + 1):
             K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
             if d == sch.depth:

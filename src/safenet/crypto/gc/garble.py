@@ -54,6 +54,20 @@ def _chunks(n: int, chunk: int | None) -> Iterator[tuple[int, int]]:
         yield a, min(n, a + c)
 
 
+def _chunk_labels(sch: Schedule, labels: dict[str, np.ndarray], i0: int, i1: int) -> np.ndarray:
+    """Wire-slot label buffer for instances [i0, i1): slot 0 (constant) zero, inputs loaded.
+
+    Shared by garbling (inputs = zero labels) and evaluation (inputs = active labels).
+    """
+    L = np.empty((sch.n_slots, i1 - i0, 2), dtype=np.uint64)
+    L[0] = 0
+    for name, slots in sch.input_slots.items():
+        used = slots >= 0
+        if used.any():
+            L[slots[used]] = np.asarray(labels[name], dtype=np.uint64)[used, i0:i1]
+    return L
+
+
 def and_tweaks(circuit: Circuit, n_instances: int, chunk: int | None = None) -> np.ndarray:
     """Every hash tweak a garbling uses, in order (for auditing uniqueness in tests).
 
@@ -223,11 +237,7 @@ def garble(
     aes = FixedKeyAES()
     for i0, i1 in _chunks(n_instances, chunk):
         m = i1 - i0
-        L = np.empty((sch.n_slots, m, 2), dtype=np.uint64)
-        L[0] = 0
-        for name, slots in sch.input_slots.items():
-            used = slots >= 0
-            L[slots[used]] = input_zero[name][used, i0:i1]
+        L = _chunk_labels(sch, input_zero, i0, i1)
         for d in range(sch.depth + 1):
             K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
             if d == sch.depth:
