@@ -74,9 +74,8 @@ def static_bounds(plan: Plan, input_bound: float) -> list[float]:
             k2 = op.attrs["kernel"] ** 2
             lo, hi = ins[0][0] * k2, ins[0][1] * k2
         elif op.kind == "rescale":
-            m = op.attrs["multiplier"]
-            lo, hi = sorted((ins[0][0] * m, ins[0][1] * m), key=lambda a: float(a.sum()))
-            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+            a, b = ins[0][0] * op.attrs["multiplier"], ins[0][1] * op.attrs["multiplier"]
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
         elif op.kind == "add":
             lo = sum(v[0] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
             hi = sum(v[1] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
