@@ -8,7 +8,7 @@ from torch import nn
 from safenet.field import Field
 from safenet.nn.surgery import LayerSpec, calibrate, convert, set_layers
 from safenet.nn.zoo import build_model
-from safenet.plan import RangeStats, compile_model
+from safenet.plan import Plan, RangeStats, compile_model
 from safenet.plan.analysis import exact_input_bound, static_bounds
 
 
@@ -45,13 +45,17 @@ def test_static_bounds_cover_what_the_reference_sees(make, shape):
     static = static_bounds(plan, bound)
     for i, seen in stats.max_abs.items():
         assert seen <= static[i], f"op {i} ({plan.ops[i].kind}) saw {seen} > bound {static[i]}"
+    for i in range(1, len(plan.ops)):  # every op's output, via the plan cut after op i
+        prefix = Plan(plan.field, plan.input_shape, plan.ops[: i + 1])
+        seen = np.abs(prefix.reference(x, decode=False)).max()
+        assert seen <= static[i], f"op {i} ({plan.ops[i].kind}) output {seen} > {static[i]}"
 
 
 def test_exact_input_bound_is_a_real_guarantee():
     plan = compile_model(_small_net(), (1, 6, 6))
     b = exact_input_bound(plan)
     assert b > 1e5  # a shallow net is provably exact far beyond normalised data (|x| < 3)
-    tiny = Field(p=1_000_003, frac_bits=4, weight_bits=4, coef_bits=4)
+    tiny = Field(p=2_097_169, frac_bits=4, weight_bits=4, coef_bits=4)
     plan = compile_model(_small_net(), (1, 6, 6), tiny)
     b = exact_input_bound(plan)
     assert 0 < b < 2.0**20
