@@ -31,7 +31,10 @@ def test_server_computes_w_times_r_minus_s_exactly(he, keys):
     pk = he.public_key_from_bytes(keys.public_key_bytes)
     out = he.evaluator.multiply_plain(ct, he.encode(w))
     out = he.evaluator.sub_plain(out, he.encode(s))
+    after_mul = keys.noise_budget(out)
+    assert after_mul >= 75  # docs/architecture.md: about 82 bits left after one product
     out = flood(he, rerandomize(he, out, pk), 100)
+    assert 20 <= keys.noise_budget(out) <= after_mul - 40  # ~32 bits left, 2^100 of noise
     got = keys.decrypt(he.ciphertext_from_bytes(out.to_string()))
     want = (r.astype(object) * w.astype(object) - s.astype(object)) % p
     assert (got.astype(object) == want).all()

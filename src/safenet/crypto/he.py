@@ -133,8 +133,29 @@ def rerandomize(he: HEContext, ct: seal.Ciphertext, public_key: seal.PublicKey) 
     return he.evaluator.add(ct, zero)
 
 
+def _uniform_mod(q_list: list[int], n: int, bits: int) -> list[np.ndarray]:
+    """n uniform integers u in [0, 2^bits), returned reduced mod each q (< 2^44), vectorised.
+
+    u is drawn as 16-bit limbs from the OS CSPRNG and reduced by Horner's rule, so every
+    intermediate (r < q times 2^16, plus a limb) stays below 2^60.
+    """
+    limbs = -(-bits // 16)
+    raw = np.frombuffer(secrets.token_bytes(2 * limbs * n), dtype="<u2").reshape(limbs, n)
+    raw = raw.astype(np.uint64)
+    top = bits - 16 * (limbs - 1)  # bits used in the most significant limb
+    raw[0] &= np.uint64((1 << top) - 1)
+    out = []
+    for q in q_list:
+        qq = np.uint64(q)
+        r = np.zeros(n, dtype=np.uint64)
+        for limb in raw:
+            r = (r * np.uint64(1 << 16) + limb) % qq
+        out.append(r)
+    return out
+
+
 def flood(he: HEContext, ct: seal.Ciphertext, flood_bits: int) -> seal.Ciphertext:
-    """Add uniform noise in [-2^flood_bits, 2^flood_bits] to c0 (statistical circuit privacy).
+    """Add uniform noise in [-2^flood_bits, 2^flood_bits) to c0 (statistical circuit privacy).
 
     Decryption stays correct while 2^flood_bits plus the existing noise is below q / (2p);
     check with the noise budget in tests. Returns a new ciphertext.
@@ -144,12 +165,16 @@ def flood(he: HEContext, ct: seal.Ciphertext, flood_bits: int) -> seal.Ciphertex
     limbs = len(he.coeff_primes)
     if ct.size() != 2 or ct.coeff_modulus_size() != limbs or ct.is_ntt_form():
         raise HEError("flood expects a fresh-level, size-2, non-NTT BFV ciphertext")
+    if max(he.coeff_primes) >= 2**44:
+        raise HEError("flood assumes coefficient primes below 2^44")
     offset = len(raw) - 2 * limbs * n * 8
     words = np.frombuffer(raw, dtype="<u8", offset=offset).reshape(2, limbs, n).copy()
-    noise = [secrets.randbelow(2 ** (flood_bits + 1) + 1) - 2**flood_bits for _ in range(n)]
-    noise_arr = np.array(noise, dtype=object)
-    for i, q in enumerate(he.coeff_primes):
-        c0 = words[0, i].astype(object)
-        words[0, i] = ((c0 + noise_arr % q) % q).astype(np.uint64)
+    # noise = u - 2^flood_bits with u uniform in [0, 2^(flood_bits + 1))
+    for i, (q, u) in enumerate(
+        zip(he.coeff_primes, _uniform_mod(he.coeff_primes, n, flood_bits + 1), strict=True)
+    ):
+        qq = np.uint64(q)
+        shift = np.uint64(pow(2, flood_bits, q))
+        words[0, i] = (words[0, i] + u + (qq - shift)) % qq
     raw[offset:] = words.tobytes()
     return he.ciphertext_from_bytes(bytes(raw))
