@@ -90,9 +90,9 @@ def evaluate_model(
     report |= plan.counts()
     report |= {
         "static_exact_input_bound": exact_input_bound(plan),
-        "input_range": [
-            float(ds.normalize(ds.images[:1] * 0).min()),
-            float(ds.normalize(ds.images[:1] * 0 + 255).max()),
+        "input_range": [  # what normalised pixels in [0, 1] can become
+            min((0 - m) / sd for m, sd in zip(ds.info.mean, ds.info.std, strict=True)),
+            max((1 - m) / sd for m, sd in zip(ds.info.mean, ds.info.std, strict=True)),
         ],
         "field": plan.field.to_dict(),
         "fingerprint": plan.fingerprint(),

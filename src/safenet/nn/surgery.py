@@ -30,7 +30,7 @@ __all__ = [
     "calibrate",
 ]
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu}
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 _RELU_METHODS = {"relu", "relu_"}
 
 
@@ -61,7 +61,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
-def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+def is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether a traced node applies ReLU (module, function or method spelling)."""
     if node.op == "call_module":
         return isinstance(gm.get_submodule(str(node.target)), nn.ReLU)
     if node.op == "call_function":
@@ -83,7 +84,7 @@ def convert(
     gm.eval()
     ShapeProp(gm).propagate(example_input)
     gm.train(was_training)
-    sites = [node for node in gm.graph.nodes if _is_relu(node, gm)]
+    sites = [node for node in gm.graph.nodes if is_relu(node, gm)]
     targets = [str(n.target) for n in sites if n.op == "call_module"]
     shared = sorted({t for t in targets if targets.count(t) > 1})
     if shared:

@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from safenet.field import Field
 from safenet.nn.activation import ChannelActivation
-from safenet.nn.surgery import trace
+from safenet.nn.surgery import is_relu, trace
 from safenet.plan.ir import Op, Plan, UnsupportedLayerError
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 SUPPORTED = (
@@ -357,7 +355,7 @@ class _Lowering:
 
     def call_function(self, node: fx.Node) -> None:
         t = node.target
-        if t in _RELU_FUNCS or (node.op == "call_method" and t in ("relu", "relu_")):
+        if is_relu(node, self.gm):
             self.env[node] = self.activation(node, None)
         elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
             a, b = node.args[:2]
