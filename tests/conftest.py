@@ -14,3 +14,40 @@ DATA_DIR = Path(__file__).parent / "data"
 def data_dir() -> Path:
     """``tests/data``: holds ``fashion-mnist/`` (600 train and 400 test images, gzip IDX)."""
     return DATA_DIR
+
+
+def _run_parties(server_fn, client_fn, timeout=60):
+    """Run ``server_fn(conn)`` in a thread and ``client_fn(conn)`` here, over a socketpair.
+
+    Returns ``{"server": ..., "client": ...}``; the server's exception, if any, is re-raised
+    (its end is closed first, so the client cannot wait forever).
+    """
+    import threading
+
+    from safenet.protocol.transport import connection_pair
+
+    a, b = connection_pair(timeout=timeout)
+    out, err = {}, []
+
+    def srv():
+        try:
+            out["server"] = server_fn(a)
+        except BaseException as e:
+            err.append(e)
+            a.close()
+
+    t = threading.Thread(target=srv)
+    t.start()
+    try:
+        out["client"] = client_fn(b)
+    finally:
+        t.join(timeout)
+    if err:
+        raise err[0]
+    return out
+
+
+@pytest.fixture
+def run_parties():
+    """The two-party runner :func:`_run_parties`."""
+    return _run_parties

@@ -3,6 +3,7 @@
 import socket
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -146,8 +147,6 @@ def test_closed_connection_raises():
 
 
 def _both(fa, fb):
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(2) as ex:
         x, y = ex.submit(fa), ex.submit(fb)
         return [f.exception(timeout=5) or f.result(timeout=5) for f in (x, y)]
@@ -172,3 +171,54 @@ def test_handshake_agrees_or_names_the_difference():
     a, b = connection_pair(timeout=3)
     ra, rb = _both(lambda: handshake(a, "client", "f"), lambda: handshake(b, "client", "f"))
     assert isinstance(ra, HandshakeError) and "both ends" in str(ra)
+
+
+def test_listen_accept_connect_over_tcp():
+    from safenet.protocol.transport import accept, connect, listen
+
+    with listen("127.0.0.1", 0, accept_timeout=5) as listener:
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        port = listener.getsockname()[1]
+        assert port != 0
+
+        def serve():
+            conn, address = accept(listener, timeout=5)
+            with conn:
+                conn.phase = "online"
+                conn.send_array(conn.recv_array("x") * 2, "x")
+                conn.send_json({"peer": list(address)[:2]}, "j")
+                return conn.stats.total("online"), conn.tls_version
+
+        with ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(serve)
+            with connect("127.0.0.1", port, timeout=5) as c:
+                c.phase = "online"
+                c.send_array(np.arange(1000, dtype=np.int64).reshape(10, 100), "x")
+                assert np.array_equal(c.recv_array("x"), 2 * np.arange(1000).reshape(10, 100))
+                peer = c.recv_json("j")["peer"]
+                assert peer == ["127.0.0.1", c.sock.getsockname()[1]]
+                assert c.tls_version is None and c.peer_certificate is None
+            total, tls_version = fut.result(5)
+        assert total.bytes_received == c.stats.total("online").bytes_sent > 8000
+        assert tls_version is None
+
+
+def test_accept_and_connect_fail_cleanly():
+    from safenet.protocol.transport import TransportError, accept, connect, listen
+
+    listener = listen("127.0.0.1", 0, accept_timeout=0.1)
+    port = listener.getsockname()[1]
+    with pytest.raises(TransportTimeout, match="no client connected"):
+        accept(listener)
+    listener.close()
+    with pytest.raises(TransportError, match="accept failed"):
+        accept(listener)
+    with pytest.raises(ConnectionClosed, match="cannot connect"):
+        connect("127.0.0.1", port, timeout=2)  # nobody listens there any more
+
+
+def test_a_tls_record_is_named_as_such():
+    raw, conn = _raw_pair()
+    raw.sendall(b"\x16\x03\x01" + bytes(HEADER.size))
+    with pytest.raises(ProtocolError, match="seems to speak TLS"):
+        conn.recv("x")

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from safenet.data import DatasetError
 
 
@@ -102,11 +104,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _field(args: argparse.Namespace) -> object:
+def _field(args: argparse.Namespace, model: object) -> object:
+    """The Field from the command line; the prime defaults per model (see default_field)."""
     from safenet.field import Field
+    from safenet.plan.compiler import default_field
 
     return Field(
-        p=args.prime,
+        p=args.prime or default_field(model).p,  # type: ignore[arg-type]
         frac_bits=args.frac_bits,
         weight_bits=args.weight_bits,
         coef_bits=args.coef_bits,
@@ -114,17 +118,24 @@ def _field(args: argparse.Namespace) -> object:
 
 
 def _add_field(p: argparse.ArgumentParser) -> None:
-    from safenet.field import DELPHI_PRIME, Field
+    from safenet.field import Field
 
     d = Field()
     g = p.add_argument_group("field and fixed point")
-    g.add_argument("--prime", type=int, default=DELPHI_PRIME, help="field prime p")
+    g.add_argument(
+        "--prime",
+        type=int,
+        default=None,
+        help="field prime p (default: 2^41-2^37+1 for all-ReLU models, 2^48-2^44+1 with "
+        "polynomial channels)",
+    )
     g.add_argument("--frac-bits", type=int, default=d.frac_bits)
     g.add_argument("--weight-bits", type=int, default=d.weight_bits)
     g.add_argument("--coef-bits", type=int, default=d.coef_bits)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from safenet import checkpoint
     from safenet.evaluate import evaluate_model
 
     report = evaluate_model(
@@ -133,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.split,
         args.limit,
         args.data_dir,
-        _field(args),
+        _field(args, checkpoint.load(args.model).build()),
         progress=not args.json,
     )
     if args.json:
@@ -163,7 +174,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     ck = checkpoint.load(args.model)
     c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
-    plan = compile_model(ck.build(), (c, s, s), _field(args))
+    model = ck.build()
+    plan = compile_model(model, (c, s, s), _field(args, model))
     plan.info |= {"model": str(args.model), "dataset": ck.dataset}
     if args.out is not None:
         fp = plan.save(args.out)
@@ -205,6 +217,148 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from safenet.demo import run_demo
 
     run_demo(args.limit, data_dir=args.data_dir)
+    return 0
+
+
+def _plan_for(model_name: str) -> object:
+    """Load a checkpoint (path or built-in name) and compile it with its default field."""
+    from safenet import checkpoint
+    from safenet.plan import compile_model
+
+    ck = checkpoint.load(model_name)
+    c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
+    plan = compile_model(ck.build(), (c, s, s))
+    plan.info |= {"model": str(model_name), "dataset": ck.dataset}
+    return plan
+
+
+def _tls(args: argparse.Namespace, server: bool) -> object:
+    from safenet.protocol.tls import TLSConfig
+
+    if not (args.tls_cert or args.tls_ca):
+        return None
+    return TLSConfig(
+        certfile=args.tls_cert,
+        keyfile=args.tls_key,
+        cafile=args.tls_ca,
+        require_client_cert=bool(server and args.require_client_cert),
+    )
+
+
+def _add_tls(p: argparse.ArgumentParser, server: bool) -> None:
+    g = p.add_argument_group("TLS (optional)")
+    g.add_argument("--tls-cert", type=Path, help="certificate (PEM) of this end")
+    g.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    g.add_argument("--tls-ca", type=Path, help="CA certificate(s) to verify the peer with")
+    if server:
+        g.add_argument(
+            "--require-client-cert", action="store_true", help="mutual TLS: clients need a cert"
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from safenet.secure import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    plan = _plan_for(args.model)
+    counts = plan.counts()  # type: ignore[attr-defined]
+
+    def ready(port: int) -> None:
+        print(
+            f"safenet serve: {args.model} on {args.host}:{port} "
+            f"({counts['relu_count']} ReLUs, {counts['poly_count']} polynomial activations, "
+            f"public plan {plan.public().fingerprint()[:16]})",  # type: ignore[attr-defined]
+            flush=True,
+        )
+
+    serve(
+        plan,  # type: ignore[arg-type]
+        args.host,
+        args.port,
+        tls=_tls(args, server=True),  # type: ignore[arg-type]
+        max_sessions=args.max_sessions,
+        on_ready=ready,
+    )
+    return 0
+
+
+def _infer_input(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
+    """The client's input (normalised float, (C, H, W)) and its label if known."""
+    if args.input is not None:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {args.input} as a .npy array: {e}") from e
+        if x.ndim == 4 and x.shape[0] == 1:
+            x = x[0]
+        return x.astype(np.float64), None
+    from safenet.data.torchdata import ImageDataset
+
+    ds = ImageDataset(args.dataset, args.split, args.data_dir)
+    if not 0 <= args.index < len(ds):
+        raise ValueError(f"--index {args.index} outside the {len(ds)} images of {args.dataset}")
+    x = ds.normalize(ds.images[args.index : args.index + 1])[0].double().numpy()
+    return x, int(ds.labels[args.index])
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from safenet.secure import infer
+
+    host, sep, port = args.server.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--server must be HOST:PORT, got {args.server!r}")
+    x, label = _infer_input(args)
+    y, rep = infer(host or "127.0.0.1", int(port), x, tls=_tls(args, server=False))  # type: ignore[arg-type]
+    traffic = rep["traffic"]
+
+    def nbytes(phase: str) -> int:
+        return sum(c["bytes_sent"] + c["bytes_received"] for c in traffic.get(phase, {}).values())
+
+    out = {
+        "prediction": int(np.argmax(y)),
+        "label": label,
+        "logits": [round(float(v), 4) for v in y.reshape(-1)],
+        "offline_s": rep["phase_s"].get("offline"),
+        "online_s": rep["phase_s"].get("online"),
+        "offline_bytes": nbytes("offline"),
+        "online_bytes": nbytes("online"),
+    }
+    if args.json:
+        print(json.dumps(out | {"report": rep}))
+    else:
+        for k, v in out.items():
+            print(f"{k:14s} {v}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from safenet.benchmark import run_bench
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError as e:
+        raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}") from e
+    if len(shape) != 3:
+        raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}")
+    rep = run_bench(
+        args.arch,
+        shape,  # type: ignore[arg-type]
+        relu_ratio=args.relu_ratio,
+        degree=args.degree,
+        num_classes=args.classes,
+        width=args.width,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        keys = ("arch", "relu_count", "poly_count", "offline_s", "online_s", "offline_bytes",
+                "online_bytes", "online_rounds", "gc_bytes_per_relu", "online_bytes_per_relu",
+                "peak_rss_mib", "matches_reference", "max_abs_error_ulp")  # fmt: skip
+        for k in keys:
+            print(f"{k:22s} {rep[k]}")
     return 0
 
 
@@ -292,6 +446,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_plot)
 
+    p = sub.add_parser("serve", help="serve private inferences of a model")
+    p.add_argument("--model", default="default-approx", help="checkpoint path or built-in name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7878)
+    p.add_argument("--max-sessions", type=int, default=None, help="stop after N clients")
+    _add_tls(p, server=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("infer", help="one private inference against a server")
+    p.add_argument("--server", required=True, help="HOST:PORT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, help=".npy array, normalised, in the model's shape")
+    src.add_argument("--dataset", help="take the image from a dataset (with --index)")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true")
+    _add_data_dir(p)
+    _add_tls(p, server=False)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("bench", help="measure one secure inference (random weights)")
+    p.add_argument("--arch", default="resnet32")
+    p.add_argument("--input-shape", default="3,32,32", help="C,H,W")
+    p.add_argument("--relu-ratio", type=float, default=1.0, help="channels kept as ReLU")
+    p.add_argument("--degree", type=int, default=2, choices=[2, 3])
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("demo", help="the built-in models, float vs fixed point")
     p.add_argument("--limit", type=int, default=1000, help="test images to use")
     _add_data_dir(p)
@@ -307,6 +492,16 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError, ValueError, KeyError, OverflowError, ImportError) as e:
         print(f"safenet: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("safenet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # transport and protocol failures: one clear line, not a traceback
+        from safenet.protocol.transport import TransportError
+
+        if isinstance(e, TransportError):
+            print(f"safenet: error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ the noise that the server's plaintexts left behind. SEAL has no call for the lat
 done on the documented uncompressed serialisation (the ciphertext's two polynomials are its
 last 2 * L * N little-endian uint64 words, RNS limb by limb), adding the noise modulo each
 coefficient prime, and the result is validated by SEAL on load.
+
+Coefficient encoding (:meth:`HEContext.plain_from_coeffs`, :meth:`ClientKeys.encrypt_coeffs`,
+:meth:`ClientKeys.decrypt_coeffs`) puts field elements straight into the plaintext
+polynomial's coefficients, so a plaintext product is a polynomial product mod (X^N + 1, p):
+the basis of the convolution packing in :mod:`safenet.protocol.linear`. seal-python has no
+numpy access to plaintext coefficients; they are written and read through the uncompressed
+serialisation (the N coefficients are its last N little-endian uint64 words). SEAL lifts
+plaintext coefficients centred (c >= (p + 1) / 2 counts as c - p) in ``multiply_plain`` and
+``transform_to_ntt``, so small negative weights stored as p - |w| add little noise.
 """
 
 from __future__ import annotations
@@ -73,6 +82,38 @@ class HEContext:
         full[: len(v)] = np.mod(v, self.params.plain_modulus).astype(np.uint64)
         return self.encoder.encode(full)
 
+    @cached_property
+    def _plain_template(self) -> bytes:
+        return seal.Plaintext(self.slots).to_bytes(seal.compr_mode_type.none)
+
+    def plain_from_coeffs(self, coeffs: np.ndarray) -> seal.Plaintext:
+        """The plaintext polynomial with the given coefficients (up to N integers, mod p).
+
+        Built on the uncompressed serialisation of a zero plaintext of N coefficients;
+        SEAL validates the result (every coefficient below p) on load.
+        """
+        c = np.asarray(coeffs).reshape(-1)
+        if len(c) > self.slots:
+            raise ValueError(f"{len(c)} coefficients do not fit degree {self.slots}")
+        full = np.zeros(self.slots, dtype="<u8")
+        full[: len(c)] = np.mod(c.astype(np.int64), self.params.plain_modulus)
+        raw = bytearray(self._plain_template)
+        raw[-8 * self.slots :] = full.tobytes()
+        pt = seal.Plaintext()
+        pt.load_bytes(self.context, bytes(raw))
+        return pt
+
+    def plain_to_coeffs(self, pt: seal.Plaintext) -> np.ndarray:
+        """The N coefficients of a (non-NTT) plaintext as int64 residues in [0, p)."""
+        if pt.is_ntt_form():
+            raise HEError("plain_to_coeffs needs a plaintext in coefficient (non-NTT) form")
+        n = pt.coeff_count()
+        out = np.zeros(self.slots, dtype=np.int64)
+        if n:
+            raw = pt.to_bytes(seal.compr_mode_type.none)
+            out[:n] = np.frombuffer(raw, dtype="<u8", count=n, offset=len(raw) - 8 * n)
+        return out
+
     def ciphertext_from_bytes(self, data: bytes) -> seal.Ciphertext:
         """Load and validate a serialised ciphertext (a clear error if it is not one)."""
         ct = seal.Ciphertext()
@@ -121,6 +162,16 @@ class ClientKeys:
         if self._decryptor.invariant_noise_budget(ct) <= 0:
             raise HEError("ciphertext noise budget exhausted: decryption would be wrong")
         return self.he.encoder.decode_uint64(self._decryptor.decrypt(ct))
+
+    def encrypt_coeffs(self, coeffs: np.ndarray) -> seal.Ciphertext:
+        """Symmetric encryption of the plaintext polynomial with these coefficients (mod p)."""
+        return self._encryptor.encrypt_symmetric(self.he.plain_from_coeffs(coeffs))
+
+    def decrypt_coeffs(self, ct: seal.Ciphertext) -> np.ndarray:
+        """The N plaintext coefficients as int64 residues in [0, p) (checks the noise budget)."""
+        if self._decryptor.invariant_noise_budget(ct) <= 0:
+            raise HEError("ciphertext noise budget exhausted: decryption would be wrong")
+        return self.he.plain_to_coeffs(self._decryptor.decrypt(ct))
 
     def noise_budget(self, ct: seal.Ciphertext) -> int:
         """Remaining noise budget in bits (tests and parameter checks)."""

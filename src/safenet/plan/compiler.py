@@ -25,7 +25,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from safenet.field import Field
+from safenet.field import POLY_PRIME, Field
 from safenet.nn.activation import ChannelActivation
 from safenet.nn.surgery import is_relu, trace
 from safenet.plan.ir import Op, Plan, UnsupportedLayerError
@@ -393,15 +393,29 @@ class _Lowering:
             )
 
 
+def has_polynomial_channels(model: nn.Module) -> bool:
+    """Whether any activation of ``model`` replaces ReLU by a polynomial on some channel."""
+    return any(
+        isinstance(m, ChannelActivation) and not bool(m.relu_mask.all()) for m in model.modules()
+    )
+
+
+def default_field(model: nn.Module) -> Field:
+    """The default field for ``model``: Delphi's 41-bit prime for all-ReLU models, the
+    48-bit :data:`~safenet.field.POLY_PRIME` when polynomial channels need the headroom."""
+    return Field(p=POLY_PRIME) if has_polynomial_channels(model) else Field()
+
+
 def compile_model(
     model: nn.Module, input_shape: tuple[int, ...] | list[int], field: Field | None = None
 ) -> Plan:
     """Lower ``model`` (eval mode) to an integer :class:`Plan` over ``field``.
 
-    ``input_shape`` is (C, H, W) without the batch dimension. Raises
-    :class:`UnsupportedLayerError` naming the first layer that cannot be lowered.
+    ``input_shape`` is (C, H, W) without the batch dimension; ``field`` defaults to
+    :func:`default_field`. Raises :class:`UnsupportedLayerError` naming the first layer
+    that cannot be lowered.
     """
-    field = field or Field()
+    field = field or default_field(model)
     input_shape = tuple(int(s) for s in input_shape)
     model = copy.deepcopy(model).eval().double()
     gm = model if isinstance(model, fx.GraphModule) else trace(model)

@@ -29,13 +29,15 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from safenet.field import Field
 
 FORMAT = "safenet-plan/1"
+#: op arrays that belong to the architecture, not to the server's secret weights
+PUBLIC_ARRAYS = ("relu_mask",)
 KINDS = (
     "input",
     "conv",
@@ -142,6 +144,37 @@ class Plan:
         )
         return "\n".join(rows)
 
+    # ---- what the client may know ------------------------------------------------------------
+    def public(self) -> Plan:
+        """The architecture without the server's secrets: what the client runs the protocol on.
+
+        Keeps every op's kind, inputs, shape, scale and attributes (strides, shifts, degree)
+        and the ``relu_mask`` of activations (which channels are ReLU is public in the
+        protocol); drops weights, biases and polynomial coefficients.
+        """
+        ops = [
+            Op(op.kind, list(op.inputs), op.shape, op.scale, dict(op.attrs),
+               {k: a for k, a in op.arrays.items() if k in PUBLIC_ARRAYS}, op.name)
+            for op in self.ops
+        ]  # fmt: skip
+        return Plan(self.field, self.input_shape, ops, {"public": True})
+
+    @property
+    def is_public(self) -> bool:
+        """True for a :meth:`public` view (no weights)."""
+        return all(set(op.arrays) <= set(PUBLIC_ARRAYS) for op in self.ops)
+
+    def to_bytes(self) -> bytes:
+        """The :meth:`save` format in memory."""
+        buf = io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Plan:
+        """Inverse of :meth:`to_bytes` (checks the fingerprint)."""
+        return cls.load(io.BytesIO(data))
+
     # ---- identity and storage --------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         return {
@@ -164,7 +197,7 @@ class Plan:
                 h.update(a.tobytes())
         return h.hexdigest()
 
-    def save(self, path: str | Path) -> str:
+    def save(self, path: str | Path | BinaryIO) -> str:
         """Write the plan as a zip of JSON metadata and .npy arrays; returns the fingerprint."""
         fp = self.fingerprint()
         meta = self._meta() | {"fingerprint": fp, "info": self.info}
@@ -178,7 +211,7 @@ class Plan:
         return fp
 
     @classmethod
-    def load(cls, path: str | Path) -> Plan:
+    def load(cls, path: str | Path | BinaryIO) -> Plan:
         """Read a saved plan; fails if its content does not match its fingerprint."""
         try:
             with zipfile.ZipFile(path) as z:

@@ -171,45 +171,55 @@ def _activation(v: torch.Tensor, op: Op, p: int, stats: RangeStats | None, i: in
     return out
 
 
+def apply_op(
+    op: Op, ins: list[torch.Tensor], p: int, stats: RangeStats | None = None, i: int = 0
+) -> torch.Tensor:
+    """One op on centred int64 inputs (batched); ``i`` names it in ``stats``.
+
+    Exposed so tests can check a secure run op by op, each on the values it actually got.
+    """
+    half = p // 2
+    exact: Exact | None = None
+    if op.kind == "input":
+        out = ins[0]
+    elif op.kind in ("conv", "linear"):
+        w = torch.from_numpy(op.arrays["weight"])
+        b = torch.from_numpy(op.arrays["bias"])
+        exact = _linear_exact(ins[0], w, b, op)
+    elif op.kind == "sumpool":
+        exact = _sumpool(ins[0], op.attrs["kernel"], op.attrs["stride"])
+    elif op.kind == "rescale":
+        m = int(op.attrs["multiplier"])
+        big = int(ins[0].abs().max()) * abs(m) if ins[0].numel() else 0
+        exact = ins[0] * m if big < 2**62 else ins[0].numpy().astype(object) * m
+    elif op.kind == "add":
+        shifts = op.attrs["shifts"]
+        pairs = list(zip(ins, shifts, strict=True))
+        big = sum((int(t.abs().max()) << s) for t, s in pairs)
+        if big < 2**62:
+            exact = sum((t << s for t, s in pairs[1:]), pairs[0][0] << pairs[0][1])
+        else:
+            exact = sum(t.numpy().astype(object) * (1 << s) for t, s in pairs)
+    elif op.kind == "flatten":
+        out = ins[0].reshape(ins[0].shape[0], -1)
+    elif op.kind == "truncate":
+        out = _round_shift(ins[0], op.attrs["shift"])
+    elif op.kind == "activation":
+        out = _activation(ins[0], op, p, stats, i)
+    else:
+        raise ValueError(f"unknown op kind {op.kind!r}")
+    if exact is not None:
+        if stats is not None:
+            stats.record(i, exact, half)
+        out = _reduce(exact, p)
+    return out
+
+
 def _forward(plan: Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Tensor:
-    p, half = plan.field.p, plan.field.half
     vals: list[torch.Tensor] = []
     for i, op in enumerate(plan.ops):
-        ins = [vals[j] for j in op.inputs]
-        exact: Exact | None = None
-        if op.kind == "input":
-            out = x
-        elif op.kind in ("conv", "linear"):
-            w = torch.from_numpy(op.arrays["weight"])
-            b = torch.from_numpy(op.arrays["bias"])
-            exact = _linear_exact(ins[0], w, b, op)
-        elif op.kind == "sumpool":
-            exact = _sumpool(ins[0], op.attrs["kernel"], op.attrs["stride"])
-        elif op.kind == "rescale":
-            m = int(op.attrs["multiplier"])
-            big = int(ins[0].abs().max()) * abs(m) if ins[0].numel() else 0
-            exact = ins[0] * m if big < 2**62 else ins[0].numpy().astype(object) * m
-        elif op.kind == "add":
-            shifts = op.attrs["shifts"]
-            pairs = list(zip(ins, shifts, strict=True))
-            big = sum((int(t.abs().max()) << s) for t, s in pairs)
-            if big < 2**62:
-                exact = sum((t << s for t, s in pairs[1:]), pairs[0][0] << pairs[0][1])
-            else:
-                exact = sum(t.numpy().astype(object) * (1 << s) for t, s in pairs)
-        elif op.kind == "flatten":
-            out = ins[0].reshape(ins[0].shape[0], -1)
-        elif op.kind == "truncate":
-            out = _round_shift(ins[0], op.attrs["shift"])
-        elif op.kind == "activation":
-            out = _activation(ins[0], op, p, stats, i)
-        else:
-            raise ValueError(f"unknown op kind {op.kind!r}")
-        if exact is not None:
-            if stats is not None:
-                stats.record(i, exact, half)
-            out = _reduce(exact, p)
-        vals.append(out)
+        ins = [vals[j] for j in op.inputs] if op.kind != "input" else [x]
+        vals.append(apply_op(op, ins, plan.field.p, stats, i))
     return vals[-1]
 
 

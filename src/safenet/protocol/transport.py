@@ -10,19 +10,30 @@ checks it, so two parties that disagree on the protocol's step fail at once with
 A frame larger than ``max_message`` is refused before anything is allocated. A peer that
 closes mid-frame raises :class:`ConnectionClosed`; silence beyond ``timeout`` raises
 :class:`TransportTimeout`. Nothing here ever waits forever.
+
+Peers meet with :func:`listen` / :func:`accept` on one side and :func:`connect` on the other.
+Both take an optional :class:`~safenet.protocol.tls.TLSConfig`: the TLS handshake then runs
+under its own short deadline (a silent or non-TLS peer costs the server at most
+``handshake_timeout``) and any TLS failure is a :class:`TLSError`. Framing, counters and
+errors are the same over TLS; counters count frame bytes, not TLS record overhead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
+import ssl
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from safenet.protocol.tls import TLSConfig
 
 MAGIC = b"SN"
 VERSION = 1
@@ -30,6 +41,7 @@ HEADER = struct.Struct(">2sBBBQ")
 KIND_BYTES, KIND_ARRAY, KIND_ERROR = 0, 1, 2
 DEFAULT_MAX_MESSAGE = 4 << 30
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
 class TransportError(RuntimeError):
@@ -50,6 +62,41 @@ class ProtocolError(TransportError):
 
 class PeerError(TransportError):
     """The peer reported an error and gave up."""
+
+
+class TLSError(TransportError):
+    """TLS failed: handshake refused, timed out or not TLS at all, certificate rejected,
+    corrupted record, or unusable certificate/key files."""
+
+
+_TLS_CLOSED = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+# OpenSSL reasons worth translating: what they usually mean for safenet's two parties.
+_TLS_HINTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer rejected our certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer refused the handshake (a client certificate?)",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS",
+    "HTTP_REQUEST": "the peer does not speak TLS",
+    "RECORD_LAYER_FAILURE": "the peer does not speak TLS",
+    "PACKET_LENGTH_TOO_LONG": "the peer does not speak TLS",
+    "UNEXPECTED_MESSAGE": "the peer does not speak TLS",
+}
+
+
+def _describe_tls(e: ssl.SSLError) -> str:
+    """A short human reason for an ``ssl.SSLError`` (no OpenSSL source locations)."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {e.verify_message}"
+    if isinstance(e, _TLS_CLOSED):
+        return "the peer closed the connection"
+    reason = getattr(e, "reason", None)
+    if not reason:
+        return str(e)
+    hint = _TLS_HINTS.get(reason)
+    return f"{hint} ({reason})" if hint else reason.lower().replace("_", " ")
 
 
 @dataclass
@@ -95,6 +142,13 @@ class Connection:
     ``phase`` (e.g. ``"offline"`` / ``"online"``) is attached to every counter; set it as
     the protocol moves on. A *round* is counted each time this end starts sending after
     having received (or at its very first send).
+
+    ``sock`` may be an ``ssl.SSLSocket`` whose handshake is done; then ``tls_version`` is
+    set, ``peer_certificate`` holds the peer's *verified* certificate (``getpeercert()``
+    form; None if it sent none or it was not checked), ``peer_common_name`` its subject CN
+    (what later authentication keys on) and ``peer_fingerprint`` the SHA-256 of its DER
+    encoding (even unverified, for pinning). Use a Connection from one thread at a time:
+    an SSL socket cannot read and write concurrently.
     """
 
     def __init__(
@@ -112,6 +166,25 @@ class Connection:
         self.stats = Stats()
         self._last = "recv"
         self.closed = False
+        self.tls_version: str | None = None
+        self.peer_certificate: dict[str, Any] | None = None
+        self.peer_common_name: str | None = None
+        self.peer_fingerprint: str | None = None
+        if isinstance(sock, ssl.SSLSocket):
+            self._read_peer_certificate(sock)
+
+    def _read_peer_certificate(self, sock: ssl.SSLSocket) -> None:
+        self.tls_version = sock.version()  # None while the handshake is not done
+        if self.tls_version is None:
+            return
+        der = sock.getpeercert(binary_form=True)
+        if der:
+            self.peer_fingerprint = hashlib.sha256(der).hexdigest()
+        self.peer_certificate = sock.getpeercert() or None  # {} when not verified
+        for rdn in (self.peer_certificate or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    self.peer_common_name = value
 
     # ---- sending --------------------------------------------------------------------------
     def _send_frame(self, kind: int, label: str, parts: list[bytes | memoryview]) -> None:
@@ -132,8 +205,10 @@ class Connection:
                 self.sock.sendall(p)
         except TimeoutError as e:
             raise TransportTimeout(f"{label}: send timed out") from e
-        except (BrokenPipeError, ConnectionResetError) as e:
+        except (BrokenPipeError, ConnectionResetError, *_TLS_CLOSED) as e:
             raise ConnectionClosed(f"{label}: peer closed the connection") from e
+        except ssl.SSLError as e:
+            raise TLSError(f"{label}: {_describe_tls(e)}") from e
         c = self.stats.counters[(self.phase, label)]
         c.bytes_sent += HEADER.size + len(lab) + length
         c.messages_sent += 1
@@ -172,6 +247,10 @@ class Connection:
                 raise TransportTimeout(f"{what}: no data from the peer in time") from e
             except ConnectionResetError as e:
                 raise ConnectionClosed(f"{what}: connection reset by the peer") from e
+            except _TLS_CLOSED:
+                k = 0  # TLS's own way of saying "closed" (ragged EOFs already read as 0)
+            except ssl.SSLError as e:
+                raise TLSError(f"{what}: {_describe_tls(e)}") from e
             if k == 0:
                 raise ConnectionClosed(
                     f"{what}: peer closed the connection"
@@ -188,7 +267,10 @@ class Connection:
             self._read_exact(HEADER.size, f"{label} header")
         )
         if magic != MAGIC:
-            raise ProtocolError(f"{label}: not a safenet frame (bad magic {bytes(magic)!r})")
+            hint = ""
+            if magic[0] in (0x15, 0x16) and magic[1] == 3:  # TLS alert / handshake record
+                hint = "; the peer seems to speak TLS (pass tls=TLSConfig(...))"
+            raise ProtocolError(f"{label}: not a safenet frame (bad magic {bytes(magic)!r}){hint}")
         if version != VERSION:
             raise ProtocolError(f"{label}: peer speaks wire version {version}, we speak {VERSION}")
         got_label = self._read_exact(lab_len, f"{label} label").decode(errors="replace")
@@ -261,13 +343,129 @@ def connection_pair(
     return Connection(a, timeout, max_message), Connection(b, timeout, max_message)
 
 
-def connect(host: str, port: int, timeout: float | None = DEFAULT_TIMEOUT) -> Connection:
-    """Open a TCP connection to a listening peer."""
+def listen(
+    host: str, port: int, backlog: int = 16, *, accept_timeout: float | None = None
+) -> socket.socket:
+    """A listening TCP socket for :func:`accept`.
+
+    ``SO_REUSEADDR`` is set (where it is safe) so a restarted server rebinds at once.
+    ``port=0`` takes a free port: read it from ``listener.getsockname()[1]``.
+    ``accept_timeout`` bounds each wait for a client (None: wait as long as it takes).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as e:
+        raise TransportError(f"cannot listen on {host}:{port}: {e}") from e
+    listener.settimeout(accept_timeout)
+    return listener
+
+
+def accept(
+    listener: socket.socket,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    tls: TLSConfig | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> tuple[Connection, tuple[Any, ...]]:
+    """Wait for the next client; return its Connection and address.
+
+    With ``tls`` the TLS handshake must finish within ``handshake_timeout`` seconds in
+    all, so a silent, slow or non-TLS client cannot stall the server: it gets
+    :class:`TLSError` for that client and can go on accepting. No client within the
+    listener's ``accept_timeout`` raises :class:`TransportTimeout`.
+    """
+    context = tls.server_context() if tls is not None else None  # bad config: fail first
+    try:
+        sock, address = listener.accept()
+    except TimeoutError as e:
+        raise TransportTimeout(f"no client connected within {listener.gettimeout()} s") from e
+    except OSError as e:  # e.g. the listener was closed to stop the server
+        raise TransportError(f"accept failed: {e}") from e
+    if context is not None:
+        sock = _tls_handshake(
+            context,
+            sock,
+            server_side=True,
+            server_hostname=None,
+            timeout=handshake_timeout,
+            peer=f"client {address[0]}:{address[1]}",
+        )
+    return Connection(sock, timeout, max_message), address
+
+
+def connect(
+    host: str,
+    port: int,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    tls: TLSConfig | None = None,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    *,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> Connection:
+    """Open a TCP connection to a listening peer, over TLS if ``tls`` is given.
+
+    The server certificate is checked against ``tls.server_hostname`` or else ``host``.
+    In TLS 1.3 a server's refusal of our client certificate arrives after the handshake,
+    so it surfaces as :class:`TLSError` on the first receive rather than here.
+    """
+    context = tls.client_context() if tls is not None else None
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         raise ConnectionClosed(f"cannot connect to {host}:{port}: {e}") from e
-    return Connection(sock, timeout)
+    if context is not None:
+        assert tls is not None
+        sock = _tls_handshake(
+            context,
+            sock,
+            server_side=False,
+            server_hostname=tls.server_hostname or host,
+            timeout=handshake_timeout,
+            peer=f"server {host}:{port}",
+        )
+    return Connection(sock, timeout, max_message)
+
+
+def _tls_handshake(
+    context: ssl.SSLContext,
+    sock: socket.socket,
+    *,
+    server_side: bool,
+    server_hostname: str | None,
+    timeout: float | None,
+    peer: str,
+) -> ssl.SSLSocket:
+    """Wrap ``sock`` and run the handshake; on any failure close it and raise TLSError.
+
+    CPython applies an SSL socket's timeout to the whole handshake (one deadline, not one
+    per read), which is what bounds a peer that trickles bytes.
+    """
+    try:
+        tls_sock = context.wrap_socket(
+            sock,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+    except TimeoutError as e:
+        tls_sock.close()
+        raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s") from e
+    except OSError as e:  # ssl.SSLError, or the TCP connection reset
+        tls_sock.close()
+        if isinstance(e, ssl.SSLError) and not isinstance(e, _TLS_CLOSED):
+            why = _describe_tls(e)
+        else:
+            why = "the connection was closed (does the peer speak TLS? did it refuse us?)"
+        raise TLSError(f"TLS handshake with {peer} failed: {why}") from e
+    return tls_sock
 
 
 class HandshakeError(ProtocolError):

@@ -13,7 +13,7 @@ import numpy as np
 from safenet.crypto.aes import FixedKeyAES
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.garble import _chunk_labels, _chunks, _pieces
+from safenet.crypto.gc.garble import _chunk_labels, _chunks, _pieces, default_workers, run_chunks
 
 __all__ = ["decode", "evaluate"]
 
@@ -24,6 +24,8 @@ def evaluate(
     input_labels: dict[str, np.ndarray],
     *,
     chunk: int | None = None,
+    tweak_base: int = 0,
+    workers: int | None = None,
 ) -> np.ndarray:
     """Evaluate garbled ``circuit``; returns output labels ``(n_outputs, n_instances, 2)``.
 
@@ -34,6 +36,8 @@ def evaluate(
         input_labels: group name -> labels ``(nbits, n_instances, 2)``, one per input wire,
             for every input group the circuit uses.
         chunk: instances per pass (any value; results do not depend on it).
+        tweak_base: the garbling's ``tweak_base`` (see :func:`~safenet.crypto.gc.garble.garble`).
+        workers: threads (default: one per core, at most 8); results do not depend on it.
 
     Outputs are concatenated in declaration order; :meth:`Circuit.split_outputs` cuts them.
     """
@@ -53,8 +57,8 @@ def evaluate(
         if name in input_labels and np.shape(input_labels[name]) != (len(slots), n, 2):
             raise ValueError(f"labels of {name!r} must have shape {(len(slots), n, 2)}")
     out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
-    aes = FixedKeyAES()
-    for i0, i1 in _chunks(n, chunk):
+
+    def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         m = i1 - i0
         L = _chunk_labels(sch, input_labels, i0, i1)
         for d in range(sch.depth + 1):
@@ -64,10 +68,13 @@ def evaluate(
             for lo, hi in _pieces(*sch.and_layer(d), m):
                 X = np.empty((2, hi - lo, m, 2), dtype=np.uint64)
                 T = np.empty((2, hi - lo, m), dtype=np.uint64)
-                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X, T, n, i0)
+                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X, T, n, i0 + tweak_base)
                 H = aes.hash(X, T)
                 K.eval_combine(X, H, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         out[:, i0:i1] = L[sch.out_slots]
+
+    w = default_workers() if workers is None else workers
+    run_chunks(_chunks(n, chunk, w), w, body)
     return out
 
 

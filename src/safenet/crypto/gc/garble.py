@@ -4,8 +4,10 @@ One :func:`garble` call garbles ``n_instances`` independent copies of a circuit 
 fresh global offset Delta (lsb 1): every wire has a zero label ``W0`` and one label
 ``W0 ^ Delta``, the lsb of a label is its permute bit, XOR and NOT are free and an AND gate
 costs two ciphertexts ``(T_G, T_E)``. Hashing is the tweakable correlation-robust hash of
-:class:`safenet.crypto.aes.FixedKeyAES` with tweak ``2 * (g * n_instances + i) + {0, 1}`` for
-AND gate ``g`` of instance ``i`` (unique within a garbling; see :func:`and_tweaks`).
+:class:`safenet.crypto.aes.FixedKeyAES` with tweak ``2 * (b + g * n_instances + i) + {0, 1}`` for
+AND gate ``g`` of instance ``i`` (unique within a garbling; see :func:`and_tweaks`). The
+protocol garbles every ReLU layer of a session under one Delta (the correlated-OT sender's),
+giving each layer its own tweak range through the base ``b`` (``tweak_base``).
 
 Single use, enforced by :class:`Garbled`:
 
@@ -24,7 +26,10 @@ reuse, which is what breaks security in practice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -36,8 +41,13 @@ __all__ = ["Garbled", "and_tweaks", "encode", "garble", "label_pairs", "tables_f
 
 #: instances processed together; label memory is ``n_slots * chunk * 16`` bytes
 DEFAULT_CHUNK = 16384
+#: most threads one garbling/evaluation uses
+MAX_WORKERS = 8
 #: gate-instances per AES call: wide layers are cut into pieces of about this size
 PIECE = 1 << 15
+#: garbling tweaks (before the final ``<< 1``) stay below this: OT extension uses
+#: ``[0x4F54 << 48, ...)`` with the same hash and, in correlated OT, the same Delta
+TWEAK_LIMIT = (0x4F54 << 48) >> 1
 
 
 def _pieces(lo: int, hi: int, m: int) -> Iterator[tuple[int, int]]:
@@ -46,12 +56,43 @@ def _pieces(lo: int, hi: int, m: int) -> Iterator[tuple[int, int]]:
         yield a, min(hi, a + step)
 
 
-def _chunks(n: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+def _chunks(n: int, chunk: int | None, workers: int = 1) -> list[tuple[int, int]]:
     c = DEFAULT_CHUNK if chunk is None else chunk
     if c < 1:
         raise ValueError("chunk must be positive")
-    for a in range(0, n, c):
-        yield a, min(n, a + c)
+    if workers > 1 and chunk is None:  # enough chunks to keep every worker busy
+        c = min(c, max(1024, -(-n // workers)))
+    return [(a, min(n, a + c)) for a in range(0, n, c)]
+
+
+def default_workers() -> int:
+    """Threads for garbling/evaluation: the AES calls and numba kernels release the GIL."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def run_chunks(
+    chunks: list[tuple[int, int]], workers: int, body: Callable[[FixedKeyAES, int, int], None]
+) -> None:
+    """Run ``body(aes, i0, i1)`` on every chunk, on up to ``workers`` threads.
+
+    Chunks are independent (disjoint instances, disjoint output slices); each thread has its
+    own AES context.
+    """
+    if workers <= 1 or len(chunks) <= 1:
+        aes = FixedKeyAES()
+        for i0, i1 in chunks:
+            body(aes, i0, i1)
+        return
+    local = threading.local()
+
+    def task(bounds: tuple[int, int]) -> None:
+        if not hasattr(local, "aes"):
+            local.aes = FixedKeyAES()
+        body(local.aes, *bounds)
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        for f in [pool.submit(task, c) for c in chunks]:
+            f.result()
 
 
 def _chunk_labels(sch: Schedule, labels: dict[str, np.ndarray], i0: int, i1: int) -> np.ndarray:
@@ -68,7 +109,9 @@ def _chunk_labels(sch: Schedule, labels: dict[str, np.ndarray], i0: int, i1: int
     return L
 
 
-def and_tweaks(circuit: Circuit, n_instances: int, chunk: int | None = None) -> np.ndarray:
+def and_tweaks(
+    circuit: Circuit, n_instances: int, chunk: int | None = None, tweak_base: int = 0
+) -> np.ndarray:
     """Every hash tweak a garbling uses, in order (for auditing uniqueness in tests).
 
     Runs the same chunk/layer/piece loops and the same gather kernel as :func:`garble`, on
@@ -86,7 +129,7 @@ def and_tweaks(circuit: Circuit, n_instances: int, chunk: int | None = None) -> 
                 T = np.empty((4, hi - lo, m), dtype=np.uint64)
                 K.garble_gather(
                     L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
-                    lo, hi, zero, zero, X, T, n_instances, i0,
+                    lo, hi, zero, zero, X, T, n_instances, i0 + tweak_base,
                 )  # fmt: skip
                 out.append(T[[0, 2]].reshape(-1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
@@ -213,8 +256,11 @@ def garble(
     *,
     chunk: int | None = None,
     rng: np.random.Generator | None = None,
+    delta: np.ndarray | None = None,
+    tweak_base: int = 0,
+    workers: int | None = None,
 ) -> Garbled:
-    """Garble ``n_instances`` copies of ``circuit`` under a fresh Delta.
+    """Garble ``n_instances`` copies of ``circuit`` under a fresh Delta (or a given one).
 
     Args:
         circuit: the circuit (its schedule is computed once and cached on it).
@@ -222,20 +268,33 @@ def garble(
         chunk: instances per pass (memory ``n_slots * chunk * 16`` bytes for labels).
         rng: a seeded generator for reproducible tests only; ``None`` (the default) draws
             Delta and labels from the OS CSPRNG.
+        delta: a session-wide Delta (uint64 (2,), lsb 1) shared by several garblings, so
+            that one correlated-OT sender (s = Delta) serves all of them.
+        tweak_base: added to every tweak; garblings sharing a Delta must use disjoint
+            ranges ``[tweak_base, tweak_base + circuit.and_count * n_instances)``, all
+            below :data:`TWEAK_LIMIT`.
+        workers: threads (default :func:`default_workers`); results do not depend on it.
     """
     if n_instances < 1:
         raise ValueError("n_instances must be positive")
+    if tweak_base < 0 or tweak_base + circuit.and_count * n_instances >= TWEAK_LIMIT:
+        raise ValueError("tweak range leaves [0, TWEAK_LIMIT): it would collide with OT tweaks")
     sch: Schedule = circuit.schedule
-    delta = random_blocks((1,), rng)[0]
-    delta[0] |= np.uint64(1)  # point-and-permute: lsb(Delta) = 1
+    if delta is None:
+        delta = random_blocks((1,), rng)[0]
+        delta[0] |= np.uint64(1)  # point-and-permute: lsb(Delta) = 1
+    else:
+        delta = np.array(delta, dtype=np.uint64).reshape(2)
+        if not delta[0] & np.uint64(1):
+            raise ValueError("Delta must have its lowest bit set (point-and-permute)")
     d0, d1 = delta[0], delta[1]
     input_zero = {
         name: random_blocks((len(w), n_instances), rng) for name, w in circuit.inputs.items()
     }
     tables = np.empty((circuit.and_count, n_instances, 2, 2), dtype=np.uint64)
     decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
-    aes = FixedKeyAES()
-    for i0, i1 in _chunks(n_instances, chunk):
+
+    def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         m = i1 - i0
         L = _chunk_labels(sch, input_zero, i0, i1)
         for d in range(sch.depth + 1):
@@ -247,11 +306,14 @@ def garble(
                 T = np.empty((4, hi - lo, m), dtype=np.uint64)
                 K.garble_gather(
                     L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
-                    lo, hi, d0, d1, X, T, n_instances, i0,
+                    lo, hi, d0, d1, X, T, n_instances, i0 + tweak_base,
                 )  # fmt: skip
                 H = aes.hash(X, T)
                 K.garble_combine(X, H, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
+
+    w = default_workers() if workers is None else workers
+    run_chunks(_chunks(n_instances, chunk, w), w, body)
     return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits)

@@ -1,0 +1,459 @@
+"""The two parties of one secure inference: walking a Plan, offline then online.
+
+Invariant that shapes everything: **every client share is known offline.** The client's
+share of the input is a random mask ``R_0`` (online it sends ``x - R_0``); a conv/linear
+output's client share is what it decrypts from the HE reply; local ops (sum pools, rescales,
+residual adds, flatten, truncation) act on each share separately; and an activation's output
+is *reshared* online: the client, which learns its share ``z`` only then, sends ``z - R``
+for a fresh offline mask ``R`` and keeps ``R``. So the client does all its work for linear
+and local ops offline, the server online does plaintext arithmetic, and each activation
+layer costs one round trip: the server sends its garbled-circuit input labels (ReLU
+channels) and the opened value ``e`` (polynomial channels) in one message, the client
+answers with the reshare of the whole layer's output.
+
+Per op, with ``S`` / ``C`` the server / client shares of the op's output:
+
+``input``      ``C = R_0``; online ``S = x - R_0`` (sent by the client)
+``conv``       offline HE: client sends ``Enc(C_in)``, decrypts ``C = W C_in - T``;
+``linear``     online ``S = W S_in + b + T`` (:mod:`safenet.protocol.linear`)
+local ops      applied to ``S`` online and to ``C`` offline (:func:`local_op`)
+``truncate``   local probabilistic truncation (:mod:`safenet.protocol.arith`)
+``activation`` ReLU channels by garbled circuit (:mod:`safenet.protocol.relu`),
+               polynomial channels by HE-made tuples (:mod:`safenet.protocol.poly`)
+output         the server sends ``S``; only the client learns ``S + C``.
+
+The server garbles all ReLU layers in a worker thread as soon as the offline phase starts,
+under one session Delta that is also its correlated-OT secret, each layer with its own
+tweak range; its main thread meanwhile answers the client's HE requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from safenet.crypto.aes import random_blocks
+from safenet.crypto.he import ClientKeys, HEContext, HEParams
+from safenet.crypto.ot import OTReceiver, OTSender
+from safenet.plan.ir import Op, Plan
+from safenet.protocol import arith as A
+from safenet.protocol import linear as L
+from safenet.protocol import poly as P
+from safenet.protocol.profile import Profile
+from safenet.protocol.relu import ReluClient, ReluServer
+from safenet.protocol.transport import Connection, ProtocolError
+
+__all__ = [
+    "ClientSession",
+    "MaterialSpent",
+    "ServerModel",
+    "ServerSession",
+    "SessionConfig",
+    "local_op",
+]
+
+LOCAL_KINDS = ("sumpool", "rescale", "add", "flatten", "truncate")
+
+
+class MaterialSpent(RuntimeError):
+    """The session's offline material was already consumed (it is single-use)."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Parameters both parties must agree on (sent in the handshake).
+
+    Attributes:
+        poly_degree: BFV ring dimension N.
+    """
+
+    poly_degree: int = 8192
+
+    def he_params(self, p: int) -> HEParams:
+        return HEParams(self.poly_degree, p)
+
+
+def _channel_select(op: Op) -> tuple[np.ndarray, np.ndarray]:
+    """(relu element mask over op.shape, channel index of every element)."""
+    mask = op.arrays["relu_mask"].astype(bool)
+    shape = op.shape
+    bshape = (shape[0],) + (1,) * (len(shape) - 1)
+    sel = np.broadcast_to(mask.reshape(bshape), shape)
+    chan = np.broadcast_to(np.arange(shape[0]).reshape(bshape), shape)
+    return sel, chan
+
+
+def local_op(op: Op, ins: list[np.ndarray], p: int, server: bool) -> np.ndarray:
+    """A local op on one party's shares (residues); ``server`` picks the truncation half."""
+    x = ins[0]
+    if op.kind == "sumpool":
+        k, s = op.attrs["kernel"], op.attrs["stride"]
+        win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s]
+        return np.mod(win.sum(axis=(-1, -2), dtype=np.int64), p)
+    if op.kind == "rescale":
+        return A.mulmod(x, int(op.attrs["multiplier"]) % p, p)
+    if op.kind == "add":
+        acc = np.zeros(op.shape, dtype=np.int64)
+        for t, sh in zip(ins, op.attrs["shifts"], strict=True):
+            acc = A.add(acc, A.mulmod(t, pow(2, sh, p), p), p)
+        return acc
+    if op.kind == "flatten":
+        return x.reshape(op.shape)
+    if op.kind == "truncate":
+        k = op.attrs["shift"]
+        if server:
+            return A.trunc_server(A.add(x, (1 << (k - 1)) % p, p), k) if k else x
+        return A.trunc_client(x, k, p) if k else x
+    raise ValueError(f"not a local op: {op.kind}")
+
+
+class ServerModel:
+    """What the server prepares once per model and reuses across sessions.
+
+    Holds the full plan (weights), its public view, the HE context and the per-layer HE
+    kernels (encoded once).
+    """
+
+    def __init__(self, plan: Plan, config: SessionConfig | None = None) -> None:
+        if plan.is_public:
+            raise ValueError("the server needs the full plan (with weights)")
+        self.plan = plan
+        self.public = plan.public()
+        self.fingerprint = self.public.fingerprint()
+        self.config = config or SessionConfig()
+        self.he = HEContext(self.config.he_params(plan.field.p))
+        self.linear: dict[int, L.ServerLinear] = {}
+        for i, op in enumerate(plan.ops):
+            if op.kind in ("conv", "linear"):
+                in_shape = plan.ops[op.inputs[0]].shape
+                self.linear[i] = L.ServerLinear(op, in_shape, self.he)
+
+
+class _Party:
+    def __init__(self, plan: Plan, conn: Connection, keep_trace: bool = False) -> None:
+        self.plan = plan
+        #: with ``keep_trace``, this party's own share of every op output (for tests that
+        #: check a run op by op; a party's own shares reveal nothing it does not hold anyway)
+        self.keep_trace = keep_trace
+        self.trace: list[np.ndarray] | None = None
+        self.conn = conn
+        self.p = plan.field.p
+        self.nbits = self.p.bit_length()
+        self.prof = Profile(conn)
+        self._state = "new"
+
+    def _advance(self, want: str, to: str) -> None:
+        if self._state != want:
+            if self._state in ("online", "spent"):
+                raise MaterialSpent("this session's offline material was already used")
+            raise RuntimeError(f"session is {self._state!r}; expected {want!r}")
+        self._state = to
+
+    def offline(self) -> None:
+        """Run the offline phase with the peer (once)."""
+        self._advance("new", "offline")
+        with self.prof.phase("offline"):
+            self._offline()
+        self._state = "ready"
+
+    def _offline(self) -> None:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """This party's profile: phase times, primitives, per-layer bytes, traffic, memory."""
+        return self.prof.as_dict()
+
+    def _send_blobs(self, blobs: list[bytes], label: str) -> None:
+        self.conn.send_json(len(blobs), label=label)
+        for b in blobs:
+            self.conn.send(b, label=label)
+
+    def _recv_blobs(self, label: str, limit: int = 1 << 16) -> list[bytes]:
+        n = self.conn.recv_json(label=label)
+        if not isinstance(n, int) or not 0 <= n <= limit:
+            raise ProtocolError(f"{label}: bad ciphertext count {n!r}")
+        return [self.conn.recv(label=label) for _ in range(n)]
+
+
+class ServerSession(_Party):
+    """The server's side of one inference (offline, then online once)."""
+
+    def __init__(self, model: ServerModel, conn: Connection, keep_trace: bool = False) -> None:
+        super().__init__(model.plan, conn, keep_trace)
+        self.model = model
+        self.he = model.he
+        self.cfg = model.config
+
+    # ---- offline ------------------------------------------------------------------------
+    def _offline(self) -> None:
+        conn, p = self.conn, self.p
+        with self.prof.primitive("he.keys"):
+            pk = self.he.public_key_from_bytes(conn.recv(label="he.pk"))
+        delta = random_blocks((1,))[0]
+        delta[0] |= np.uint64(1)
+        with self.prof.primitive("ot"):
+            ot = OTSender(conn, delta=delta)
+            ot.setup()
+        # ReLU layers, garbled in a worker thread while HE runs here
+        relus: dict[int, ReluServer] = {}
+        tweak = 0
+        for i, op in self.plan.activations():
+            sel, _ = _channel_select(op)
+            n = int(sel.sum())
+            if n:
+                relus[i] = ReluServer(p, op.attrs["shift"], n, delta, tweak)
+                tweak = relus[i].tweak_end
+        done = {i: threading.Event() for i in relus}
+        errors: list[BaseException] = []
+        garble_time = [0.0]
+
+        def garble_all() -> None:
+            import time
+
+            for i, r in relus.items():
+                try:
+                    t = time.perf_counter()
+                    r.garble()
+                    garble_time[0] += time.perf_counter() - t
+                except BaseException as e:  # surfaced in the main thread
+                    errors.append(e)
+                    for ev in done.values():
+                        ev.set()
+                    return
+                done[i].set()
+
+        worker = threading.Thread(target=garble_all, name="garble", daemon=True)
+        worker.start()
+        self.T: dict[int, np.ndarray] = {}
+        self.relu = relus
+        self.polys: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        try:
+            for i, op in enumerate(self.plan.ops):
+                with self.prof.layer(i):
+                    if op.kind in ("conv", "linear"):
+                        cts = self._recv_blobs("he.linear")
+                        with self.prof.primitive("he.linear"):
+                            replies, self.T[i] = self.model.linear[i].respond(cts, pk)
+                        self._send_blobs(replies, "he.linear")
+                    elif op.kind == "activation":
+                        if i in relus:
+                            with self.prof.primitive("gc.wait"):
+                                done[i].wait()
+                            if errors:
+                                raise errors[0]
+                            with self.prof.primitive("gc.send+ot"):
+                                relus[i].send_offline(conn, ot)
+                        self._poly_offline(i, op, pk)
+        finally:
+            worker.join()
+        self.prof.seconds["offline", "gc.garble(thread)"] += garble_time[0]
+        conn.send_json("offline-done", label="offline.done")
+
+    def _poly_offline(self, i: int, op: Op, pk: Any) -> None:
+        sel, chan = _channel_select(op)
+        if sel.all():
+            return
+        d = op.attrs["degree"]
+        coef = op.arrays["coefficients"]
+        per_ch = np.broadcast_to(coef, (op.shape[0], d + 1)) if len(coef) == 1 else coef
+        srv = P.PolyServer(self.he, per_ch[chan[~sel]], P.flood_bits(self.he))
+        cts = self._recv_blobs("he.poly")
+        with self.prof.primitive("he.poly"):
+            replies = srv.respond(cts, pk)
+        self._send_blobs(replies, "he.poly")
+        self.polys[i] = srv.take()
+
+    # ---- online -------------------------------------------------------------------------
+    def online(self) -> None:
+        self._advance("ready", "online")
+        with self.prof.phase("online"):
+            self._online()
+        self._state = "spent"
+        self.T.clear()
+        self.polys.clear()
+
+    def _online(self) -> None:
+        conn, p, plan = self.conn, self.p, self.plan
+        S: list[np.ndarray] = []
+        for i, op in enumerate(plan.ops):
+            with self.prof.layer(i):
+                ins = [S[j] for j in op.inputs]
+                if op.kind == "input":
+                    x = conn.recv_array(label="online.input")
+                    _check(x, op.shape, p, "input")
+                    out = x
+                elif op.kind in ("conv", "linear"):
+                    with self.prof.primitive("linear.plain"):
+                        wx = L.linear_mod_p(op, ins[0], p)
+                        b = A.to_residues(op.arrays["bias"], p)
+                        b = b.reshape((-1,) + (1,) * (len(op.shape) - 1))
+                        out = A.add(A.add(wx, np.broadcast_to(b, op.shape), p), self.T.pop(i), p)
+                elif op.kind in LOCAL_KINDS:
+                    out = local_op(op, ins, p, server=True)
+                elif op.kind == "activation":
+                    out = self._activation_online(i, op, ins[0])
+                else:
+                    raise ValueError(f"unknown op kind {op.kind!r}")
+                S.append(out)
+        conn.send_array(S[-1], label="online.output")
+        if self.keep_trace:
+            self.trace = S
+
+    def _activation_online(self, i: int, op: Op, s: np.ndarray) -> np.ndarray:
+        p, k = self.p, op.attrs["shift"]
+        sel, _ = _channel_select(op)
+        msg_labels = np.zeros((0,), dtype=np.uint64)
+        e = np.zeros(0, dtype=np.int64)
+        out = np.zeros(op.shape, dtype=np.int64)
+        if i in self.relu:
+            with self.prof.primitive("gc.encode"):
+                msg_labels = self.relu[i].online_labels(s[sel])
+            out[sel] = self.relu[i].out_share
+            del self.relu[i]
+        if i in self.polys:
+            a_s, g_s = self.polys.pop(i)
+            with self.prof.primitive("poly"):
+                off = (1 << (k - 1)) % p if k else 0
+                xs = A.trunc_server(A.add(s[~sel], off, p), k)
+                e = A.sub(xs, a_s, p)
+                y = P.evaluate_share(e, g_s, p)
+                q = op.attrs["poly_shift"]
+                out[~sel] = A.trunc_server(A.add(y, (1 << (q - 1)) % p if q else 0, p), q)
+        self.conn.send_array(msg_labels, label="online.labels")
+        self.conn.send_array(e, label="online.open")
+        d = self.conn.recv_array(label="online.reshare")
+        _check(d, op.shape, p, "reshare")
+        return A.add(out, d, p)
+
+
+class ClientSession(_Party):
+    """The client's side of one inference, on the public plan (it never sees weights)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        conn: Connection,
+        config: SessionConfig | None = None,
+        keep_trace: bool = False,
+    ) -> None:
+        super().__init__(plan if plan.is_public else plan.public(), conn, keep_trace)
+        self.cfg = config or SessionConfig()
+        self.he = HEContext(self.cfg.he_params(self.p))
+
+    # ---- offline ------------------------------------------------------------------------
+    def _offline(self) -> None:
+        conn, p, plan = self.conn, self.p, self.plan
+        with self.prof.primitive("he.keys"):
+            keys = ClientKeys(self.he)
+            conn.send(keys.public_key_bytes, label="he.pk")
+        with self.prof.primitive("ot"):
+            ot = OTReceiver(conn)
+            ot.setup()
+        C: list[np.ndarray] = []
+        self.relu: dict[int, ReluClient] = {}
+        self.polys: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self.masks: dict[int, np.ndarray] = {}
+        tweak = 0
+        for i, op in enumerate(plan.ops):
+            with self.prof.layer(i):
+                ins = [C[j] for j in op.inputs]
+                if op.kind == "input":
+                    out = A.uniform(op.shape, p)
+                    self.masks[i] = out
+                elif op.kind in ("conv", "linear"):
+                    in_shape = plan.ops[op.inputs[0]].shape
+                    packing = L.LinearPacking(op, in_shape, self.he)
+                    with self.prof.primitive("he.linear"):
+                        cts = L.client_encrypt(packing, keys, ins[0])
+                    self._send_blobs(cts, "he.linear")
+                    replies = self._recv_blobs("he.linear")
+                    with self.prof.primitive("he.linear"):
+                        out = L.client_decrypt(packing, keys, replies)
+                elif op.kind in LOCAL_KINDS:
+                    out = local_op(op, ins, p, server=False)
+                elif op.kind == "activation":
+                    sel, _ = _channel_select(op)
+                    c = ins[0]
+                    n_relu = int(sel.sum())
+                    if n_relu:
+                        r = ReluClient(p, op.attrs["shift"], n_relu, tweak)
+                        tweak = r.tweak_end
+                        with self.prof.primitive("gc.recv+ot"):
+                            r.recv_offline(conn, ot, c[sel])
+                        self.relu[i] = r
+                    if not sel.all():
+                        self._poly_offline(i, op, keys, c[~sel])
+                    out = A.uniform(op.shape, p)  # the reshare mask R: our share after the layer
+                    self.masks[i] = out
+                else:
+                    raise ValueError(f"unknown op kind {op.kind!r}")
+                C.append(out)
+        if conn.recv_json(label="offline.done") != "offline-done":
+            raise ProtocolError("server did not finish the offline phase")
+        self.C_out = C[-1]
+        if self.keep_trace:
+            self.trace = C
+
+    def _poly_offline(self, i: int, op: Op, keys: ClientKeys, c: np.ndarray) -> None:
+        d, k = op.attrs["degree"], op.attrs["shift"]
+        xc = A.trunc_client(c, k, self.p)
+        with self.prof.primitive("he.poly"):
+            cts = P.client_encrypt(keys, xc, d)
+        self._send_blobs(cts, "he.poly")
+        replies = self._recv_blobs("he.poly")
+        with self.prof.primitive("he.poly"):
+            self.polys[i] = (xc, P.client_decrypt(keys, replies, len(xc), d))
+
+    # ---- online -------------------------------------------------------------------------
+    def online(self, x: np.ndarray) -> np.ndarray:
+        """Run the online phase on encoded input ``x`` (signed int64, the plan's input shape);
+        returns the output as centred int64 at the plan's output scale."""
+        x = np.asarray(x)
+        if tuple(x.shape) != tuple(self.plan.input_shape):
+            raise ValueError(f"input shape {tuple(x.shape)} != plan input {self.plan.input_shape}")
+        self._advance("ready", "online")
+        with self.prof.phase("online"):
+            y = self._online(A.to_residues(x, self.p))
+        self._state = "spent"
+        return y
+
+    def _online(self, x: np.ndarray) -> np.ndarray:
+        conn, p = self.conn, self.p
+        for i, op in enumerate(self.plan.ops):
+            with self.prof.layer(i):
+                if op.kind == "input":
+                    conn.send_array(A.sub(x, self.masks.pop(i), p), label="online.input")
+                elif op.kind == "activation":
+                    self._activation_online(i, op)
+        s = conn.recv_array(label="online.output")
+        _check(s, self.plan.output.shape, p, "output")
+        y = A.add(s, self.C_out, p)
+        return np.where(y > p // 2, y - p, y)
+
+    def _activation_online(self, i: int, op: Op) -> None:
+        p = self.p
+        sel, _ = _channel_select(op)
+        labels = self.conn.recv_array(label="online.labels")
+        e = self.conn.recv_array(label="online.open")
+        out = np.zeros(op.shape, dtype=np.int64)
+        if i in self.relu:
+            with self.prof.primitive("gc.eval"):
+                out[sel] = self.relu.pop(i).evaluate(labels)
+        if i in self.polys:
+            _, g_c = self.polys.pop(i)
+            if e.shape != (int((~sel).sum()),):
+                raise ProtocolError(f"bad opening shape {e.shape}")
+            with self.prof.primitive("poly"):
+                y = P.evaluate_share(A.to_residues(e, p), g_c, p)
+                out[~sel] = A.trunc_client(y, op.attrs["poly_shift"], p)
+        self.conn.send_array(A.sub(out, self.masks.pop(i), p), label="online.reshare")
+
+
+def _check(a: np.ndarray, shape: tuple[int, ...], p: int, what: str) -> None:
+    if a.dtype != np.int64 or tuple(a.shape) != tuple(shape):
+        raise ProtocolError(f"{what}: expected int64 {tuple(shape)}, got {a.dtype} {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= p):
+        raise ProtocolError(f"{what}: values are not residues mod p")

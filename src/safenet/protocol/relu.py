@@ -1,0 +1,112 @@
+"""ReLU channels: the garbled circuit of :mod:`safenet.crypto.gc.relu` run between the parties.
+
+Offline, the server garbles one circuit instance per ReLU element of the layer under the
+session's Delta with the layer's own tweak range, sends the tables, the labels of its output
+mask ``r`` and the decode bits, and hands the client the labels of the client's share
+(known offline) by correlated OT. Online it sends only the labels of its own share
+``s + 2^(k-1)`` (the round-half-up offset), ``nbits`` labels of 16 bytes per ReLU; the client
+evaluates and decodes ``z = max(round(v / 2^k), 0) + r mod p``. The server's share of the
+output is ``-r``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safenet.crypto.gc import decode, evaluate, garble, relu_circuit, tables_from_bytes
+from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.garble import Garbled
+from safenet.crypto.ot import OTReceiver, OTSender
+from safenet.protocol import arith as A
+from safenet.protocol.transport import Connection, ProtocolError
+
+__all__ = ["ReluClient", "ReluServer"]
+
+
+class ReluServer:
+    """The garbler's half of one activation layer's ReLU channels (``n`` elements)."""
+
+    def __init__(self, p: int, shift: int, n: int, delta: np.ndarray, tweak_base: int) -> None:
+        self.p, self.shift, self.n = p, shift, n
+        self.circuit: Circuit = relu_circuit(p, shift)
+        self.tweak_base = tweak_base
+        self.delta = delta
+        self._garbled: Garbled | None = None
+        self.out_share: np.ndarray | None = None  # -r
+
+    @property
+    def tweak_end(self) -> int:
+        """First tweak after this layer's range (the next layer's ``tweak_base``)."""
+        return self.tweak_base + self.circuit.and_count * self.n
+
+    def garble(self) -> None:
+        """Garble the layer (CPU work, no communication; may run in a worker thread)."""
+        self._garbled = garble(self.circuit, self.n, delta=self.delta, tweak_base=self.tweak_base)
+
+    def send_offline(self, conn: Connection, ot: OTSender) -> None:
+        """Tables, mask labels and decode bits to the client; client-share labels by OT."""
+        g = self._garbled
+        if g is None:
+            raise RuntimeError("garble() first")
+        r = A.uniform(self.n, self.p)
+        nbits = self.p.bit_length()
+        conn.send(g.take_tables().tobytes(), label="gc.tables")
+        conn.send_array(g.encode("server_mask", A.bits(r, nbits)), label="gc.mask")
+        conn.send_array(g.decode_bits, label="gc.decode")
+        zero, _ = g.label_pairs("client_share")
+        ot.send_correlated(zero.reshape(-1, 2))
+        self.out_share = A.neg(r, self.p)
+
+    def online_labels(self, s: np.ndarray) -> np.ndarray:
+        """Labels of the server's share ``s`` (+ the rounding offset): once."""
+        g = self._garbled
+        if g is None:
+            raise RuntimeError("garbled ReLU material already used")
+        self._garbled = None
+        off = 1 << (self.shift - 1) if self.shift else 0
+        return g.encode("server_share", A.bits(A.add(s, off, self.p), self.p.bit_length()))
+
+
+class ReluClient:
+    """The evaluator's half of one activation layer's ReLU channels."""
+
+    def __init__(self, p: int, shift: int, n: int, tweak_base: int) -> None:
+        self.p, self.shift, self.n = p, shift, n
+        self.circuit: Circuit = relu_circuit(p, shift)
+        self.tweak_base = tweak_base
+        self._material: dict[str, np.ndarray] | None = None
+
+    @property
+    def tweak_end(self) -> int:
+        return self.tweak_base + self.circuit.and_count * self.n
+
+    def recv_offline(self, conn: Connection, ot: OTReceiver, c: np.ndarray) -> None:
+        """Receive tables, mask labels, decode bits; get own-share labels by OT."""
+        nbits, n = self.p.bit_length(), self.n
+        tables = tables_from_bytes(conn.recv(label="gc.tables"), self.circuit, n)
+        mask = conn.recv_array(label="gc.mask")
+        dec = conn.recv_array(label="gc.decode")
+        if mask.shape != (nbits, n, 2) or mask.dtype != np.uint64:
+            raise ProtocolError(f"bad mask labels {mask.dtype} {mask.shape}")
+        if dec.shape != (self.circuit.n_outputs, n) or dec.dtype != np.uint8:
+            raise ProtocolError(f"bad decode bits {dec.dtype} {dec.shape}")
+        own = ot.recv_correlated(A.bits(c, nbits).reshape(-1)).reshape(nbits, n, 2)
+        self._material = {"tables": tables, "server_mask": mask, "decode": dec, "client_share": own}
+
+    def evaluate(self, server_labels: np.ndarray) -> np.ndarray:
+        """Evaluate with the server's online labels; returns ``z`` (the client's share). Once."""
+        m = self._material
+        if m is None:
+            raise RuntimeError("garbled ReLU material already used (or never received)")
+        self._material = None
+        nbits = self.p.bit_length()
+        if server_labels.shape != (nbits, self.n, 2) or server_labels.dtype != np.uint64:
+            raise ProtocolError(f"bad server labels {server_labels.dtype} {server_labels.shape}")
+        out = evaluate(
+            self.circuit,
+            m["tables"],
+            {"server_share": server_labels, "client_share": m["client_share"],
+             "server_mask": m["server_mask"]},
+            tweak_base=self.tweak_base,
+        )  # fmt: skip
+        return A.from_bits(decode(out, m["decode"]))

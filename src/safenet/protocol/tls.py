@@ -1,0 +1,247 @@
+"""TLS for the transport: configuration, SSL contexts, and throw-away certificates.
+
+:class:`TLSConfig` describes one end (server or client) and builds the matching
+:class:`ssl.SSLContext`: TLS 1.2 at least (1.3 whenever both ends have it), forward-secret
+AEAD ciphers only, and verification on by default. A client without ``cafile`` checks the
+server against the system trust store; switching verification off takes ``insecure=True``.
+A server with ``require_client_cert`` accepts only clients whose certificate chains to
+``cafile`` (mutual TLS).
+
+:func:`make_self_signed`, :func:`make_ca` and :func:`make_certificate` write short-lived
+EC P-256 certificates for tests and local deployments, so nobody has to drive ``openssl``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from safenet.protocol.transport import TLSError
+
+StrPath = str | os.PathLike[str]
+
+# TLS 1.2 suites with ephemeral ECDH and an AEAD; TLS 1.3 suites are all fine and unaffected.
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """How one end speaks TLS.
+
+    A server needs ``certfile`` (and ``keyfile`` unless the key is in the same PEM file).
+    A client needs a certificate only when the server sets ``require_client_cert``.
+    ``cafile`` is what the other end's certificate must chain to: for a client, the
+    server's CA (or its self-signed certificate; None means the system store); for a
+    server, the CA of client certificates. ``server_hostname`` overrides the name a client
+    checks the server certificate against (default: the host it connects to).
+    ``insecure=True`` makes a client accept any server certificate: encryption without
+    authentication, only for debugging.
+    """
+
+    certfile: StrPath | None = None
+    keyfile: StrPath | None = None
+    cafile: StrPath | None = None
+    require_client_cert: bool = False
+    server_hostname: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile given without certfile")
+
+    def server_context(self) -> ssl.SSLContext:
+        """The SSL context of a server holding this configuration."""
+        if self.certfile is None:
+            raise ValueError("a TLS server needs certfile (and keyfile)")
+        ctx = _base_context(server=True)
+        ctx.num_tickets = 0  # no session resumption: tickets would be sent for nothing
+        self._load_chain(ctx)
+        if self.require_client_cert:
+            if self.cafile is None:
+                raise ValueError("require_client_cert needs cafile (the client certificates' CA)")
+            _load(ctx.load_verify_locations, "CA file", self.cafile)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        elif self.cafile is not None:
+            _load(ctx.load_verify_locations, "CA file", self.cafile)
+            ctx.verify_mode = ssl.CERT_OPTIONAL  # verify a client certificate if one is sent
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """The SSL context of a client holding this configuration."""
+        ctx = _base_context(server=False)  # CERT_REQUIRED and check_hostname
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif self.cafile is not None:
+            _load(ctx.load_verify_locations, "CA file", self.cafile)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if self.certfile is not None:
+            self._load_chain(ctx)
+        return ctx
+
+    def _load_chain(self, ctx: ssl.SSLContext) -> None:
+        assert self.certfile is not None
+        keyfile = self.keyfile
+        _load(lambda f: ctx.load_cert_chain(f, keyfile), "certificate/key", self.certfile)
+
+
+def _base_context(*, server: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(_TLS12_CIPHERS)
+    return ctx
+
+
+def _load(loader: Callable[[StrPath], object], what: str, path: StrPath) -> None:
+    try:
+        loader(path)
+    except OSError as e:  # ssl.SSLError included (bad PEM, key not matching the certificate)
+        raise TLSError(f"cannot load TLS {what} {os.fspath(path)!r}: {e}") from e
+
+
+# ---- certificates -------------------------------------------------------------------------
+def make_self_signed(
+    directory: StrPath, hostname: str = "localhost", *, days: int = 7, name: str | None = None
+) -> tuple[Path, Path]:
+    """Write a self-signed server certificate and its key; return ``(certfile, keyfile)``.
+
+    Valid for ``hostname``, 127.0.0.1 and ::1. Give the certificate to clients as their
+    ``cafile`` to trust exactly this server.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(hostname)
+    cert = _build(subject, key, subject, key, ca=False, hostnames=_local_names(hostname), days=days)
+    return _write(directory, name or hostname, cert, key)
+
+
+def make_ca(
+    directory: StrPath, common_name: str = "safenet test CA", *, days: int = 7
+) -> tuple[Path, Path]:
+    """Write a self-signed CA certificate and key (``ca.crt``, ``ca.key``): the issuer of
+    :func:`make_certificate`, and the ``cafile`` of whoever checks those certificates."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(common_name)
+    cert = _build(subject, key, subject, key, ca=True, hostnames=(), days=days)
+    return _write(directory, "ca", cert, key)
+
+
+def make_certificate(
+    directory: StrPath,
+    ca: tuple[StrPath, StrPath],
+    common_name: str,
+    *,
+    hostnames: tuple[str, ...] = (),
+    days: int = 7,
+) -> tuple[Path, Path]:
+    """Write a certificate for ``common_name`` signed by ``ca = (certfile, keyfile)``.
+
+    Usable by a client (mutual TLS, identified by its common name) and, with ``hostnames``
+    (DNS names or IP addresses) set, by a server. Files are ``<common_name>.crt/.key``.
+    """
+    ca_cert = x509.load_pem_x509_certificate(Path(ca[0]).read_bytes())
+    ca_key = serialization.load_pem_private_key(Path(ca[1]).read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the CA key must be an EC key (as make_ca writes)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _build(
+        _name(common_name), key, ca_cert.subject, ca_key, ca=False, hostnames=hostnames, days=days
+    )
+    return _write(directory, common_name, cert, key)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _local_names(hostname: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((hostname, "127.0.0.1", "::1")))
+
+
+def _build(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    hostnames: tuple[str, ...],
+    days: int,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    public = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if not ca:
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if hostnames:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(h) for h in hostnames]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write(
+    directory: StrPath, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    certfile, keyfile = out / f"{stem}.crt", out / f"{stem}.key"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # The key is created owner-only rather than chmod-ed after being written.
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return certfile, keyfile

@@ -1,0 +1,239 @@
+"""Secure inference entry points: local two-process runs, a server loop and a client call.
+
+* :func:`run_local` starts the server and the client as two processes talking over TCP on
+  loopback and returns the client's output with a merged cost report;
+* :func:`serve` answers clients one after another until stopped (a failing client is
+  reported and the server goes on);
+* :func:`infer` is one private query from the client's side.
+
+Inputs are real-valued arrays in the plan's input shape (encoded here at the plan's input
+scale) unless ``encoded=True``; outputs are reals (decoded at the output scale) unless
+``decode=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from safenet.plan.ir import Plan
+from safenet.protocol.engine import ServerModel, SessionConfig
+from safenet.protocol.session import client_session, encode_input, server_session
+from safenet.protocol.tls import TLSConfig
+from safenet.protocol.transport import (
+    DEFAULT_TIMEOUT,
+    TransportError,
+    accept,
+    connect,
+    listen,
+)
+
+__all__ = ["SecureRunError", "infer", "merge_reports", "run_local", "serve"]
+
+log = logging.getLogger("safenet.secure")
+
+
+class SecureRunError(RuntimeError):
+    """A party of a local run failed; the message carries its traceback."""
+
+
+def _decode(plan: Plan, y: np.ndarray, decode: bool) -> np.ndarray:
+    return y.astype(np.float64) / 2.0**plan.output_scale if decode else y
+
+
+def infer(
+    host: str,
+    port: int,
+    x: np.ndarray,
+    *,
+    plan: Plan | None = None,
+    encoded: bool = False,
+    decode: bool = True,
+    tls: TLSConfig | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One private inference against a :func:`serve` server; returns (output, client report).
+
+    Without ``plan`` the public plan (architecture, no weights) is fetched from the server
+    first; its input shape then checks ``x``.
+    """
+    if plan is not None:
+        encode_input(plan, x, encoded)  # fail before connecting
+    with connect(host, port, timeout=timeout, tls=tls) as conn:
+        y, rep, public = client_session(conn, x, plan, encoded=encoded)
+    return _decode(public, y, decode), rep
+
+
+def serve(
+    plan: Plan,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    config: SessionConfig | None = None,
+    tls: TLSConfig | None = None,
+    max_sessions: int | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    listener: socket.socket | None = None,
+    on_ready: Any = None,
+) -> list[dict[str, Any]]:
+    """Serve secure inferences one connection at a time; returns the per-session reports.
+
+    A client that fails (disconnects, sends garbage, disagrees on the plan) ends only its
+    own session: the error is logged and sent to it where possible, and the server takes
+    the next client. ``max_sessions`` stops after that many connections (None: forever).
+    ``on_ready(port)`` is called once listening.
+    """
+    model = ServerModel(plan, config)
+    lst = listener or listen(host, port)
+    if on_ready is not None:
+        on_ready(lst.getsockname()[1])
+    reports: list[dict[str, Any]] = []
+    served = 0
+    try:
+        while max_sessions is None or served < max_sessions:
+            try:
+                conn, addr = accept(lst, timeout=timeout, tls=tls)
+            except TransportError as e:
+                served += 1
+                log.warning("connection failed before the session: %s", e)
+                continue
+            served += 1
+            with conn:
+                try:
+                    rep = server_session(conn, model)
+                    rep["peer"] = f"{addr[0]}:{addr[1]}"
+                    reports.append(rep)
+                    log.info("served %s:%s in %.2f s", addr[0], addr[1], rep["total_s"])
+                except Exception as e:  # one client's failure must not stop the server
+                    log.warning("session with %s:%s failed: %s: %s", addr[0], addr[1],
+                                type(e).__name__, e)  # fmt: skip
+                    if not conn.closed:
+                        with contextlib.suppress(TransportError):
+                            conn.send_error(f"server: {type(e).__name__}: {e}")
+                    reports.append(
+                        {"peer": f"{addr[0]}:{addr[1]}", "error": f"{type(e).__name__}: {e}"}
+                    )
+    finally:
+        if listener is None:
+            lst.close()
+    return reports
+
+
+# ---- local two-process runs ------------------------------------------------------------------
+def _server_proc(
+    plan: Plan, config: SessionConfig | None, port_q: Any, out_q: Any, timeout: float
+) -> None:
+    try:
+        lst = listen("127.0.0.1", 0, accept_timeout=timeout)
+        port_q.put(lst.getsockname()[1])
+        model = ServerModel(plan, config)
+        conn, _ = accept(lst, timeout=timeout)
+        lst.close()
+        with conn:
+            out_q.put(("server", server_session(conn, model)))
+    except BaseException:
+        out_q.put(("server-error", traceback.format_exc()))
+
+
+def _client_proc(plan: Plan, x: np.ndarray, port: int, out_q: Any, timeout: float) -> None:
+    try:
+        with connect("127.0.0.1", port, timeout=timeout) as conn:
+            y, rep, _ = client_session(conn, x, plan, encoded=True)
+        out_q.put(("client", (y, rep)))
+    except BaseException:
+        out_q.put(("client-error", traceback.format_exc()))
+
+
+def run_local(
+    plan: Plan,
+    x: np.ndarray,
+    *,
+    config: SessionConfig | None = None,
+    encoded: bool = False,
+    decode: bool = True,
+    timeout: float = 600.0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run one secure inference with server and client as two processes over loopback TCP.
+
+    Returns the client's output and a report merged from both parties
+    (see :func:`merge_reports`). The client process gets only the public plan.
+    """
+    xi = encode_input(plan, x, encoded)
+    ctx = mp.get_context("spawn")
+    port_q, out_q = ctx.Queue(), ctx.Queue()
+    srv = ctx.Process(target=_server_proc, args=(plan, config, port_q, out_q, timeout), daemon=True)
+    srv.start()
+    cli = None
+    try:
+        port = port_q.get(timeout=timeout)
+        t0 = time.perf_counter()
+        cli = ctx.Process(
+            target=_client_proc, args=(plan.public(), xi, port, out_q, timeout), daemon=True
+        )
+        cli.start()
+        results: dict[str, Any] = {}
+        while len(results) < 2:
+            kind, payload = out_q.get(timeout=timeout)
+            if kind.endswith("-error"):
+                raise SecureRunError(f"the {kind[:-6]} failed:\n{payload}")
+            results[kind] = payload
+        wall = time.perf_counter() - t0
+    finally:
+        for proc in (cli, srv):
+            if proc is not None:
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.kill()
+    y, client_rep = results["client"]
+    report = merge_reports(plan, results["server"], client_rep)
+    report["wall_s"] = round(wall, 3)
+    return _decode(plan, y, decode), report
+
+
+def merge_reports(plan: Plan, server: dict[str, Any], client: dict[str, Any]) -> dict[str, Any]:
+    """One report from both parties' profiles: the headline figures plus both breakdowns.
+
+    ``offline_s`` is the longer of the two parties' offline phases (they end together, up to
+    the final message); ``online_s`` is the client's online phase, from sending its masked
+    input to holding the output. Bytes count both directions once (the client's view).
+    """
+    counts = plan.counts()
+    traffic = client["traffic"]
+
+    def phase_bytes(phase: str) -> int:
+        return sum(c["bytes_sent"] + c["bytes_received"] for c in traffic.get(phase, {}).values())
+
+    def label_bytes(phase: str, label: str) -> int:
+        c = traffic.get(phase, {}).get(label)
+        return 0 if c is None else c["bytes_sent"] + c["bytes_received"]
+
+    relu = counts["relu_count"]
+    online_b = phase_bytes("online")
+    tables = label_bytes("offline", "gc.tables")
+    return {
+        "offline_s": round(
+            max(server["phase_s"].get("offline", 0), client["phase_s"].get("offline", 0)), 4
+        ),
+        "online_s": round(client["phase_s"].get("online", 0), 4),
+        "offline_bytes": phase_bytes("offline"),
+        "online_bytes": online_b,
+        "setup_bytes": phase_bytes("setup"),
+        "online_rounds": traffic.get("rounds", {}).get("online", 0),
+        "relu_count": relu,
+        "poly_count": counts["poly_count"],
+        "gc_bytes_per_relu": round(tables / relu, 1) if relu else 0.0,
+        "online_bytes_per_relu": round(online_b / relu, 1) if relu else None,
+        "peak_rss_mib": {"server": server["peak_rss_mib"], "client": client["peak_rss_mib"]},
+        "field": plan.field.to_dict(),
+        "python": sys.version.split()[0],
+        "server": server,
+        "client": client,
+    }

@@ -1,0 +1,280 @@
+"""End-to-end secure inference against the plaintext reference, and its failure modes.
+
+Exactness contract (docs/protocol.md):
+
+* ReLU channels, linear layers and every local op compute exactly what
+  :meth:`Plan.reference` computes on the same inputs: all-ReLU plans match bit for bit.
+* Polynomial channels truncate locally, so on each element the secure output ``o`` and the
+  reference ``r`` (on the same activation input) satisfy
+  ``|o - r| <= ceil(|P(X + 1) - P(X)| / 2^q) + 1`` (X the rounded input, q the poly shift),
+  except with probability about ``|v| / p`` per element (a wrap; ~2^-20 here).
+
+The in-process tests run both parties in threads over a real socketpair; ``run_local`` and
+the server loop use real processes and TCP.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from safenet.nn import surgery
+from safenet.nn.zoo import build_model
+from safenet.plan.compiler import compile_model
+from safenet.plan.reference import apply_op
+from safenet.protocol.engine import ClientSession, MaterialSpent, ServerModel, ServerSession
+from safenet.protocol.session import client_session, encode_input, server_session
+from safenet.protocol.transport import (
+    ConnectionClosed,
+    HandshakeError,
+    PeerError,
+    ProtocolError,
+    TransportError,
+    connection_pair,
+)
+
+
+def _model(arch, shape, width=None, relu_ratio=1.0, degree=2, seed=0):
+    torch.manual_seed(seed)
+    kw = {"in_channels": shape[0], "image_size": shape[1], "num_classes": 10}
+    if width is not None:
+        kw["width"] = width
+    m = build_model(arch, **kw)
+    with torch.no_grad():
+        m.train()
+        for _ in range(3):
+            m(torch.randn(8, *shape))
+    m.eval()
+    if relu_ratio < 1:
+        m = surgery.convert(m, torch.randn(4, *shape))
+        surgery.set_layers(m, surgery.LayerSpec(1 - relu_ratio, degree))
+        surgery.calibrate(m, [torch.randn(16, *shape)])
+        surgery.set_blend(m, 1.0)
+        m.eval()
+    return m
+
+
+def _plan(arch, shape, **kw):
+    return compile_model(_model(arch, shape, **kw), shape)
+
+
+def _secure(plan, x, keep_trace=False):
+    """Both parties in threads over a socketpair; returns (output, server, client)."""
+    from conftest import _run_parties
+
+    srv_box = {}
+
+    def server(conn):
+        srv = srv_box["s"] = ServerSession(ServerModel(plan), conn, keep_trace=keep_trace)
+        srv.offline()
+        srv.online()
+        return srv
+
+    def client(conn):
+        cli = ClientSession(plan.public(), conn, keep_trace=keep_trace)
+        cli.offline()
+        return cli, cli.online(encode_input(plan, x))
+
+    out = _run_parties(server, client)
+    cli, y = out["client"]
+    return y, out["server"], cli
+
+
+ZOO = [
+    ("resnet20", (1, 16, 16), 4),
+    ("resnet32", (3, 16, 16), 2),
+    ("resnet56", (1, 8, 8), 2),
+    ("vgg16", (3, 32, 32), 2),
+    ("minionn", (1, 28, 28), 4),
+    ("lenet5", (1, 28, 28), 3),
+]
+
+
+@pytest.mark.parametrize("arch, shape, width", ZOO, ids=[z[0] for z in ZOO])
+def test_all_relu_zoo_models_match_the_reference_exactly(arch, shape, width):
+    plan = _plan(arch, shape, width=width)
+    x = np.random.default_rng(1).normal(size=shape)
+    y, srv, _ = _secure(plan, x)
+    assert (y == plan.reference(x, decode=False)).all()
+    rep = srv.report()
+    assert rep["phase_s"]["offline"] > 0 and rep["phase_s"]["online"] > 0
+
+
+def _check_op_by_op(plan, srv, cli, xi):
+    """Every op, on the inputs the secure run actually had, against the reference op."""
+    p = plan.field.p
+    vals = []
+    for s, c in zip(srv.trace, cli.trace, strict=True):
+        v = np.mod(s + c, p)
+        vals.append(np.where(v > p // 2, v - p, v))
+    poly_checked = 0
+    for i, op in enumerate(plan.ops):
+        ins = [torch.from_numpy(vals[j])[None] for j in op.inputs] or [torch.from_numpy(xi)[None]]
+        ref = apply_op(op, ins, p)[0].numpy()
+        got = vals[i]
+        if op.kind != "activation" or op.arrays["relu_mask"].all():
+            assert (got == ref).all(), f"op {i} {op.kind} {op.name}"
+            continue
+        mask = op.arrays["relu_mask"].astype(bool)
+        assert (got[mask] == ref[mask]).all(), f"ReLU channels of op {i}"
+        k, q, d = op.attrs["shift"], op.attrs["poly_shift"], op.attrs["degree"]
+        X = ((ins[0][0].numpy()[~mask]).astype(object) + (1 << (k - 1))) >> k
+        coef = op.arrays["coefficients"].astype(object)
+        coef = np.repeat(coef, len(mask), 0) if len(coef) == 1 else coef
+        cshape = (-1,) + (1,) * (len(op.shape) - 1)
+        c = [coef[~mask, j].reshape(cshape) for j in range(d + 1)]
+        step = np.abs(sum(c[j] * ((X + 1) ** j - X**j) for j in range(d + 1)))
+        bound = (step + (1 << q) - 1) // (1 << q) + 1
+        err = np.abs(got[~mask].astype(object) - ref[~mask].astype(object))
+        assert (err <= bound).all(), f"polynomial channels of op {i}: {err.max()} > bound"
+        poly_checked += err.size
+    return poly_checked
+
+
+@pytest.mark.parametrize("degree", [2, 3])
+def test_approximated_plan_op_by_op(degree):
+    plan = _plan("resnet20", (1, 16, 16), width=4, relu_ratio=0.5, degree=degree)
+    assert plan.counts()["poly_count"] > 0
+    x = np.random.default_rng(2).normal(size=(1, 16, 16))
+    y, srv, cli = _secure(plan, x, keep_trace=True)
+    assert _check_op_by_op(plan, srv, cli, encode_input(plan, x)) == plan.counts()["poly_count"]
+    p = plan.field.p
+    last = np.mod(srv.trace[-1] + cli.trace[-1], p)
+    assert (y == np.where(last > p // 2, last - p, last)).all()
+
+
+def test_all_polynomial_layer_and_truncate_op():
+    """relu_ratio 0 (no garbled circuit at all) and a plan with a local ``truncate`` op."""
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 36, 16),
+        torch.nn.Linear(16, 8),
+        torch.nn.Linear(8, 5),  # three linear layers in a row force a truncate op
+    )
+    m = surgery.convert(m, torch.randn(4, 1, 6, 6))
+    surgery.set_layers(m, surgery.LayerSpec(1.0, 2))
+    surgery.calibrate(m, [torch.randn(16, 1, 6, 6)])
+    surgery.set_blend(m, 1.0)
+    plan = compile_model(m.eval(), (1, 6, 6))
+    assert plan.counts() == {"relu_count": 0, "poly_count": 144}
+    assert any(op.kind == "truncate" for op in plan.ops)
+    x = np.random.default_rng(3).normal(size=(1, 6, 6))
+    _, srv, cli = _secure(plan, x, keep_trace=True)
+    # the truncate op is local too: allow its one-ulp carry in the op-by-op check
+    p = plan.field.p
+    for i, op in enumerate(plan.ops):
+        if op.kind == "truncate":
+            v = np.mod(srv.trace[i] + cli.trace[i], p)
+            v = np.where(v > p // 2, v - p, v)
+            j = op.inputs[0]
+            u = np.mod(srv.trace[j] + cli.trace[j], p)
+            u = np.where(u > p // 2, u - p, u)
+            exact = (u + (1 << (op.attrs["shift"] - 1))) >> op.attrs["shift"]
+            assert set(np.unique(v - exact).tolist()) <= {0, 1}
+
+
+def test_offline_material_is_single_use():
+    plan = _plan("lenet5", (1, 28, 28), width=2)
+    x = np.zeros((1, 28, 28))
+    _, srv, cli = _secure(plan, x)
+    with pytest.raises(MaterialSpent):
+        srv.online()
+    with pytest.raises(MaterialSpent):
+        cli.online(encode_input(plan, x))
+    with pytest.raises(MaterialSpent):
+        cli.offline()
+
+
+def test_client_never_holds_weights():
+    plan = _plan("lenet5", (1, 28, 28), width=2)
+    pub = plan.public()
+    assert pub.is_public and not plan.is_public
+    assert all(set(op.arrays) <= {"relu_mask"} for op in pub.ops)
+    with pytest.raises(ValueError, match="full plan"):
+        ServerModel(pub)
+
+
+# ---- sessions: plan exchange, handshake, bad input -----------------------------------------------
+def _session_pair(plan, x, client_plan="fetch", server_conn_hook=None):
+    a, b = connection_pair(timeout=20)
+    model = ServerModel(plan)
+    out = {}
+
+    def run_server():
+        try:
+            out["server"] = server_session(a, model)
+        except BaseException as e:
+            out["server_error"] = e
+        finally:
+            a.close()
+
+    t = threading.Thread(target=run_server)
+    t.start()
+    try:
+        cp = None if client_plan == "fetch" else client_plan
+        if server_conn_hook is not None:
+            server_conn_hook(b)
+            b.close()
+        else:
+            out["client"] = client_session(b, x, cp)
+    except BaseException as e:
+        out["client_error"] = e
+    finally:
+        b.close()
+        t.join(30)
+    assert not t.is_alive(), "the server hung"
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_plan():
+    return _plan("lenet5", (1, 28, 28), width=2)
+
+
+def test_session_fetches_the_public_plan(small_plan):
+    x = np.random.default_rng(4).normal(size=(1, 28, 28))
+    out = _session_pair(small_plan, x)
+    y, rep, public = out["client"]
+    assert public.fingerprint() == small_plan.public().fingerprint()
+    assert (y == small_plan.reference(x, decode=False)).all()
+    assert rep["traffic"]["rounds"]["online"] >= 1
+
+
+def test_wrong_fingerprint_is_refused_on_both_sides(small_plan):
+    other = _plan("lenet5", (1, 28, 28), width=3)  # same input, other architecture
+    out = _session_pair(small_plan, np.zeros((1, 28, 28)), client_plan=other)
+    assert isinstance(out["client_error"], HandshakeError)
+    assert isinstance(out["server_error"], HandshakeError)
+    assert "fingerprint" in str(out["server_error"])
+
+
+def test_wrong_input_shape_is_a_clear_error(small_plan):
+    out = _session_pair(small_plan, np.zeros((1, 27, 28)))
+    assert isinstance(out["client_error"], ValueError)
+    assert "input shape" in str(out["client_error"])
+    assert isinstance(out["server_error"], PeerError | TransportError)
+
+
+@pytest.mark.parametrize("where", ["start", "mid-offline", "garbage"])
+def test_bad_peer_gives_a_clear_error_and_no_hang(small_plan, where):
+    def hook(conn):
+        conn.send_json({"fetch_plan": True}, label="session.request")
+        if where == "start":
+            return
+        conn.recv_json(label="session.config")
+        conn.recv(label="session.plan")
+        if where == "garbage":
+            conn.sock.sendall(b"GARBAGE" * 10)
+            return
+        from safenet.protocol.transport import handshake
+
+        handshake(conn, "client", small_plan.public().fingerprint())
+        conn.send(b"\x00" * 100, label="he.pk")  # not a public key; then vanish
+
+    out = _session_pair(small_plan, None, server_conn_hook=hook)
+    err = out["server_error"]
+    assert isinstance(err, ConnectionClosed | ProtocolError | ValueError | RuntimeError), err
+    assert str(err)
