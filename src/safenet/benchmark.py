@@ -83,6 +83,7 @@ def run_bench(
         "compile_s": round(compile_s, 3),
         "matches_reference": bool((diff == 0).all()),
         "max_abs_error_ulp": int(diff.max()),
+        "max_abs_error": float(diff.max()) / 2.0**plan.output_scale,
         "argmax_agrees": bool(y.argmax() == ref.argmax()),
     }
     return head | report

@@ -334,8 +334,8 @@ class ServerLinear:
         op: the conv/linear op with its integer ``weight``.
         in_shape: the op's input shape, (C, H, W) or (K,).
         he: the HE context (plaintext modulus p = the plan's prime).
-        ntt: keep kernels in NTT form (4x the memory of coefficient form, about 8x faster
-            products; see docs/benchmarks.md).
+        ntt: keep kernels in NTT form: 4x the memory of coefficient form, 9x faster
+            products, replies about 2x faster (docs/benchmarks.md).
         flood_bits: flood noise in bits; must hide the weight-dependent noise with
             ``STAT_BITS`` of statistical security and leave ``BUDGET_MARGIN`` bits of budget.
     """
