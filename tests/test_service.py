@@ -52,9 +52,10 @@ def server(lenet):
 
 
 def _infer(port, data_dir, index):
+    args = ["infer", "--server", f"127.0.0.1:{port}", "--dataset", "fashion-mnist",
+            "--index", index, "--data-dir", data_dir, "--json"]  # fmt: skip
     out = subprocess.run(
-        _safenet("infer", "--server", f"127.0.0.1:{port}", "--dataset", "fashion-mnist",
-                 "--index", index, "--data-dir", data_dir, "--json"),  # fmt: skip
+        _safenet(*args),
         capture_output=True,
         text=True,
         timeout=120,
