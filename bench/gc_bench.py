@@ -1,4 +1,4 @@
-"""Benchmark the garbled ReLU: circuit size, garbling and evaluation speed on one core.
+"""Benchmark the garbled ReLU: circuit size, garbling and evaluation speed (``--workers``).
 
 Prints JSON: AND gates and table bytes per ReLU (with the per-stage breakdown), and for
 ``--n`` ReLUs (one activation layer) the garbling time (Delta, labels, tables) and the
@@ -23,11 +23,11 @@ from safenet.crypto.gc.relu import relu_reference
 from safenet.field import DELPHI_PRIME
 
 
-def run_once(circuit, p, shift, n, rng):
+def run_once(circuit, p, shift, n, rng, workers=1):
     nb = p.bit_length()
     a, b, r = (rng.integers(0, p, n, dtype=np.int64) for _ in range(3))
     t0 = time.perf_counter()
-    g = garble(circuit, n)
+    g = garble(circuit, n, workers=workers)
     t1 = time.perf_counter()
     labels = {
         "server_share": g.encode("server_share", int_to_bits(a, nb)),
@@ -37,7 +37,7 @@ def run_once(circuit, p, shift, n, rng):
     labels["client_share"] = np.where(int_to_bits(b, nb)[..., None].astype(bool), l1, l0)
     tables = g.take_tables()
     t2 = time.perf_counter()
-    out = evaluate(circuit, tables, labels)
+    out = evaluate(circuit, tables, labels, workers=workers)
     t3 = time.perf_counter()
     z = bits_to_int(decode(out, g.decode_bits))
     if not np.array_equal(z, relu_reference(a, b, r, p, shift)):
@@ -51,12 +51,16 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=9)
     ap.add_argument("--n", type=int, default=16384, help="ReLUs garbled together")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=1, help="threads (the protocol uses all cores)")
     args = ap.parse_args()
 
     circuit = relu_circuit(args.prime, args.shift)
     rng = np.random.default_rng(0)
     run_once(circuit, args.prime, args.shift, min(args.n, 1024), rng)  # warm-up
-    times = [run_once(circuit, args.prime, args.shift, args.n, rng) for _ in range(args.repeats)]
+    times = [
+        run_once(circuit, args.prime, args.shift, args.n, rng, args.workers)
+        for _ in range(args.repeats)
+    ]
     tg = statistics.median(t[0] for t in times)
     te = statistics.median(t[1] for t in times)
     ands = circuit.and_count * args.n
@@ -79,6 +83,7 @@ def main() -> None:
                 "garble_and_per_s": round(ands / tg),
                 "evaluate_and_per_s": round(ands / te),
                 "repeats": args.repeats,
+                "workers": args.workers,
                 "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
                 "cpu": platform.processor() or platform.machine(),
                 "python": platform.python_version(),

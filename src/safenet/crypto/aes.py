@@ -18,6 +18,16 @@ BLOCK = np.dtype("<u8")
 FIXED_KEY = bytes.fromhex("61f4c5d2a8e39b1c07d6e54f3a2b1c9d")  # public, arbitrary
 
 
+def word_buffer(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A block array of ``shape + (2,)`` and the flat uint64 buffer behind it (2 spare words).
+
+    For :meth:`FixedKeyAES.permute_words`, which encrypts in place without copies.
+    """
+    n = int(np.prod(shape)) * 2
+    flat = np.empty(n + 2, dtype=BLOCK)
+    return flat[:n].reshape(*shape, 2), flat
+
+
 class FixedKeyAES:
     """pi(x) = AES_k(x) for a fixed public key k, vectorised over blocks."""
 
@@ -34,6 +44,19 @@ class FixedKeyAES:
         written = self._enc.update_into(x.view(np.uint8).reshape(-1), self._buf)
         assert written == n
         return np.frombuffer(self._buf, dtype=BLOCK, count=n // 8).reshape(x.shape).copy()
+
+    def permute_words(self, src: np.ndarray, dst: np.ndarray, nwords: int) -> None:
+        """``dst[:nwords] = pi(src[:nwords])`` on flat uint64 arrays (two words per block).
+
+        No copies: AES writes straight into ``dst``, which needs two spare words at its end
+        (the encryptor's output slack; see :func:`word_buffer`). ``src`` may be ``dst``.
+        """
+        if dst.size < nwords + 2 or src.size < nwords:
+            raise ValueError("buffers too small (dst needs 2 spare words)")
+        written = self._enc.update_into(
+            memoryview(src.view(np.uint8))[: 8 * nwords], memoryview(dst.view(np.uint8))
+        )
+        assert written == 8 * nwords
 
     def hash(self, x: np.ndarray, tweak: np.ndarray | int) -> np.ndarray:
         """H(x, i) = pi(pi(x) xor i) xor pi(x); ``tweak`` (uint64) is broadcast over blocks."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from safenet.crypto.gc import decode, evaluate, garble, relu_circuit, tables_from_bytes
+from safenet.crypto.gc import decode, evaluate, garble, relu_circuit
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.garble import Garbled
 from safenet.crypto.ot import OTReceiver, OTSender
@@ -50,7 +50,7 @@ class ReluServer:
             raise RuntimeError("garble() first")
         r = A.uniform(self.n, self.p)
         nbits = self.p.bit_length()
-        conn.send(g.take_tables().tobytes(), label="gc.tables")
+        conn.send_array(g.take_tables(), label="gc.tables")  # no copy on either side
         conn.send_array(g.encode("server_mask", A.bits(r, nbits)), label="gc.mask")
         conn.send_array(g.decode_bits, label="gc.decode")
         zero, _ = g.label_pairs("client_share")
@@ -83,7 +83,10 @@ class ReluClient:
     def recv_offline(self, conn: Connection, ot: OTReceiver, c: np.ndarray) -> None:
         """Receive tables, mask labels, decode bits; get own-share labels by OT."""
         nbits, n = self.p.bit_length(), self.n
-        tables = tables_from_bytes(conn.recv(label="gc.tables"), self.circuit, n)
+        tables = conn.recv_array(label="gc.tables")
+        want = (self.circuit.and_count, n, 2, 2)
+        if tables.shape != want or tables.dtype != np.uint64:
+            raise ProtocolError(f"bad garbled tables {tables.dtype} {tables.shape}, want {want}")
         mask = conn.recv_array(label="gc.mask")
         dec = conn.recv_array(label="gc.decode")
         if mask.shape != (nbits, n, 2) or mask.dtype != np.uint64:

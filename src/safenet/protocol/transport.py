@@ -236,8 +236,9 @@ class Connection:
             self._send_frame(KIND_ERROR, "error", [message.encode()[:4096]])
 
     # ---- receiving ------------------------------------------------------------------------
-    def _read_exact(self, n: int, what: str) -> bytearray:
-        buf = bytearray(n)
+    def _read_exact(self, n: int, what: str) -> np.ndarray:
+        """Exactly n bytes (uint8 array: not zero-filled first, large payloads are not copied)."""
+        buf = np.empty(n, dtype=np.uint8)
         view = memoryview(buf)
         got = 0
         while got < n:
@@ -259,7 +260,7 @@ class Connection:
             got += k
         return buf
 
-    def _recv_frame(self, label: str) -> tuple[int, bytearray]:
+    def _recv_frame(self, label: str) -> tuple[int, np.ndarray]:
         if self.closed:
             raise ConnectionClosed("connection already closed")
         self._last = "recv"
@@ -273,12 +274,12 @@ class Connection:
             raise ProtocolError(f"{label}: not a safenet frame (bad magic {bytes(magic)!r}){hint}")
         if version != VERSION:
             raise ProtocolError(f"{label}: peer speaks wire version {version}, we speak {VERSION}")
-        got_label = self._read_exact(lab_len, f"{label} label").decode(errors="replace")
+        got_label = self._read_exact(lab_len, f"{label} label").tobytes().decode(errors="replace")
         if length > self.max_message:
             raise ProtocolError(f"{label}: peer announced {length} bytes, limit {self.max_message}")
         payload = self._read_exact(length, label)
         if kind == KIND_ERROR:
-            raise PeerError(f"peer gave up: {payload.decode(errors='replace')}")
+            raise PeerError(f"peer gave up: {payload.tobytes().decode(errors='replace')}")
         if got_label != label:
             raise ProtocolError(f"expected message {label!r}, peer sent {got_label!r}")
         c = self.stats.counters[(self.phase, label)]
@@ -291,7 +292,7 @@ class Connection:
         kind, payload = self._recv_frame(label)
         if kind != KIND_BYTES:
             raise ProtocolError(f"{label}: expected bytes, got frame kind {kind}")
-        return bytes(payload)
+        return payload.tobytes()
 
     def recv_json(self, label: str = "json") -> Any:
         """Receive a JSON object."""
@@ -306,9 +307,9 @@ class Connection:
         if kind != KIND_ARRAY:
             raise ProtocolError(f"{label}: expected an array, got frame kind {kind}")
         try:
-            n = payload[0]
-            dtype = np.dtype(bytes(payload[1 : 1 + n]).decode())
-            ndim = payload[1 + n]
+            n = int(payload[0])
+            dtype = np.dtype(payload[1 : 1 + n].tobytes().decode())
+            ndim = int(payload[1 + n])
             shape = struct.unpack_from(f">{ndim}Q", payload, 2 + n)
             offset = 2 + n + 8 * ndim
         except (IndexError, struct.error, TypeError, ValueError, UnicodeDecodeError) as e:

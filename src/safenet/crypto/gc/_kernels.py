@@ -65,11 +65,25 @@ def garble_gather(
 
 
 @numba.njit(cache=True, nogil=True)
-def garble_combine(X: Arr, H: Arr, d0: U64, d1: U64, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
+def tweak_xor(P: Arr, T: Arr, Q: Arr) -> None:
+    """``Q = P`` with the tweak XORed into the low word: the input of the hash's 2nd AES."""
+    H, G, m = T.shape
+    for h in range(H):
+        for j in range(G):
+            for i in range(m):
+                Q[h, j, i, 0] = P[h, j, i, 0] ^ T[h, j, i]
+                Q[h, j, i, 1] = P[h, j, i, 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def garble_combine(
+    X: Arr, P: Arr, R: Arr, d0: U64, d1: U64, tab: Arr, L: Arr, out: Arr, lo: int
+) -> None:
     """Half-gates (ZRE15): tables ``(T_G, T_E)`` into ``tab`` and output zero labels into ``L``.
 
     ``T_G = H(A0) ^ H(A1) ^ p_b*Delta``, ``W_G = H(A_{p_a}) ^ p_a*p_b*Delta``;
     ``T_E = H(B0) ^ H(B1) ^ A0``, ``W_E = H(B_{p_b})``; output zero label ``W_G ^ W_E``.
+    The hashes are ``H = R ^ P`` (``P = pi(x)``, ``R = pi(P ^ tweak)``), combined here.
     """
     G, m = X.shape[1], X.shape[2]
     for j in range(G):
@@ -78,12 +92,12 @@ def garble_combine(X: Arr, H: Arr, d0: U64, d1: U64, tab: Arr, L: Arr, out: Arr,
             a0, a1 = X[0, j, i, 0], X[0, j, i, 1]
             pa = _ZERO - (a0 & _ONE)
             pb = _ZERO - (X[2, j, i, 0] & _ONE)
-            ha0, ha1 = H[0, j, i, 0], H[0, j, i, 1]
-            hb0, hb1 = H[2, j, i, 0], H[2, j, i, 1]
-            tg0 = ha0 ^ H[1, j, i, 0] ^ (pb & d0)
-            tg1 = ha1 ^ H[1, j, i, 1] ^ (pb & d1)
-            fb0 = hb0 ^ H[3, j, i, 0]
-            fb1 = hb1 ^ H[3, j, i, 1]
+            ha0, ha1 = R[0, j, i, 0] ^ P[0, j, i, 0], R[0, j, i, 1] ^ P[0, j, i, 1]
+            hb0, hb1 = R[2, j, i, 0] ^ P[2, j, i, 0], R[2, j, i, 1] ^ P[2, j, i, 1]
+            tg0 = ha0 ^ R[1, j, i, 0] ^ P[1, j, i, 0] ^ (pb & d0)
+            tg1 = ha1 ^ R[1, j, i, 1] ^ P[1, j, i, 1] ^ (pb & d1)
+            fb0 = hb0 ^ R[3, j, i, 0] ^ P[3, j, i, 0]
+            fb1 = hb1 ^ R[3, j, i, 1] ^ P[3, j, i, 1]
             tab[j, i, 0, 0] = tg0
             tab[j, i, 0, 1] = tg1
             tab[j, i, 1, 0] = fb0 ^ a0
@@ -113,8 +127,9 @@ def eval_gather(
 
 
 @numba.njit(cache=True, nogil=True)
-def eval_combine(X: Arr, H: Arr, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
-    """Half-gates evaluation: ``W = H(A) ^ s_a*T_G ^ H(B) ^ s_b*(T_E ^ A)``, s = lsb."""
+def eval_combine(X: Arr, P: Arr, R: Arr, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
+    """Half-gates evaluation: ``W = H(A) ^ s_a*T_G ^ H(B) ^ s_b*(T_E ^ A)``, s = lsb,
+    with ``H = R ^ P`` as in :func:`garble_combine`."""
     G, m = X.shape[1], X.shape[2]
     for j in range(G):
         o = out[lo + j]
@@ -122,7 +137,7 @@ def eval_combine(X: Arr, H: Arr, tab: Arr, L: Arr, out: Arr, lo: int) -> None:
             a0, a1 = X[0, j, i, 0], X[0, j, i, 1]
             sa = _ZERO - (a0 & _ONE)
             sb = _ZERO - (X[1, j, i, 0] & _ONE)
-            L[o, i, 0] = H[0, j, i, 0] ^ (sa & tab[j, i, 0, 0]) ^ H[1, j, i, 0]
-            L[o, i, 0] ^= sb & (tab[j, i, 1, 0] ^ a0)
-            L[o, i, 1] = H[0, j, i, 1] ^ (sa & tab[j, i, 0, 1]) ^ H[1, j, i, 1]
-            L[o, i, 1] ^= sb & (tab[j, i, 1, 1] ^ a1)
+            h0 = R[0, j, i, 0] ^ P[0, j, i, 0] ^ R[1, j, i, 0] ^ P[1, j, i, 0]
+            h1 = R[0, j, i, 1] ^ P[0, j, i, 1] ^ R[1, j, i, 1] ^ P[1, j, i, 1]
+            L[o, i, 0] = h0 ^ (sa & tab[j, i, 0, 0]) ^ (sb & (tab[j, i, 1, 0] ^ a0))
+            L[o, i, 1] = h1 ^ (sa & tab[j, i, 0, 1]) ^ (sb & (tab[j, i, 1, 1] ^ a1))

@@ -13,7 +13,14 @@ import numpy as np
 from safenet.crypto.aes import FixedKeyAES
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.garble import _chunk_labels, _chunks, _pieces, default_workers, run_chunks
+from safenet.crypto.gc.garble import (
+    _chunk_labels,
+    _chunks,
+    _hash_parts,
+    _pieces,
+    default_workers,
+    run_chunks,
+)
 
 __all__ = ["decode", "evaluate"]
 
@@ -69,8 +76,8 @@ def evaluate(
                 X = np.empty((2, hi - lo, m, 2), dtype=np.uint64)
                 T = np.empty((2, hi - lo, m), dtype=np.uint64)
                 K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X, T, n, i0 + tweak_base)
-                H = aes.hash(X, T)
-                K.eval_combine(X, H, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+                P, R = _hash_parts(aes, X, T)
+                K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         out[:, i0:i1] = L[sch.out_slots]
 
     w = default_workers() if workers is None else workers

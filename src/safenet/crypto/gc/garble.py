@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from safenet.crypto.aes import FixedKeyAES, random_blocks
+from safenet.crypto.aes import FixedKeyAES, random_blocks, word_buffer
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
 
@@ -63,6 +63,18 @@ def _chunks(n: int, chunk: int | None, workers: int = 1) -> list[tuple[int, int]
     if workers > 1 and chunk is None:  # enough chunks to keep every worker busy
         c = min(c, max(1024, -(-n // workers)))
     return [(a, min(n, a + c)) for a in range(0, n, c)]
+
+
+def _hash_parts(aes: FixedKeyAES, X: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``P = pi(X)`` and ``R = pi(P ^ T)``: the hash ``H(X, T) = R ^ P`` of
+    :meth:`FixedKeyAES.hash` in two in-place AES passes, left for the combine kernel to XOR."""
+    nw = X.size
+    P, pf = word_buffer(X.shape[:-1])
+    aes.permute_words(X.reshape(-1), pf, nw)
+    R, rf = word_buffer(X.shape[:-1])
+    K.tweak_xor(P, T, R)
+    aes.permute_words(rf, rf, nw)
+    return P, R
 
 
 def default_workers() -> int:
@@ -302,14 +314,16 @@ def garble(
             if d == sch.depth:
                 break
             for lo, hi in _pieces(*sch.and_layer(d), m):
-                X = np.empty((4, hi - lo, m, 2), dtype=np.uint64)
-                T = np.empty((4, hi - lo, m), dtype=np.uint64)
+                X, T = (
+                    np.empty((4, hi - lo, m, 2), dtype=np.uint64),
+                    np.empty((4, hi - lo, m), dtype=np.uint64),
+                )
                 K.garble_gather(
                     L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
                     lo, hi, d0, d1, X, T, n_instances, i0 + tweak_base,
                 )  # fmt: skip
-                H = aes.hash(X, T)
-                K.garble_combine(X, H, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+                P, R = _hash_parts(aes, X, T)
+                K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
