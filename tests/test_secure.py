@@ -278,3 +278,41 @@ def test_bad_peer_gives_a_clear_error_and_no_hang(small_plan, where):
     err = out["server_error"]
     assert isinstance(err, ConnectionClosed | ProtocolError | ValueError | RuntimeError), err
     assert str(err)
+
+
+class _PoolNet(torch.nn.Module):
+    """Strided conv + BN, residual add, 1x1 convs and an average pool as the output: the
+    plan holds conv, activation, add, sumpool and rescale (a divisor of 9 with no linear
+    layer after it to fold into)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.b1 = torch.nn.BatchNorm2d(4)
+        self.c2 = torch.nn.Conv2d(4, 4, 1)
+        self.c3 = torch.nn.Conv2d(4, 3, 1)
+        self.pool = torch.nn.AvgPool2d(3, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        y = y + torch.relu(self.c2(y))
+        return self.pool(self.c3(y))
+
+
+@pytest.mark.parametrize("relu_ratio", [1.0, 0.5])
+def test_pool_add_rescale_plan(relu_ratio):
+    torch.manual_seed(5)
+    m = _PoolNet().eval()
+    if relu_ratio < 1:
+        m = surgery.convert(m, torch.randn(4, 2, 8, 8))
+        surgery.set_layers(m, surgery.LayerSpec(1 - relu_ratio, 3))
+        surgery.calibrate(m, [torch.randn(16, 2, 8, 8)])
+        surgery.set_blend(m, 1.0)
+    plan = compile_model(m.eval(), (2, 8, 8))
+    kinds = {op.kind for op in plan.ops}
+    assert {"conv", "activation", "add", "sumpool", "rescale"} <= kinds
+    x = np.random.default_rng(6).normal(size=(2, 8, 8))
+    y, srv, cli = _secure(plan, x, keep_trace=True)
+    if relu_ratio == 1:
+        assert (y == plan.reference(x, decode=False)).all()
+    _check_op_by_op(plan, srv, cli, encode_input(plan, x))

@@ -444,10 +444,9 @@ class ClientSession(_Party):
                 out[sel] = self.relu.pop(i).evaluate(labels)
         if i in self.polys:
             _, g_c = self.polys.pop(i)
-            if e.shape != (int((~sel).sum()),):
-                raise ProtocolError(f"bad opening shape {e.shape}")
+            _check(e, (int((~sel).sum()),), p, "opening")
             with self.prof.primitive("poly"):
-                y = P.evaluate_share(A.to_residues(e, p), g_c, p)
+                y = P.evaluate_share(e, g_c, p)
                 out[~sel] = A.trunc_client(y, op.attrs["poly_shift"], p)
         self.conn.send_array(A.sub(out, self.masks.pop(i), p), label="online.reshare")
 

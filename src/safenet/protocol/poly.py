@@ -30,6 +30,7 @@ import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, flood, rerandomize
 from safenet.protocol import arith as A
+from safenet.protocol.linear import reply_primes
 
 __all__ = [
     "PolyServer",
@@ -93,6 +94,7 @@ class PolyServer:
         self.degree = d1 - 1
         self.coef = A.to_residues(coef, self.p)
         self.flood_bits = flood_bits
+        self._switches = len(he.coeff_primes) - reply_primes(he)
         self.a_s: np.ndarray | None = None
         self.g_s: list[np.ndarray] | None = None
 
@@ -143,6 +145,8 @@ class PolyServer:
                     acc = seal.Encryptor(he.context, public_key).encrypt_zero()
                 he.evaluator.sub_plain_inplace(acc, he.encode(t[s]))
                 acc = flood(he, rerandomize(he, acc, public_key), self.flood_bits)
+                for _ in range(self._switches):  # public post-processing: smaller replies
+                    he.evaluator.mod_switch_to_next_inplace(acc)
                 replies.append(acc.to_string())
         g_s.append(self.coef[:, d].copy())  # G_d = C_d, held by the server alone
         self.a_s, self.g_s = a_s, g_s
