@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from safenet.protocol.tls import TLSConfig
 
 MAGIC = b"SN"
-VERSION = 1
+VERSION = 2  # 2: array frames pad their header so the data arrives 16-byte aligned
+ALIGN = 16
 HEADER = struct.Struct(">2sBBBQ")
 KIND_BYTES, KIND_ARRAY, KIND_ERROR = 0, 1, 2
 DEFAULT_MAX_MESSAGE = 4 << 30
@@ -228,6 +229,8 @@ class Connection:
             raise TypeError("object arrays cannot be sent")
         dt = a.dtype.str.encode()
         meta = struct.pack(">B", len(dt)) + dt + struct.pack(f">B{a.ndim}Q", a.ndim, *a.shape)
+        pad = -(len(meta) + 1) % ALIGN  # the data starts aligned in the receiver's buffer
+        meta += struct.pack(">B", pad) + bytes(pad)
         self._send_frame(KIND_ARRAY, label, [meta, memoryview(a.reshape(-1).view(np.uint8))])
 
     def send_error(self, message: str) -> None:
@@ -311,7 +314,7 @@ class Connection:
             dtype = np.dtype(payload[1 : 1 + n].tobytes().decode())
             ndim = int(payload[1 + n])
             shape = struct.unpack_from(f">{ndim}Q", payload, 2 + n)
-            offset = 2 + n + 8 * ndim
+            offset = 3 + n + 8 * ndim + int(payload[2 + n + 8 * ndim])
         except (IndexError, struct.error, TypeError, ValueError, UnicodeDecodeError) as e:
             raise ProtocolError(f"{label}: malformed array header: {e}") from e
         if dtype.hasobject:
