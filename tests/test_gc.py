@@ -18,9 +18,10 @@ from safenet.crypto.gc import (
     int_to_bits,
     relu_circuit,
     relu_reference,
+    relu_width,
     tables_from_bytes,
 )
-from safenet.field import DELPHI_PRIME, is_probable_prime
+from safenet.field import DELPHI_PRIME, POLY_PRIME, is_probable_prime
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -419,3 +420,46 @@ def test_relu_cost():
     assert set(circuit.inputs) == {"server_share", "client_share", "server_mask"}
     assert all(len(v) == 41 for v in circuit.inputs.values())
     assert len(circuit.outputs["z"]) == 41
+
+
+def _bits_to_pyint(bits):
+    """(nbits, n) bits -> Python ints (any width)."""
+    return [sum(int(bit) << j for j, bit in enumerate(col)) for col in np.asarray(bits).T]
+
+
+@pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (DELPHI_PRIME, 0), (POLY_PRIME, 9),
+                                  (POLY_PRIME, 17), (97, 3), (2**31 - 1, 12)])  # fmt: skip
+def test_relu_integer_mask_garbled(p, k):
+    """stat_bits mode: z = relu + r + 1 as an integer, never reduced, r of W + s bits."""
+    s = 40
+    circuit = relu_circuit(p, k, stat_bits=s)
+    wz = relu_width(p, k) + s
+    assert len(circuit.inputs["server_mask"]) == wz and len(circuit.outputs["z"]) == wz + 1
+    rng = np.random.default_rng(k + 7)
+    a, b, _ = relu_cases(p, k, 1500, rng)
+    n = len(a)
+    rbits = rng.integers(0, 2, (wz, n), dtype=np.uint8)
+    rbits[:, 0] = 1  # all-ones mask: the carry runs to the top bit
+    rbits[:, 1] = 0
+    nb = p.bit_length()
+    g = garble(circuit, n)
+    labels = {
+        "server_share": g.encode("server_share", int_to_bits(np.array(a, np.uint64), nb)),
+        "server_mask": g.encode("server_mask", rbits),
+    }
+    l0, l1 = g.label_pairs("client_share")
+    cb = int_to_bits(np.array(b, np.uint64), nb)
+    labels["client_share"] = np.where(cb[..., None].astype(bool), l1, l0)
+    out = evaluate(circuit, g.take_tables(), labels)
+    got = _bits_to_pyint(decode(out, g.decode_bits))
+    r = _bits_to_pyint(rbits)
+    want = relu_reference(np.array(a), np.array(b), np.array(r, dtype=object), p, k, stat_bits=s)
+    assert got == [int(w) for w in want]
+    assert got == [relu_int(x, y, 0, p, k) + m + 1 for x, y, m in zip(a, b, r, strict=True)]
+
+
+def test_relu_integer_mask_cost():
+    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count == 200
+    assert relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count == 228
+    with pytest.raises(ValueError, match="stat_bits"):
+        relu_circuit(DELPHI_PRIME, 9, stat_bits=0)

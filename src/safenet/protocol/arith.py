@@ -25,10 +25,12 @@ import numpy as np
 __all__ = [
     "add",
     "bits",
+    "bits_mod_p",
     "from_bits",
     "mulmod",
     "neg",
     "powmod",
+    "random_bits",
     "sub",
     "to_residues",
     "trunc_client",
@@ -143,6 +145,22 @@ def bits(v: np.ndarray, nbits: int) -> np.ndarray:
     flat = np.asarray(v, dtype=np.int64).reshape(-1).astype(np.uint64)
     shifts = np.arange(nbits, dtype=np.uint64)[:, None]
     return ((flat[None, :] >> shifts) & np.uint64(1)).astype(np.uint8)
+
+
+def random_bits(nbits: int, n: int) -> np.ndarray:
+    """Uniform bits from the OS CSPRNG, uint8 ``(nbits, n)`` (an integer mask of any width)."""
+    raw = np.frombuffer(secrets.token_bytes(-(-nbits * n // 8)), dtype=np.uint8)
+    return np.unpackbits(raw)[: nbits * n].reshape(nbits, n)
+
+
+def bits_mod_p(b: np.ndarray, p: int) -> np.ndarray:
+    """Little-endian bits ``(nbits, n)`` of integers of any width -> the integers mod p."""
+    b = np.asarray(b, dtype=np.uint8)
+    acc = np.zeros(b.shape[1], dtype=np.int64)
+    for lo in range(0, b.shape[0], 32):
+        chunk = np.mod(from_bits(b[lo : lo + 32]), p)
+        acc = add(acc, mulmod(chunk, pow(2, lo, p), p), p)
+    return acc
 
 
 def from_bits(b: np.ndarray) -> np.ndarray:

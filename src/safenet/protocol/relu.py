@@ -4,9 +4,11 @@ Offline, the server garbles one circuit instance per ReLU element of the layer u
 session's Delta with the layer's own tweak range, sends the tables, the labels of its output
 mask ``r`` and the decode bits, and hands the client the labels of the client's share
 (known offline) by correlated OT. Online it sends only the labels of its own share
-``s + 2^(k-1)`` (the round-half-up offset), ``nbits`` labels of 16 bytes per ReLU; the client
-evaluates and decodes ``z = max(round(v / 2^k), 0) + r mod p``. The server's share of the
-output is ``-r``.
+``s + 2^(k-1)`` (the round-half-up offset), ``bits(p)`` labels of 16 bytes per ReLU; the
+client evaluates and decodes the integer ``z = max(round(v / 2^k), 0) + r + 1``. The mask
+``r`` is a uniform integer :data:`STAT_BITS` bits wider than the ReLU output (integer
+masking: ``z`` hides the output up to statistical distance 2^-40, and the circuit needs no
+reduction mod p); the client's share is ``z mod p``, the server's ``-(r + 1) mod p``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
 from safenet.protocol.transport import Connection, ProtocolError
 
-__all__ = ["ReluClient", "ReluServer"]
+__all__ = ["STAT_BITS", "ReluClient", "ReluServer"]
+
+#: statistical security of the integer output mask (bits)
+STAT_BITS = 40
 
 
 class ReluServer:
@@ -28,7 +33,7 @@ class ReluServer:
 
     def __init__(self, p: int, shift: int, n: int, delta: np.ndarray, tweak_base: int) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift)
+        self.circuit: Circuit = relu_circuit(p, shift, STAT_BITS)
         self.tweak_base = tweak_base
         self.delta = delta
         self._garbled: Garbled | None = None
@@ -48,14 +53,13 @@ class ReluServer:
         g = self._garbled
         if g is None:
             raise RuntimeError("garble() first")
-        r = A.uniform(self.n, self.p)
-        nbits = self.p.bit_length()
+        r = A.random_bits(len(self.circuit.inputs["server_mask"]), self.n)
         conn.send_array(g.take_tables(), label="gc.tables")  # no copy on either side
-        conn.send_array(g.encode("server_mask", A.bits(r, nbits)), label="gc.mask")
+        conn.send_array(g.encode("server_mask", r), label="gc.mask")
         conn.send_array(g.decode_bits, label="gc.decode")
         zero, _ = g.label_pairs("client_share")
         ot.send_correlated(zero.reshape(-1, 2))
-        self.out_share = A.neg(r, self.p)
+        self.out_share = A.neg(A.add(A.bits_mod_p(r, self.p), 1, self.p), self.p)  # -(r + 1)
 
     def online_labels(self, s: np.ndarray) -> np.ndarray:
         """Labels of the server's share ``s`` (+ the rounding offset): once."""
@@ -72,7 +76,7 @@ class ReluClient:
 
     def __init__(self, p: int, shift: int, n: int, tweak_base: int) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift)
+        self.circuit: Circuit = relu_circuit(p, shift, STAT_BITS)
         self.tweak_base = tweak_base
         self._material: dict[str, np.ndarray] | None = None
 
@@ -89,7 +93,8 @@ class ReluClient:
             raise ProtocolError(f"bad garbled tables {tables.dtype} {tables.shape}, want {want}")
         mask = conn.recv_array(label="gc.mask")
         dec = conn.recv_array(label="gc.decode")
-        if mask.shape != (nbits, n, 2) or mask.dtype != np.uint64:
+        mbits = len(self.circuit.inputs["server_mask"])
+        if mask.shape != (mbits, n, 2) or mask.dtype != np.uint64:
             raise ProtocolError(f"bad mask labels {mask.dtype} {mask.shape}")
         if dec.shape != (self.circuit.n_outputs, n) or dec.dtype != np.uint8:
             raise ProtocolError(f"bad decode bits {dec.dtype} {dec.shape}")
@@ -112,4 +117,4 @@ class ReluClient:
              "server_mask": m["server_mask"]},
             tweak_base=self.tweak_base,
         )  # fmt: skip
-        return A.from_bits(decode(out, m["decode"]))
+        return A.bits_mod_p(decode(out, m["decode"]), self.p)

@@ -26,7 +26,7 @@ from safenet.crypto.gc.garble import (
     label_pairs,
     tables_from_bytes,
 )
-from safenet.crypto.gc.relu import relu_circuit, relu_reference
+from safenet.crypto.gc.relu import relu_circuit, relu_reference, relu_width
 
 __all__ = [
     "FALSE",
@@ -45,5 +45,6 @@ __all__ = [
     "label_pairs",
     "relu_circuit",
     "relu_reference",
+    "relu_width",
     "tables_from_bytes",
 ]
