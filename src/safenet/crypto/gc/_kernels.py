@@ -6,7 +6,8 @@ per gate or per instance. The hash itself stays in ``FixedKeyAES`` (AES-NI via c
 
 Tweak of AND gate ``g`` (layer-order number) in instance ``i`` of ``n``: ``2 * (g * n + i)``
 for the garbler half gate and ``2 * (g * n + i) + 1`` for the evaluator half gate, unique per
-gate per instance within one garbling (each garbling has a fresh Delta).
+gate per instance within one garbling (plus the garbling's ``tweak_base``), computed inside
+:func:`tweak_xor`.
 """
 
 from __future__ import annotations
@@ -35,15 +36,13 @@ def xor_block(
 
 @numba.njit(cache=True, nogil=True)
 def garble_gather(
-    L: Arr, a: Arr, an: Arr, b: Arr, bn: Arr, lo: int, hi: int, d0: U64, d1: U64,
-    X: Arr, T: Arr, n_total: int, i0: int,
+    L: Arr, a: Arr, an: Arr, b: Arr, bn: Arr, lo: int, hi: int, d0: U64, d1: U64, X: Arr,
 ) -> None:  # fmt: skip
-    """Fill ``X[0..3] = A0, A1, B0, B1`` (zero/one labels of both inputs) and tweaks ``T``."""
+    """Fill ``X[0..3] = A0, A1, B0, B1`` (zero/one labels of both inputs)."""
     m = L.shape[1]
     for j in range(hi - lo):
         g = lo + j
         sa, sb, ma, mb = a[g], b[g], an[g], bn[g]
-        base = np.uint64(g) * np.uint64(n_total) + np.uint64(i0)
         for i in range(m):
             x0 = L[sa, i, 0] ^ (ma & d0)
             x1 = L[sa, i, 1] ^ (ma & d1)
@@ -57,21 +56,22 @@ def garble_gather(
             X[2, j, i, 1] = y1
             X[3, j, i, 0] = y0 ^ d0
             X[3, j, i, 1] = y1 ^ d1
-            t = (base + np.uint64(i)) << _ONE
-            T[0, j, i] = t
-            T[1, j, i] = t
-            T[2, j, i] = t | _ONE
-            T[3, j, i] = t | _ONE
 
 
 @numba.njit(cache=True, nogil=True)
-def tweak_xor(P: Arr, T: Arr, Q: Arr) -> None:
-    """``Q = P`` with the tweak XORed into the low word: the input of the hash's 2nd AES."""
-    H, G, m = T.shape
+def tweak_xor(P: Arr, Q: Arr, lo: int, n_total: int, i0: int, halves: Arr) -> None:
+    """``Q = P`` with the tweak of each hash XORed into its low word (the 2nd AES's input).
+
+    Block ``(h, j, i)`` hashes for AND gate ``lo + j`` of instance ``i0 + i``: its tweak is
+    ``2 * (gate * n_total + instance) + halves[h]``.
+    """
+    H, G, m = P.shape[0], P.shape[1], P.shape[2]
     for h in range(H):
+        hb = np.uint64(halves[h])
         for j in range(G):
+            base = np.uint64(lo + j) * np.uint64(n_total) + np.uint64(i0)
             for i in range(m):
-                Q[h, j, i, 0] = P[h, j, i, 0] ^ T[h, j, i]
+                Q[h, j, i, 0] = P[h, j, i, 0] ^ (((base + np.uint64(i)) << _ONE) | hb)
                 Q[h, j, i, 1] = P[h, j, i, 1]
 
 
@@ -107,23 +107,17 @@ def garble_combine(
 
 
 @numba.njit(cache=True, nogil=True)
-def eval_gather(
-    L: Arr, a: Arr, b: Arr, lo: int, hi: int, X: Arr, T: Arr, n_total: int, i0: int
-) -> None:
-    """Fill ``X[0..1] = A, B`` (the evaluator's input labels) and tweaks ``T``."""
+def eval_gather(L: Arr, a: Arr, b: Arr, lo: int, hi: int, X: Arr) -> None:
+    """Fill ``X[0..1] = A, B`` (the evaluator's input labels)."""
     m = L.shape[1]
     for j in range(hi - lo):
         g = lo + j
         sa, sb = a[g], b[g]
-        base = np.uint64(g) * np.uint64(n_total) + np.uint64(i0)
         for i in range(m):
             X[0, j, i, 0] = L[sa, i, 0]
             X[0, j, i, 1] = L[sa, i, 1]
             X[1, j, i, 0] = L[sb, i, 0]
             X[1, j, i, 1] = L[sb, i, 1]
-            t = (base + np.uint64(i)) << _ONE
-            T[0, j, i] = t
-            T[1, j, i] = t | _ONE
 
 
 @numba.njit(cache=True, nogil=True)

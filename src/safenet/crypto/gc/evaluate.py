@@ -14,10 +14,11 @@ from safenet.crypto.aes import FixedKeyAES
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.garble import (
+    EVAL_HALVES,
     _chunk_labels,
     _chunks,
-    _hash_parts,
     _pieces,
+    _Scratch,
     default_workers,
     run_chunks,
 )
@@ -68,15 +69,15 @@ def evaluate(
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         m = i1 - i0
         L = _chunk_labels(sch, input_labels, i0, i1)
+        sc = _Scratch(EVAL_HALVES, m)
         for d in range(sch.depth + 1):
             K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
             if d == sch.depth:
                 break
             for lo, hi in _pieces(*sch.and_layer(d), m):
-                X = np.empty((2, hi - lo, m, 2), dtype=np.uint64)
-                T = np.empty((2, hi - lo, m), dtype=np.uint64)
-                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X, T, n, i0 + tweak_base)
-                P, R = _hash_parts(aes, X, T)
+                X = sc.x(hi - lo, m)
+                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
+                P, R = sc.hash(aes, hi - lo, m, lo, n, i0 + tweak_base)
                 K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         out[:, i0:i1] = L[sch.out_slots]
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from safenet.crypto.aes import FixedKeyAES, random_blocks, word_buffer
+from safenet.crypto.aes import FixedKeyAES, random_blocks
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
 
@@ -41,6 +41,8 @@ __all__ = ["Garbled", "and_tweaks", "encode", "garble", "label_pairs", "tables_f
 
 #: instances processed together; label memory is ``n_slots * chunk * 16`` bytes
 DEFAULT_CHUNK = 16384
+#: smallest chunk worth a thread of its own (below it the threads fight over the GIL)
+MIN_SPLIT = 4096
 #: most threads one garbling/evaluation uses
 MAX_WORKERS = 8
 #: gate-instances per AES call: wide layers are cut into pieces of about this size
@@ -61,20 +63,46 @@ def _chunks(n: int, chunk: int | None, workers: int = 1) -> list[tuple[int, int]
     if c < 1:
         raise ValueError("chunk must be positive")
     if workers > 1 and chunk is None:  # enough chunks to keep every worker busy
-        c = min(c, max(1024, -(-n // workers)))
+        c = min(c, max(MIN_SPLIT, -(-n // workers)))
     return [(a, min(n, a + c)) for a in range(0, n, c)]
 
 
-def _hash_parts(aes: FixedKeyAES, X: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``P = pi(X)`` and ``R = pi(P ^ T)``: the hash ``H(X, T) = R ^ P`` of
-    :meth:`FixedKeyAES.hash` in two in-place AES passes, left for the combine kernel to XOR."""
-    nw = X.size
-    P, pf = word_buffer(X.shape[:-1])
-    aes.permute_words(X.reshape(-1), pf, nw)
-    R, rf = word_buffer(X.shape[:-1])
-    K.tweak_xor(P, T, R)
-    aes.permute_words(rf, rf, nw)
-    return P, R
+GARBLE_HALVES = np.array([0, 0, 1, 1], dtype=np.uint64)  # A0, A1 garbler half; B0, B1 evaluator
+EVAL_HALVES = np.array([0, 1], dtype=np.uint64)
+
+
+class _Scratch:
+    """Per-chunk buffers for one AND-layer piece: labels X, P = pi(X), R = pi(P ^ tweak).
+
+    Allocated once per chunk (sized for the largest piece) so a piece costs no allocation;
+    the flat buffers keep the two spare words AES writes into.
+    """
+
+    def __init__(self, halves: np.ndarray, m: int) -> None:
+        self.halves = halves
+        self.h = len(halves)
+        words = self.h * max(PIECE, m) * 2
+        self.xf = np.empty(words + 2, dtype=np.uint64)
+        self.pf = np.empty(words + 2, dtype=np.uint64)
+        self.rf = np.empty(words + 2, dtype=np.uint64)
+
+    def x(self, g: int, m: int) -> np.ndarray:
+        """The label view for a piece of ``g`` gates x ``m`` instances."""
+        return self.xf[: self.h * g * m * 2].reshape(self.h, g, m, 2)
+
+    def hash(
+        self, aes: FixedKeyAES, g: int, m: int, lo: int, n_total: int, i0: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``P = pi(X)``, ``R = pi(P ^ tweak)``: the hash ``H = R ^ P`` of
+        :meth:`FixedKeyAES.hash`, left for the combine kernel to XOR (no copies)."""
+        nw = self.h * g * m * 2
+        shape = (self.h, g, m, 2)
+        aes.permute_words(self.xf, self.pf, nw)
+        P = self.pf[:nw].reshape(shape)
+        R = self.rf[:nw].reshape(shape)
+        K.tweak_xor(P, R, lo, n_total, i0, self.halves)
+        aes.permute_words(self.rf, self.rf, nw)
+        return P, R
 
 
 def default_workers() -> int:
@@ -126,24 +154,19 @@ def and_tweaks(
 ) -> np.ndarray:
     """Every hash tweak a garbling uses, in order (for auditing uniqueness in tests).
 
-    Runs the same chunk/layer/piece loops and the same gather kernel as :func:`garble`, on
-    dummy labels, and returns the tweaks it writes.
+    Runs the same chunk/layer/piece loops and the same tweak kernel as :func:`garble`, on
+    zero blocks, and returns the tweaks it applies.
     """
     sch = circuit.schedule
     out = []
-    zero = np.uint64(0)
     for i0, i1 in _chunks(n_instances, chunk):
         m = i1 - i0
-        L = np.zeros((sch.n_slots, m, 2), dtype=np.uint64)
         for d in range(sch.depth):
             for lo, hi in _pieces(*sch.and_layer(d), m):
-                X = np.empty((4, hi - lo, m, 2), dtype=np.uint64)
-                T = np.empty((4, hi - lo, m), dtype=np.uint64)
-                K.garble_gather(
-                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
-                    lo, hi, zero, zero, X, T, n_instances, i0 + tweak_base,
-                )  # fmt: skip
-                out.append(T[[0, 2]].reshape(-1))
+                zero = np.zeros((4, hi - lo, m, 2), dtype=np.uint64)
+                Q = np.empty_like(zero)
+                K.tweak_xor(zero, Q, lo, n_instances, i0 + tweak_base, GARBLE_HALVES)
+                out.append(Q[[0, 2], ..., 0].reshape(-1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
@@ -309,20 +332,17 @@ def garble(
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         m = i1 - i0
         L = _chunk_labels(sch, input_zero, i0, i1)
+        sc = _Scratch(GARBLE_HALVES, m)
         for d in range(sch.depth + 1):
             K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
             if d == sch.depth:
                 break
             for lo, hi in _pieces(*sch.and_layer(d), m):
-                X, T = (
-                    np.empty((4, hi - lo, m, 2), dtype=np.uint64),
-                    np.empty((4, hi - lo, m), dtype=np.uint64),
-                )
+                X = sc.x(hi - lo, m)
                 K.garble_gather(
-                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg,
-                    lo, hi, d0, d1, X, T, n_instances, i0 + tweak_base,
-                )  # fmt: skip
-                P, R = _hash_parts(aes, X, T)
+                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg, lo, hi, d0, d1, X
+                )
+                P, R = sc.hash(aes, hi - lo, m, lo, n_instances, i0 + tweak_base)
                 K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
