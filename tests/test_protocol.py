@@ -166,3 +166,13 @@ def test_relu_layer_protocol(p, k, run_parties):
         y = A.add(zi, ri, p)  # client z plus server -r
         want = np.maximum((vi + (1 << (k - 1))) >> k, 0)
         assert (y == want).all()
+
+
+@pytest.mark.parametrize("nbits", [1, 41, 64, 72, 130])
+def test_bits_mod_p_any_width(nbits):
+    p = POLY_PRIME
+    b = A.random_bits(nbits, 500)
+    assert b.shape == (nbits, 500) and set(np.unique(b)) <= {0, 1}
+    b[:, 0] = 1  # all ones: 2^nbits - 1
+    want = [sum(int(x) << j for j, x in enumerate(col)) % p for col in b.T]
+    assert A.bits_mod_p(b, p).tolist() == want

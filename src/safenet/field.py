@@ -25,8 +25,8 @@ DELPHI_PRIME = 2**41 - 2**37 + 1
 #: batching works). Local truncation of polynomial sums fails with probability ~|v| / p per
 #: element; measured on ``default-approx`` (72,128 polynomial activations) that is 0.089
 #: expected failures per inference with the 41-bit prime and 0.0007 with this one, and
-#: degree-3 sums fit. The ReLU circuit grows from 248 to 290 AND gates (9,280 bytes) and
-#: its online labels from 656 to 768 bytes.
+#: degree-3 sums fit. The protocol's ReLU circuit grows from 200 to 228 AND gates (7,296
+#: bytes of tables) and its online labels from 656 to 768 bytes.
 POLY_PRIME = 2**48 - 2**44 + 1
 
 

@@ -156,10 +156,17 @@ def random_bits(nbits: int, n: int) -> np.ndarray:
 def bits_mod_p(b: np.ndarray, p: int) -> np.ndarray:
     """Little-endian bits ``(nbits, n)`` of integers of any width -> the integers mod p."""
     b = np.asarray(b, dtype=np.uint8)
-    acc = np.zeros(b.shape[1], dtype=np.int64)
-    for lo in range(0, b.shape[0], 32):
-        chunk = np.mod(from_bits(b[lo : lo + 32]), p)
-        acc = add(acc, mulmod(chunk, pow(2, lo, p), p), p)
+    nbits, n = b.shape
+    words = -(-nbits // 64)
+    packed = np.zeros((words * 8, n), dtype=np.uint8)
+    packed[: -(-nbits // 8)] = np.packbits(b, axis=0, bitorder="little")
+    w = np.ascontiguousarray(packed.T).view("<u8")  # (n, words) little-endian 64-bit words
+    acc = np.zeros(n, dtype=np.int64)
+    for j in range(words):
+        lo = np.mod(w[:, j] & np.uint64(0xFFFFFFFF), np.uint64(p)).astype(np.int64)
+        hi = np.mod(w[:, j] >> np.uint64(32), np.uint64(p)).astype(np.int64)
+        acc = add(acc, mulmod(lo, pow(2, 64 * j, p), p), p)
+        acc = add(acc, mulmod(hi, pow(2, 64 * j + 32, p), p), p)
     return acc
 
 
