@@ -23,6 +23,14 @@ from safenet.crypto.gc.relu import relu_reference
 from safenet.field import DELPHI_PRIME
 
 
+def _mask_bits(r, mbits):
+    """Bits of int64 masks, zero-extended to ``mbits`` (> 64 for integer masking)."""
+    out = np.zeros((mbits, len(r)), dtype=np.uint8)
+    w = min(mbits, 63)
+    out[:w] = int_to_bits(r.astype(np.uint64), w)
+    return out
+
+
 def run_once(circuit, p, shift, n, rng, workers=1, stat_bits=None):
     nb = p.bit_length()
     a, b, r = (rng.integers(0, p, n, dtype=np.int64) for _ in range(3))
@@ -34,7 +42,7 @@ def run_once(circuit, p, shift, n, rng, workers=1, stat_bits=None):
     t1 = time.perf_counter()
     labels = {
         "server_share": g.encode("server_share", int_to_bits(a, nb)),
-        "server_mask": g.encode("server_mask", int_to_bits(r, mbits)),
+        "server_mask": g.encode("server_mask", _mask_bits(r, mbits)),
     }
     l0, l1 = g.label_pairs("client_share")
     labels["client_share"] = np.where(int_to_bits(b, nb)[..., None].astype(bool), l1, l0)
