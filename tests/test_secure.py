@@ -316,3 +316,39 @@ def test_pool_add_rescale_plan(relu_ratio):
     if relu_ratio == 1:
         assert (y == plan.reference(x, decode=False)).all()
     _check_op_by_op(plan, srv, cli, encode_input(plan, x))
+
+
+def test_serve_and_infer_over_mutual_tls(tmp_path, small_plan):
+    """serve() and infer() over TCP with TLS both ways; a client without a certificate is
+    refused and the server goes on to the next one."""
+    from safenet.protocol.tls import TLSConfig, make_ca, make_certificate
+    from safenet.protocol.transport import TLSError
+    from safenet.secure import infer, serve
+
+    ca = make_ca(tmp_path)
+    srv_cert = make_certificate(tmp_path / "s", ca, "server", hostnames=("127.0.0.1",))
+    cli_cert = make_certificate(tmp_path / "c", ca, "alice")
+    server_tls = TLSConfig(*srv_cert, cafile=ca[0], require_client_cert=True)
+    ready, reports = threading.Event(), []
+    port = []
+
+    def on_ready(p):
+        port.append(p)
+        ready.set()
+
+    t = threading.Thread(
+        target=lambda: reports.extend(
+            serve(small_plan, "127.0.0.1", 0, tls=server_tls, max_sessions=2, on_ready=on_ready)
+        )
+    )
+    t.start()
+    assert ready.wait(30)
+    x = np.random.default_rng(7).normal(size=(1, 28, 28))
+    with pytest.raises(TransportError):  # no client certificate
+        infer("127.0.0.1", port[0], x, tls=TLSConfig(cafile=ca[0]), timeout=10)
+    y, rep = infer("127.0.0.1", port[0], x, tls=TLSConfig(*cli_cert, cafile=ca[0]))
+    t.join(60)
+    assert np.allclose(y, small_plan.reference(x))
+    assert rep["phase_s"]["online"] > 0
+    assert len(reports) == 2 and "error" in reports[0] and "error" not in reports[1]
+    assert issubclass(TLSError, TransportError)

@@ -101,9 +101,10 @@ def serve(
         while max_sessions is None or served < max_sessions:
             try:
                 conn, addr = accept(lst, timeout=timeout, tls=tls)
-            except TransportError as e:
+            except TransportError as e:  # e.g. a failed TLS handshake
                 served += 1
                 log.warning("connection failed before the session: %s", e)
+                reports.append({"peer": None, "error": f"{type(e).__name__}: {e}"})
                 continue
             served += 1
             with conn:
