@@ -336,6 +336,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from safenet.benchmark import run_bench
 
+    if args.calibrate:
+        from safenet.approx.cost import calibrate, default_calibration_path
+
+        cal = calibrate(progress=not args.json)
+        path = cal.save(args.out or default_calibration_path())
+        if args.json:
+            print(json.dumps({"calibration": str(path)} | cal.__dict__, default=str))
+        else:
+            print(f"wrote {path}")
+        return 0
+
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     except ValueError as e:
@@ -359,6 +370,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "peak_rss_mib", "matches_reference", "max_abs_error_ulp")  # fmt: skip
         for k in keys:
             print(f"{k:22s} {rep[k]}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from safenet.approx.cost import (
+        NETWORKS,
+        Calibration,
+        Network,
+        default_calibration_path,
+        predict,
+    )
+
+    cal = Calibration.load(args.calibration or default_calibration_path())
+    if args.model is not None:
+        plan = _plan_for(args.model)
+    else:
+        from safenet.benchmark import random_plan
+
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+        if len(shape) != 3:
+            raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}")
+        plan = random_plan(args.arch, shape, args.relu_ratio, args.degree)  # type: ignore[arg-type]
+    net = cal.local if args.network == "local" else NETWORKS[args.network]
+    if args.bandwidth is not None or args.rtt is not None:
+        net = Network(
+            net.bandwidth if args.bandwidth is None else args.bandwidth * 1e6 / 8,
+            net.rtt if args.rtt is None else args.rtt / 1e3,
+            "custom",
+        )
+    out = predict(plan, cal, net)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k in ("relu_count", "poly_count", "offline_s", "online_s", "offline_bytes",
+                  "online_bytes", "online_rounds", "online_parts_s"):  # fmt: skip
+            print(f"{k:16s} {out[k]}")
     return 0
 
 
@@ -475,7 +522,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the per-unit costs of the cost model instead (writes a calibration file)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="calibration file to write")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("cost", help="predict a secure inference's latency and bytes")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint path or built-in name")
+    src.add_argument("--arch", help="zoo architecture with random weights (with --input-shape)")
+    p.add_argument("--input-shape", default="3,32,32", help="C,H,W (with --arch)")
+    p.add_argument("--relu-ratio", type=float, default=1.0, help="with --arch")
+    p.add_argument("--degree", type=int, default=2, choices=[2, 3])
+    p.add_argument("--network", default="local", choices=["local", "lan", "wan"])
+    p.add_argument("--bandwidth", type=float, default=None, help="Mbit/s (overrides --network)")
+    p.add_argument("--rtt", type=float, default=None, help="round-trip time in ms")
+    p.add_argument("--calibration", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("demo", help="the built-in models, float vs fixed point")
     p.add_argument("--limit", type=int, default=1000, help="test images to use")

@@ -1,0 +1,406 @@
+"""What a Plan costs under the secure protocol: latency and bytes, offline and online.
+
+The model counts, from the plan alone, everything the protocol does (AND gates and label bits
+of every ReLU layer, polynomial elements and HE tuple ciphertexts, multiply-accumulates and HE
+ciphertexts of every linear layer, messages and rounds) and prices each count with per-unit
+costs *measured on this machine* (a :class:`Calibration`, written by
+``safenet bench --calibrate``), plus a :class:`Network` (bandwidth and round-trip time), so a
+plan can be priced for the loopback it was calibrated on, a LAN or a WAN:
+
+    online  = sum_units count x cost  +  online bytes / bandwidth  +  rounds x RTT
+              + activation layers x per-layer overhead
+    offline = HE (linear and polynomial) + garbling, OT and table shipping per AND gate
+              + offline bytes / bandwidth + offline rounds x RTT
+
+Bytes are exact up to frame headers (the sizes are fixed by the protocol); HE ciphertext sizes
+come from the calibration (SEAL compresses them a little). Unit costs are fitted from the
+engine's own per-primitive profile of real two-process sessions, so they include what micro
+benchmarks miss (cold tables, Python glue, message framing). Validated in docs/cost-model.md.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safenet.plan.ir import Plan
+
+__all__ = [
+    "Calibration",
+    "Network",
+    "NETWORKS",
+    "PlanCounts",
+    "calibrate",
+    "count",
+    "default_calibration_path",
+    "predict",
+]
+
+#: bytes of framing per message (header, label, array metadata), an average
+FRAME_BYTES = 48
+
+
+@dataclass(frozen=True)
+class Network:
+    """A link between the parties: bandwidth (bytes per second) and round-trip time."""
+
+    bandwidth: float
+    rtt: float
+    name: str = "custom"
+
+    def transfer(self, nbytes: float, rounds: float = 0) -> float:
+        """Seconds to move ``nbytes`` in ``rounds`` round trips."""
+        return nbytes / self.bandwidth + rounds * self.rtt
+
+
+#: typical links; "local" is replaced by the calibrated loopback when a calibration is given
+NETWORKS = {
+    "lan": Network(1e9 / 8, 0.5e-3, "lan"),  # 1 Gbit/s, 0.5 ms
+    "wan": Network(100e6 / 8, 40e-3, "wan"),  # 100 Mbit/s, 40 ms
+}
+
+
+@dataclass
+class PlanCounts:
+    """What one inference of a plan does, counted from the plan (no weights needed)."""
+
+    relu: int = 0
+    poly: int = 0
+    ands: int = 0  # AND gates over all ReLU instances
+    label_bits: int = 0  # server-share input bits of all ReLUs (online labels)
+    mask_bits: int = 0  # server-mask input bits (offline labels)
+    output_bits: int = 0  # circuit output bits (decode bits)
+    poly_cts: int = 0  # HE ciphertexts each way for polynomial tuples (client side)
+    poly_replies: int = 0
+    macs: int = 0  # online multiply-accumulates of linear layers
+    he_in: int = 0  # linear-layer HE ciphertexts client -> server
+    he_out: int = 0  # and back
+    he_products: int = 0
+    act_layers: int = 0
+    act_elements: int = 0  # everything reshared online
+    input_elements: int = 0
+    output_elements: int = 0
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
+    """Count the protocol's work for ``plan`` (public or full)."""
+    from safenet.crypto.gc import relu_circuit
+    from safenet.crypto.he import HEContext, HEParams
+    from safenet.protocol.linear import LinearPacking
+    from safenet.protocol.relu import STAT_BITS
+
+    p = plan.field.p
+    he = HEContext(HEParams(poly_degree, p))
+    c = PlanCounts(
+        input_elements=int(np.prod(plan.input_shape)),
+        output_elements=int(np.prod(plan.output.shape)),
+    )
+    for i, op in enumerate(plan.ops):
+        row: dict[str, Any] = {"op": i, "kind": op.kind, "name": op.name}
+        if op.kind in ("conv", "linear"):
+            in_shape = plan.ops[op.inputs[0]].shape
+            pk = LinearPacking(op, in_shape, he)
+            if op.kind == "conv":
+                kh, kw = op.attrs["kernel"]
+                fan_in = in_shape[0] // op.attrs["groups"] * kh * kw
+            else:
+                fan_in = int(np.prod(in_shape))
+            macs = int(np.prod(op.shape)) * fan_in
+            row |= {"macs": macs, "he_in": pk.n_in, "he_out": pk.n_out, "he_products": pk.products}
+            c.macs += macs
+            c.he_in += pk.n_in
+            c.he_out += pk.n_out
+            c.he_products += pk.products
+        elif op.kind == "activation":
+            mask = op.arrays["relu_mask"].astype(bool)
+            per = int(np.prod(op.shape[1:])) if len(op.shape) > 1 else 1
+            n_relu = int(mask.sum()) * per
+            n_poly = (len(mask) - int(mask.sum())) * per
+            ands = mbits = obits = 0
+            if n_relu:
+                circ = relu_circuit(p, op.attrs["shift"], STAT_BITS)
+                ands = circ.and_count * n_relu
+                mbits = len(circ.inputs["server_mask"]) * n_relu
+                obits = circ.n_outputs * n_relu
+            cts = -(-n_poly // he.slots) * op.attrs.get("degree", 0) if n_poly else 0
+            row |= {"relu": n_relu, "poly": n_poly, "ands": ands}
+            c.relu += n_relu
+            c.poly += n_poly
+            c.ands += ands
+            c.label_bits += n_relu * p.bit_length()
+            c.mask_bits += mbits
+            c.output_bits += obits
+            c.poly_cts += cts
+            c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers sent
+            c.act_layers += 1
+            c.act_elements += int(np.prod(op.shape))
+        c.layers.append(row)
+    return c
+
+
+@dataclass
+class Calibration:
+    """Per-unit costs of the protocol on one machine (seconds; bytes for sizes).
+
+    Fitted by :func:`calibrate` from real sessions; save/load as JSON.
+    """
+
+    gc_eval_per_and: float
+    gc_encode_per_bit: float
+    linear_online_per_mac: float
+    poly_online_per_element: float
+    online_layer_overhead: float
+    gc_offline_per_and: float
+    he_linear_per_product: float
+    he_poly_per_ct: float
+    ct_in_bytes: float
+    ct_reply_bytes: float
+    public_key_bytes: float
+    local: Network
+    machine: str = ""
+    date: str = ""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (parent folders created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration written by :meth:`save`; a clear error if it is not one."""
+        try:
+            d = json.loads(Path(path).read_text())
+            d["local"] = Network(**d["local"])
+            return cls(**d)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no calibration at {path}: run `safenet bench --calibrate` first"
+            ) from None
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise ValueError(f"{path} is not a safenet calibration: {e}") from e
+
+
+def default_calibration_path() -> Path:
+    """``~/.cache/safenet/calibration.json``."""
+    return Path.home() / ".cache" / "safenet" / "calibration.json"
+
+
+def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str, float], int, int]:
+    """(offline bytes by part, online bytes by part, offline messages, online rounds)."""
+    online = {
+        "input": 8.0 * c.input_elements,
+        "labels": 16.0 * c.label_bits,  # one 16-byte label per server-share bit
+        "openings": 8.0 * c.poly,
+        "reshares": 8.0 * c.act_elements,
+        "output": 8.0 * c.output_elements,
+        "framing": float(FRAME_BYTES * (2 + 3 * c.act_layers)),
+    }
+    offline = {
+        "public_key": cal.public_key_bytes,
+        "base_ot": 4200.0,
+        "gc_tables": 32.0 * c.ands,
+        "gc_mask_labels": 16.0 * c.mask_bits,
+        "gc_decode_bits": float(c.output_bits),
+        "ot": 32.0 * c.label_bits,  # one correlated OT per client-share bit: IKNP u + y
+        "he_linear": c.he_in * cal.ct_in_bytes + c.he_out * cal.ct_reply_bytes,
+        "he_poly": c.poly_cts * cal.ct_in_bytes + c.poly_replies * cal.ct_reply_bytes,
+    }
+    n_linear = sum(1 for r in c.layers if r["kind"] in ("conv", "linear"))
+    messages = 3 + 2 * n_linear + 5 * c.act_layers
+    return offline, online, messages, 1 + c.act_layers
+
+
+def predict(
+    plan: Plan | PlanCounts, calibration: Calibration, network: Network | None = None
+) -> dict[str, Any]:
+    """Predicted offline/online seconds and bytes of one inference of ``plan``.
+
+    ``network`` defaults to the calibrated local link. Returns the totals and the online
+    breakdown per component (seconds).
+    """
+    cal = calibration
+    net = network or cal.local
+    c = plan if isinstance(plan, PlanCounts) else count(plan)
+    off_parts, on_parts, off_msgs, rounds = _bytes(c, cal)
+    off_b, on_b = sum(off_parts.values()), sum(on_parts.values())
+    parts = {
+        "gc_eval": c.ands * cal.gc_eval_per_and,
+        "gc_encode": c.label_bits * cal.gc_encode_per_bit,
+        "linear": c.macs * cal.linear_online_per_mac,
+        "poly": c.poly * cal.poly_online_per_element,
+        "layer_overhead": c.act_layers * cal.online_layer_overhead,
+        "transfer": net.transfer(on_b, rounds),
+    }
+    offline_parts = {
+        "he_linear": c.he_products * cal.he_linear_per_product,
+        "he_poly": (c.poly_cts + c.poly_replies) * cal.he_poly_per_ct,
+        "gc": c.ands * cal.gc_offline_per_and,
+        "transfer": net.transfer(off_b, off_msgs / 2),
+    }
+    return {
+        "offline_s": round(sum(offline_parts.values()), 4),
+        "online_s": round(sum(parts.values()), 4),
+        "offline_bytes": int(off_b),
+        "online_bytes": int(on_b),
+        "online_rounds": rounds,
+        "relu_count": c.relu,
+        "poly_count": c.poly,
+        "network": asdict(net),
+        "online_parts_s": {k: round(v, 4) for k, v in parts.items()},
+        "online_bytes_parts": {k: int(v) for k, v in on_parts.items()},
+        "offline_bytes_parts": {k: int(v) for k, v in off_parts.items()},
+        "offline_parts_s": {k: round(v, 4) for k, v in offline_parts.items()},
+    }
+
+
+# ---- calibration ------------------------------------------------------------------------------
+BULK_REPEATS = 3
+
+
+def _echo(port: int, pings: int) -> None:
+    from safenet.protocol.transport import connect
+
+    with connect("127.0.0.1", port) as conn:
+        for _ in range(pings):
+            conn.send(conn.recv("ping"), "ping")
+        for _ in range(BULK_REPEATS):
+            conn.recv_array("bulk")
+            conn.send(b"ok", "done")
+
+
+def measure_loopback(nbytes: int = 256 << 20, pings: int = 200) -> Network:
+    """Bandwidth and round-trip time of loopback TCP between two processes (as the parties
+    run), through the protocol's own framing."""
+    import multiprocessing as mp
+
+    from safenet.protocol.transport import accept, listen
+
+    lst = listen("127.0.0.1", 0)
+    proc = mp.get_context("spawn").Process(target=_echo, args=(lst.getsockname()[1], pings))
+    proc.start()
+    try:
+        conn, _ = accept(lst, timeout=60)
+        with conn:
+            t0 = time.perf_counter()
+            for _ in range(pings):
+                conn.send(b"x", "ping")
+                conn.recv("ping")
+            rtt = (time.perf_counter() - t0) / pings
+            payload = np.zeros(nbytes, dtype=np.uint8)
+            best = np.inf
+            for _ in range(BULK_REPEATS):  # the best of a few: the link, not a noisy moment
+                t0 = time.perf_counter()
+                conn.send_array(payload, "bulk")
+                conn.recv("done")
+                best = min(best, time.perf_counter() - t0 - rtt)
+            bw = nbytes / max(best, 1e-9)
+    finally:
+        lst.close()
+        proc.join(30)
+    return Network(bw, rtt, "local")
+
+
+def _prim(rep: dict[str, Any], side: str, name: str, phase: str) -> float:
+    return float(rep[side]["primitives"].get(name, {}).get(f"{phase}_s", 0.0))
+
+
+def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True) -> Calibration:
+    """Measure unit costs with real two-process sessions of random-weight models.
+
+    ``configs`` are :func:`safenet.benchmark.random_plan` keyword sets (default: a ResNet-20
+    at 3x32x32, all-ReLU and half polynomial). Each unit cost is the engine's own profiled
+    time for a primitive divided by the plan's count of that unit, summed over the runs.
+    """
+    from safenet.benchmark import random_plan
+    from safenet.crypto.he import ClientKeys, HEContext, HEParams
+    from safenet.secure import run_local
+
+    configs = configs or [
+        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 1.0},
+        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 0.5},
+    ]
+    local = measure_loopback()
+    tot: dict[str, float] = dict.fromkeys(
+        ("ands", "eval", "bits", "encode", "macs", "linear", "poly", "poly_s", "products",
+         "he_cts", "he_lin_s", "poly_cts", "he_poly_s", "act", "overhead", "gc_off"), 0.0
+    )  # fmt: skip
+    sources = []
+    ct_sizes: dict[str, list[float]] = {"in": [], "reply": []}
+    for cfg in configs:
+        cfg = dict(cfg)
+        plan = random_plan(cfg.pop("arch"), tuple(cfg.pop("input_shape")), **cfg)
+        c = count(plan)
+        x = np.random.default_rng(0).normal(size=plan.input_shape)
+        _, rep = run_local(plan, x, decode=False)
+        if progress:
+            what = f"{plan.info['arch']} relu_ratio {plan.info['relu_ratio']}"
+            print(f"calibration run {what}: online {rep['online_s']:.2f} s, "
+                  f"offline {rep['offline_s']:.2f} s", flush=True)  # fmt: skip
+        ev = _prim(rep, "client", "gc.eval", "online")
+        enc = _prim(rep, "server", "gc.encode", "online")
+        lin = _prim(rep, "server", "linear.plain", "online")
+        pol = _prim(rep, "server", "poly", "online") + _prim(rep, "client", "poly", "online")
+        transfer = local.transfer(rep["online_bytes"], 1 + c.act_layers)
+        rest = rep["online_s"] - ev - enc - lin - pol - transfer
+        he_lin = _prim(rep, "server", "he.linear", "offline") + _prim(
+            rep, "client", "he.linear", "offline"
+        )
+        he_pol = _prim(rep, "server", "he.poly", "offline") + _prim(
+            rep, "client", "he.poly", "offline"
+        )
+        traffic = rep["client"]["traffic"].get("offline", {})
+        t = traffic.get("he.linear")
+        if t:
+            ct_sizes["in"].append((t["bytes_sent"], c.he_in))
+            ct_sizes["reply"].append((t["bytes_received"], c.he_out))
+        off_transfer = local.transfer(rep["offline_bytes"], 0)
+        gc_off = rep["offline_s"] - he_lin - he_pol - off_transfer
+        for k, v in (("ands", c.ands), ("eval", ev), ("bits", c.label_bits), ("encode", enc),
+                     ("macs", c.macs), ("linear", lin), ("poly", c.poly), ("poly_s", pol),
+                     ("products", c.he_products), ("he_cts", c.he_in + c.he_out),
+                     ("he_lin_s", he_lin), ("poly_cts", c.poly_cts + c.poly_replies),
+                     ("he_poly_s", he_pol), ("act", c.act_layers), ("overhead", max(rest, 0.0)),
+                     ("gc_off", max(gc_off, 0.0))):  # fmt: skip
+            tot[k] += v
+        sources.append({"arch": plan.info["arch"], "relu_ratio": plan.info["relu_ratio"],
+                        "input_shape": list(plan.input_shape), "online_s": rep["online_s"],
+                        "offline_s": rep["offline_s"]})  # fmt: skip
+    he = HEContext(HEParams(8192, 2**41 - 2**37 + 1))
+    pk_bytes = len(ClientKeys(he).public_key_bytes)
+    ct_in = sum(b for b, _ in ct_sizes["in"]) / max(1, sum(n for _, n in ct_sizes["in"]))
+    ct_reply = sum(b for b, _ in ct_sizes["reply"]) / max(1, sum(n for _, n in ct_sizes["reply"]))
+    # linear-layer HE time is charged per plaintext-ciphertext product (the dominant term; the
+    # per-ciphertext work is proportional to it for these layouts)
+    return Calibration(
+        gc_eval_per_and=tot["eval"] / max(tot["ands"], 1),
+        gc_encode_per_bit=tot["encode"] / max(tot["bits"], 1),
+        linear_online_per_mac=tot["linear"] / max(tot["macs"], 1),
+        poly_online_per_element=tot["poly_s"] / max(tot["poly"], 1),
+        online_layer_overhead=tot["overhead"] / max(tot["act"], 1),
+        gc_offline_per_and=tot["gc_off"] / max(tot["ands"], 1),
+        he_linear_per_product=tot["he_lin_s"] / max(tot["products"], 1),
+        he_poly_per_ct=tot["he_poly_s"] / max(tot["poly_cts"], 1),
+        ct_in_bytes=ct_in,
+        ct_reply_bytes=ct_reply,
+        public_key_bytes=float(pk_bytes),
+        local=local,
+        machine=f"{platform.machine()} {platform.processor() or ''} x{_cpus()}".strip(),
+        date=time.strftime("%Y-%m-%d"),
+        sources=sources,
+    )
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
