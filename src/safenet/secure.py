@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,11 @@ def infer(
     decode: bool = True,
     tls: TLSConfig | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One private inference against a :func:`serve` server; returns (output, client report).
+
+    ``progress(done, total)`` is called after each op of the offline phase.
 
     Without ``plan`` the public plan (architecture, no weights) is fetched from the server
     first; its input shape then checks ``x``.
@@ -68,7 +72,7 @@ def infer(
     if plan is not None:
         encode_input(plan, x, encoded)  # fail before connecting
     with connect(host, port, timeout=timeout, tls=tls) as conn:
-        y, rep, public = client_session(conn, x, plan, encoded=encoded)
+        y, rep, public = client_session(conn, x, plan, encoded=encoded, progress=progress)
     return _decode(public, y, decode), rep
 
 

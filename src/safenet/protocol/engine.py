@@ -30,6 +30,7 @@ tweak range; its main thread meanwhile answers the client's HE requests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,10 +339,13 @@ class ClientSession(_Party):
         conn: Connection,
         config: SessionConfig | None = None,
         keep_trace: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__(plan if plan.is_public else plan.public(), conn, keep_trace)
         self.cfg = config or SessionConfig()
         self.he = HEContext(self.cfg.he_params(self.p))
+        #: ``progress(done, total)`` after each op of the offline phase (for progress bars)
+        self.progress = progress
 
     # ---- offline ------------------------------------------------------------------------
     def _offline(self) -> None:
@@ -391,6 +395,8 @@ class ClientSession(_Party):
                 else:
                     raise ValueError(f"unknown op kind {op.kind!r}")
                 C.append(out)
+            if self.progress is not None:
+                self.progress(i + 1, len(plan.ops))
         if conn.recv_json(label="offline.done") != "offline-done":
             raise ProtocolError("server did not finish the offline phase")
         self.C_out = C[-1]

@@ -13,6 +13,7 @@ Wire sequence (each step a labelled frame, see :mod:`safenet.protocol.transport`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -62,7 +63,12 @@ def encode_input(plan: Plan, x: np.ndarray, encoded: bool = False) -> np.ndarray
 
 
 def client_session(
-    conn: Connection, x: np.ndarray, plan: Plan | None = None, *, encoded: bool = False
+    conn: Connection,
+    x: np.ndarray,
+    plan: Plan | None = None,
+    *,
+    encoded: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], Plan]:
     """Run one inference as the client; returns (centred integer output, report, public plan).
 
@@ -87,7 +93,7 @@ def client_session(
         conn.send_error(f"client input rejected: {e}")
         raise
     handshake(conn, "client", public.fingerprint())
-    sess = ClientSession(public, conn, config)
+    sess = ClientSession(public, conn, config, progress=progress)
     sess.offline()
     y = sess.online(xi)
     rep = sess.report()
