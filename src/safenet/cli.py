@@ -215,8 +215,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from safenet.demo import run_demo
+    from safenet.secure import SecureRunError
 
-    run_demo(args.limit, data_dir=args.data_dir)
+    try:
+        run_demo(args.images, args.data_dir, progress=not args.no_progress)
+    except SecureRunError as e:  # the server process failed: its message, not our traceback
+        print(f"safenet: error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -280,6 +285,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=_tls(args, server=True),  # type: ignore[arg-type]
         max_sessions=args.max_sessions,
         on_ready=ready,
+        concurrency=args.concurrency,
+        bank=args.bank,
     )
     return 0
 
@@ -304,13 +311,32 @@ def _infer_input(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from safenet.secure import infer
+    from safenet.secure import infer, preprocess
 
     host, sep, port = args.server.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--server must be HOST:PORT, got {args.server!r}")
+    if args.preprocess:
+        if args.bank is None:
+            raise ValueError("--preprocess needs --bank DIR (where the sessions are kept)")
+        from tqdm import tqdm
+
+        with tqdm(total=args.preprocess, desc="offline sessions", disable=args.json) as bar:
+            rep = preprocess(
+                host or "127.0.0.1", int(port), args.preprocess, args.bank,
+                tls=_tls(args, server=False),  # type: ignore[arg-type]
+                progress=lambda done, _total: bar.update(done - bar.n),
+            )  # fmt: skip
+        print(json.dumps({"banked": rep["banked"], "total_s": rep["total_s"]}))
+        return 0
+    if args.input is None and args.dataset is None:
+        raise ValueError("give --input FILE or --dataset NAME (or --preprocess K)")
     x, label = _infer_input(args)
-    y, rep = infer(host or "127.0.0.1", int(port), x, tls=_tls(args, server=False))  # type: ignore[arg-type]
+    y, rep = infer(
+        host or "127.0.0.1", int(port), x,
+        tls=_tls(args, server=False),  # type: ignore[arg-type]
+        bank=args.bank,
+    )  # fmt: skip
     traffic = rep["traffic"]
 
     def nbytes(phase: str) -> int:
@@ -324,6 +350,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "online_s": rep["phase_s"].get("online"),
         "offline_bytes": nbytes("offline"),
         "online_bytes": nbytes("online"),
+        "mode": rep.get("mode", "full"),
     }
     if args.json:
         print(json.dumps(out | {"report": rep}))
@@ -498,17 +525,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7878)
     p.add_argument("--max-sessions", type=int, default=None, help="stop after N clients")
+    p.add_argument(
+        "--concurrency", type=int, default=2, help="clients served at once (one process each)"
+    )
+    p.add_argument("--bank", type=Path, default=None, help="folder of the preprocessing bank")
     _add_tls(p, server=True)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("infer", help="one private inference against a server")
     p.add_argument("--server", required=True, help="HOST:PORT")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--input", type=Path, help=".npy array, normalised, in the model's shape")
     src.add_argument("--dataset", help="take the image from a dataset (with --index)")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--bank", type=Path, default=None, help="preprocessing bank folder")
+    p.add_argument(
+        "--preprocess", type=int, default=0, help="run K offline phases into --bank and stop"
+    )
     _add_data_dir(p)
     _add_tls(p, server=False)
     p.set_defaults(func=cmd_infer)
@@ -544,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cost)
 
-    p = sub.add_parser("demo", help="the built-in models, float vs fixed point")
-    p.add_argument("--limit", type=int, default=1000, help="test images to use")
+    p = sub.add_parser("demo", help="private inference of the built-in models, with costs")
+    p.add_argument("--images", type=int, default=5, help="test images to classify privately")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_dir(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -21,13 +21,21 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from safenet.plan.ir import Plan
+from safenet.protocol.bank import Bank
 from safenet.protocol.engine import ServerModel, SessionConfig
-from safenet.protocol.session import client_session, encode_input, server_session
+from safenet.protocol.session import (
+    client_preprocess,
+    client_session,
+    encode_input,
+    open_client_bank,
+    server_session,
+)
 from safenet.protocol.tls import TLSConfig
 from safenet.protocol.transport import (
     DEFAULT_TIMEOUT,
@@ -35,9 +43,17 @@ from safenet.protocol.transport import (
     accept,
     connect,
     listen,
+    wrap_accepted,
 )
 
-__all__ = ["SecureRunError", "infer", "merge_reports", "run_local", "serve"]
+__all__ = [
+    "SecureRunError",
+    "infer",
+    "merge_reports",
+    "preprocess",
+    "run_local",
+    "serve",
+]
 
 log = logging.getLogger("safenet.secure")
 
@@ -61,19 +77,86 @@ def infer(
     tls: TLSConfig | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     progress: Callable[[int, int], None] | None = None,
+    bank: str | Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One private inference against a :func:`serve` server; returns (output, client report).
 
-    ``progress(done, total)`` is called after each op of the offline phase.
+    ``progress(done, total)`` is called after each op of the offline phase. With ``bank``
+    (a folder filled by :func:`preprocess`) a preprocessed session is used if one is left:
+    only the online phase runs (``report["mode"] == "online"``).
 
     Without ``plan`` the public plan (architecture, no weights) is fetched from the server
     first; its input shape then checks ``x``.
     """
+    client_bank = None
+    if bank is not None and (Path(bank) / "plan.zip").exists():
+        bank_plan, client_bank = open_client_bank(bank)
+        plan = plan or bank_plan
     if plan is not None:
         encode_input(plan, x, encoded)  # fail before connecting
     with connect(host, port, timeout=timeout, tls=tls) as conn:
-        y, rep, public = client_session(conn, x, plan, encoded=encoded, progress=progress)
+        y, rep, public = client_session(
+            conn, x, plan, encoded=encoded, progress=progress, bank=client_bank
+        )
     return _decode(public, y, decode), rep
+
+
+def preprocess(
+    host: str,
+    port: int,
+    count: int,
+    bank: str | Path,
+    *,
+    plan: Plan | None = None,
+    tls: TLSConfig | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``count`` offline phases now and keep them in the folder ``bank`` (and in the
+    server's bank), so that later :func:`infer` calls with ``bank`` pay only the online
+    phase. Returns a report; the bank size is ``report["banked"]``."""
+    if count < 1:
+        raise ValueError("count must be positive")
+    with connect(host, port, timeout=timeout, tls=tls) as conn:
+        client_bank, rep = client_preprocess(conn, count, bank, plan, progress)
+    rep["banked"] = len(client_bank)
+    return rep
+
+
+def _handle(
+    sock: socket.socket,
+    addr: tuple[Any, ...],
+    model: ServerModel,
+    bank: Bank | None,
+    tls: TLSConfig | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """One connection, start to end; never raises (the report says what went wrong)."""
+    peer = f"{addr[0]}:{addr[1]}"
+    try:
+        conn = wrap_accepted(sock, addr, timeout=timeout, tls=tls)
+    except TransportError as e:  # e.g. a failed TLS handshake
+        log.warning("connection from %s failed before the session: %s", peer, e)
+        with contextlib.suppress(OSError):
+            sock.close()
+        return {"peer": peer, "error": f"{type(e).__name__}: {e}"}
+    with conn:
+        try:
+            rep = server_session(conn, model, bank)
+            rep["peer"] = peer
+            log.info("served %s (%s) in %.2f s", peer, rep.get("mode"), rep["total_s"])
+            return rep
+        except Exception as e:  # one client's failure must not stop the server
+            log.warning("session with %s failed: %s: %s", peer, type(e).__name__, e)
+            if not conn.closed:
+                with contextlib.suppress(TransportError):
+                    conn.send_error(f"server: {type(e).__name__}: {e}")
+            return {"peer": peer, "error": f"{type(e).__name__}: {e}"}
+
+
+def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank: Bank | None,
+           tls: TLSConfig | None, timeout: float | None, out: Any) -> None:  # fmt: skip
+    out.put(_handle(sock, addr, model, bank, tls, timeout))
 
 
 def serve(
@@ -87,46 +170,75 @@ def serve(
     timeout: float | None = DEFAULT_TIMEOUT,
     listener: socket.socket | None = None,
     on_ready: Any = None,
+    concurrency: int = 1,
+    bank: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Serve secure inferences one connection at a time; returns the per-session reports.
+    """Serve secure inferences; returns the per-connection reports.
 
     A client that fails (disconnects, sends garbage, disagrees on the plan) ends only its
-    own session: the error is logged and sent to it where possible, and the server takes
-    the next client. ``max_sessions`` stops after that many connections (None: forever).
-    ``on_ready(port)`` is called once listening.
+    own session: the error is logged and sent to it where possible, and the server goes on.
+    ``max_sessions`` stops after that many connections (None: forever); ``on_ready(port)``
+    is called once listening. With ``concurrency > 1`` each connection runs in its own
+    forked process (sharing the prepared model copy-on-write), at most ``concurrency`` at a
+    time; a crash of one cannot touch the others. ``bank`` is the folder of the server's
+    preprocessing bank (needed for clients that preprocess). To stop a server running in
+    another thread, ``shutdown`` and close the ``listener`` it was given.
     """
     model = ServerModel(plan, config)
+    store = Bank(bank, model.fingerprint, "server") if bank is not None else None
     lst = listener or listen(host, port)
     if on_ready is not None:
         on_ready(lst.getsockname()[1])
+    if tls is not None:
+        tls.server_context()  # a bad configuration fails now, not per client
     reports: list[dict[str, Any]] = []
     served = 0
+    use_fork = concurrency > 1 and "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork") if use_fork else None
+    out = ctx.Queue() if ctx is not None else None
+    running: list[Any] = []
+
+    def reap(block: bool) -> None:
+        while running and (block or any(not p.is_alive() for p in running)):
+            for proc in list(running):
+                proc.join(timeout=0.05 if block else 0)
+                if not proc.is_alive():
+                    running.remove(proc)
+                    if proc.exitcode not in (0, None):
+                        reports.append({"peer": None, "error": f"worker exit {proc.exitcode}"})
+            if block and len(running) < concurrency:
+                break
+        while out is not None and not out.empty():
+            reports.append(out.get())
+
     try:
         while max_sessions is None or served < max_sessions:
             try:
-                conn, addr = accept(lst, timeout=timeout, tls=tls)
-            except TransportError as e:  # e.g. a failed TLS handshake
-                served += 1
-                log.warning("connection failed before the session: %s", e)
-                reports.append({"peer": None, "error": f"{type(e).__name__}: {e}"})
+                sock, addr = lst.accept()
+            except TimeoutError:
                 continue
+            except OSError as e:  # the listener was closed: stop serving
+                log.info("listener closed (%s); stopping", e)
+                break
             served += 1
-            with conn:
-                try:
-                    rep = server_session(conn, model)
-                    rep["peer"] = f"{addr[0]}:{addr[1]}"
-                    reports.append(rep)
-                    log.info("served %s:%s in %.2f s", addr[0], addr[1], rep["total_s"])
-                except Exception as e:  # one client's failure must not stop the server
-                    log.warning("session with %s:%s failed: %s: %s", addr[0], addr[1],
-                                type(e).__name__, e)  # fmt: skip
-                    if not conn.closed:
-                        with contextlib.suppress(TransportError):
-                            conn.send_error(f"server: {type(e).__name__}: {e}")
-                    reports.append(
-                        {"peer": f"{addr[0]}:{addr[1]}", "error": f"{type(e).__name__}: {e}"}
-                    )
+            if ctx is None:
+                reports.append(_handle(sock, addr, model, store, tls, timeout))
+                continue
+            reap(block=len(running) >= concurrency)
+            proc = ctx.Process(target=_child, args=(sock, addr, model, store, tls, timeout, out))
+            proc.start()
+            sock.close()  # the child has its own copy
+            running.append(proc)
+            reap(block=False)
     finally:
+        while running:
+            reap(block=True)
+            if running:
+                running[0].join()
+        if out is not None:
+            time.sleep(0.05)
+            while not out.empty():
+                reports.append(out.get())
         if listener is None:
             lst.close()
     return reports

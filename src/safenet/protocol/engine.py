@@ -267,6 +267,50 @@ class ServerSession(_Party):
         self._send_blobs(replies, "he.poly")
         self.polys[i] = srv.take()
 
+    # ---- preprocessing bank -------------------------------------------------------------
+    def export_material(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Move this session's offline material out, for a bank; the session is then spent."""
+        self._advance("ready", "spent")
+        arrays: dict[str, np.ndarray] = {f"T/{i}": t for i, t in self.T.items()}
+        meta: dict[str, Any] = {"relu": {}, "poly": {}}
+        for i, r in self.relu.items():
+            for k, v in r.export_state().items():
+                arrays[f"relu/{i}/{k}"] = v
+            meta["relu"][str(i)] = [r.shift, r.n]
+        for i, (a_s, g_s) in self.polys.items():
+            arrays[f"poly/{i}/a_s"] = a_s
+            for m, g in enumerate(g_s):
+                arrays[f"poly/{i}/g{m}"] = g
+            meta["poly"][str(i)] = len(g_s)
+        self.T, self.relu, self.polys = {}, {}, {}
+        return arrays, meta
+
+    @classmethod
+    def from_material(
+        cls,
+        model: ServerModel,
+        conn: Connection,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+    ) -> ServerSession:
+        """A session ready for its online phase, from :meth:`export_material`."""
+        sess = cls(model, conn)
+        p = model.plan.field.p
+        sess.T = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("T/")}
+        sess.relu = {}
+        for i, (shift, n) in meta["relu"].items():
+            state = {k: arrays[f"relu/{i}/{k}"] for k in ("zero", "delta", "out")}
+            sess.relu[int(i)] = ReluServer.from_state(p, shift, n, state)
+        sess.polys = {
+            int(i): (arrays[f"poly/{i}/a_s"], [arrays[f"poly/{i}/g{m}"] for m in range(cnt)])
+            for i, cnt in meta["poly"].items()
+        }
+        want = {i for i, op in enumerate(model.plan.ops) if op.kind in ("conv", "linear")}
+        if set(sess.T) != want:
+            raise ValueError("stored material does not match the plan's linear layers")
+        sess._state = "ready"
+        return sess
+
     # ---- online -------------------------------------------------------------------------
     def online(self) -> None:
         self._advance("ready", "online")
@@ -412,6 +456,54 @@ class ClientSession(_Party):
         replies = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
             self.polys[i] = (xc, P.client_decrypt(keys, replies, len(xc), d))
+
+    # ---- preprocessing bank -------------------------------------------------------------
+    def export_material(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Move this session's offline material out, for a bank; the session is then spent."""
+        self._advance("ready", "spent")
+        arrays: dict[str, np.ndarray] = {"C_out": self.C_out}
+        arrays |= {f"mask/{i}": m for i, m in self.masks.items()}
+        meta: dict[str, Any] = {"relu": {}, "poly": {}}
+        for i, r in self.relu.items():
+            for k, v in r.export_state().items():
+                arrays[f"relu/{i}/{k}"] = v
+            meta["relu"][str(i)] = [r.shift, r.n, r.tweak_base]
+        for i, (xc, g_c) in self.polys.items():
+            arrays[f"poly/{i}/xc"] = xc
+            for m, g in enumerate(g_c):
+                arrays[f"poly/{i}/g{m}"] = g
+            meta["poly"][str(i)] = len(g_c)
+        self.masks, self.relu, self.polys = {}, {}, {}
+        return arrays, meta
+
+    @classmethod
+    def from_material(
+        cls,
+        plan: Plan,
+        conn: Connection,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        config: SessionConfig | None = None,
+    ) -> ClientSession:
+        """A session ready for its online phase, from :meth:`export_material`."""
+        sess = cls(plan, conn, config)
+        p = sess.p
+        sess.C_out = arrays["C_out"]
+        sess.masks = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("mask/")}
+        sess.relu = {}
+        for i, (shift, n, tweak) in meta["relu"].items():
+            keys = ("tables", "server_mask", "decode", "client_share")
+            state = {k: arrays[f"relu/{i}/{k}"] for k in keys}
+            sess.relu[int(i)] = ReluClient.from_state(p, shift, n, tweak, state)
+        sess.polys = {
+            int(i): (arrays[f"poly/{i}/xc"], [arrays[f"poly/{i}/g{m}"] for m in range(cnt)])
+            for i, cnt in meta["poly"].items()
+        }
+        want = {i for i, op in enumerate(sess.plan.ops) if op.kind in ("input", "activation")}
+        if set(sess.masks) != want or sess.C_out.shape != tuple(sess.plan.output.shape):
+            raise ValueError("stored material does not match the plan")
+        sess._state = "ready"
+        return sess
 
     # ---- online -------------------------------------------------------------------------
     def online(self, x: np.ndarray) -> np.ndarray:

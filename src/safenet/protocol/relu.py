@@ -37,6 +37,7 @@ class ReluServer:
         self.tweak_base = tweak_base
         self.delta = delta
         self._garbled: Garbled | None = None
+        self._stored: tuple[np.ndarray, np.ndarray] | None = None
         self.out_share: np.ndarray | None = None  # -r
 
     @property
@@ -63,12 +64,36 @@ class ReluServer:
 
     def online_labels(self, s: np.ndarray) -> np.ndarray:
         """Labels of the server's share ``s`` (+ the rounding offset): once."""
+        off = 1 << (self.shift - 1) if self.shift else 0
+        bits = A.bits(A.add(s, off, self.p), self.p.bit_length())
+        if self._stored is not None:  # restored from a preprocessing bank
+            zero, delta = self._stored
+            self._stored = None
+            return zero ^ ((np.uint64(0) - bits.astype(np.uint64))[..., None] & delta)
         g = self._garbled
         if g is None:
             raise RuntimeError("garbled ReLU material already used")
         self._garbled = None
-        off = 1 << (self.shift - 1) if self.shift else 0
-        return g.encode("server_share", A.bits(A.add(s, off, self.p), self.p.bit_length()))
+        return g.encode("server_share", bits)
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """What the online phase needs, moved out for a preprocessing bank (once)."""
+        g = self._garbled
+        if g is None or self.out_share is None:
+            raise RuntimeError("garbled ReLU material already used (or offline not done)")
+        self._garbled = None
+        zero, delta = g.release_for_storage("server_share")
+        return {"zero": zero, "delta": delta, "out": self.out_share}
+
+    @classmethod
+    def from_state(cls, p: int, shift: int, n: int, state: dict[str, np.ndarray]) -> ReluServer:
+        """A layer ready for its online phase, from :meth:`export_state`."""
+        obj = cls(p, shift, n, state["delta"], 0)
+        if state["zero"].shape != (p.bit_length(), n, 2):
+            raise ValueError("stored ReLU labels do not match the layer")
+        obj._stored = (state["zero"], state["delta"])
+        obj.out_share = state["out"]
+        return obj
 
 
 class ReluClient:
@@ -100,6 +125,30 @@ class ReluClient:
             raise ProtocolError(f"bad decode bits {dec.dtype} {dec.shape}")
         own = ot.recv_correlated(A.bits(c, nbits).reshape(-1)).reshape(nbits, n, 2)
         self._material = {"tables": tables, "server_mask": mask, "decode": dec, "client_share": own}
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The received material, moved out for a preprocessing bank (once)."""
+        m = self._material
+        if m is None:
+            raise RuntimeError("garbled ReLU material already used (or never received)")
+        self._material = None
+        return dict(m)
+
+    @classmethod
+    def from_state(
+        cls, p: int, shift: int, n: int, tweak_base: int, state: dict[str, np.ndarray]
+    ) -> ReluClient:
+        """A layer ready for its online phase, from :meth:`export_state`."""
+        obj = cls(p, shift, n, tweak_base)
+        want = {"tables": (obj.circuit.and_count, n, 2, 2),
+                "client_share": (p.bit_length(), n, 2),
+                "server_mask": (len(obj.circuit.inputs["server_mask"]), n, 2),
+                "decode": (obj.circuit.n_outputs, n)}  # fmt: skip
+        for k, shape in want.items():
+            if state[k].shape != shape:
+                raise ValueError(f"stored ReLU {k} has shape {state[k].shape}, want {shape}")
+        obj._material = {k: state[k] for k in want}
+        return obj
 
     def evaluate(self, server_labels: np.ndarray) -> np.ndarray:
         """Evaluate with the server's online labels; returns ``z`` (the client's share). Once."""

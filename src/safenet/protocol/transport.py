@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import socket
 import ssl
 import struct
@@ -301,7 +302,7 @@ class Connection:
         """Receive a JSON object."""
         try:
             return json.loads(self.recv(label))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # also over-long integers, deep nesting
             raise ProtocolError(f"{label}: malformed JSON: {e}") from e
 
     def recv_array(self, label: str = "array") -> np.ndarray:
@@ -319,9 +320,14 @@ class Connection:
             raise ProtocolError(f"{label}: malformed array header: {e}") from e
         if dtype.hasobject:
             raise ProtocolError(f"{label}: object arrays are refused")
-        if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != len(payload) - offset:
+        if dtype.itemsize == 0 or dtype.shape:  # frombuffer/reshape would fail on these
+            raise ProtocolError(f"{label}: dtype {dtype.str!r} {dtype.shape} is refused")
+        if math.prod(shape) * dtype.itemsize != len(payload) - offset:  # exact, no overflow
             raise ProtocolError(f"{label}: array of shape {shape} does not match its size")
-        return np.frombuffer(payload, dtype=dtype, offset=offset).reshape(shape)
+        try:
+            return np.frombuffer(payload, dtype=dtype, offset=offset).reshape(shape)
+        except ValueError as e:  # e.g. more dimensions than numpy allows, or too large a one
+            raise ProtocolError(f"{label}: unusable array shape {shape}: {e}") from e
 
     # ---- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -380,23 +386,45 @@ def accept(
     :class:`TLSError` for that client and can go on accepting. No client within the
     listener's ``accept_timeout`` raises :class:`TransportTimeout`.
     """
-    context = tls.server_context() if tls is not None else None  # bad config: fail first
+    if tls is not None:
+        tls.server_context()  # a bad configuration fails before any client waits
     try:
         sock, address = listener.accept()
     except TimeoutError as e:
         raise TransportTimeout(f"no client connected within {listener.gettimeout()} s") from e
     except OSError as e:  # e.g. the listener was closed to stop the server
         raise TransportError(f"accept failed: {e}") from e
-    if context is not None:
+    conn = wrap_accepted(
+        sock, address, timeout=timeout, max_message=max_message, tls=tls,
+        handshake_timeout=handshake_timeout,
+    )  # fmt: skip
+    return conn, address
+
+
+def wrap_accepted(
+    sock: socket.socket,
+    address: tuple[Any, ...],
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    tls: TLSConfig | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> Connection:
+    """A Connection over a socket from ``listener.accept()``, TLS handshake included.
+
+    Split from :func:`accept` so a concurrent server can hand the raw socket to a worker
+    process and let the worker pay for the (time-limited) TLS handshake.
+    """
+    if tls is not None:
         sock = _tls_handshake(
-            context,
+            tls.server_context(),
             sock,
             server_side=True,
             server_hostname=None,
             timeout=handshake_timeout,
             peer=f"client {address[0]}:{address[1]}",
         )
-    return Connection(sock, timeout, max_message), address
+    return Connection(sock, timeout, max_message)
 
 
 def connect(

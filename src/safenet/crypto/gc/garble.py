@@ -260,6 +260,16 @@ class Garbled:
         mask = np.uint64(0) - b.astype(np.uint64)
         return zero ^ (mask[..., None] & delta)
 
+    def release_for_storage(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(zero labels, Delta)`` of the garbler's input ``name``, moved out of this object.
+
+        For a preprocessing bank that stores the garbler's online input on disk: the single-use
+        duty moves to the caller (the bank consumes each stored session once). Releases the
+        group like :meth:`encode` would.
+        """
+        zero = self._release(name)
+        return zero, self._delta_after_release().copy()
+
     def label_pairs(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(label0, label1)``, each ``(nbits, n_instances, 2)``, of input ``name`` for OT."""
         zero = self._release(name)

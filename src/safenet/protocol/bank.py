@@ -1,0 +1,142 @@
+"""The preprocessing bank: offline material kept on disk, each session consumed exactly once.
+
+A party stores the material of a finished offline phase (its masks, shares, garbled-circuit
+inputs, polynomial tuples) under a session id both parties agree on, then later runs only the
+online phase with it. Layout, under ``root/<role>-<public plan fingerprint[:16]>/``:
+
+``<id>/material.npz`` + ``<id>/manifest.json``   a ready session (SHA-256 of the npz inside)
+``tmp-<id>/``                                     being written (never read)
+``consumed-<id>/``                                taken for use (never read again)
+
+Every state change is one atomic ``rename``: a session is written under ``tmp-`` and renamed
+into place when complete, and taken by renaming it to ``consumed-`` *before* it is read, so
+after a crash at any point a session is either complete and unused, or gone; it is never used
+twice. Opening a bank deletes ``tmp-`` and ``consumed-`` leftovers. The manifest's hash is
+checked on every take (:class:`BankError` on mismatch: a corrupted or edited session is
+refused and discarded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Bank", "BankError"]
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class BankError(RuntimeError):
+    """A banked session is missing, already used, or fails its integrity check."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Bank:
+    """One party's store of preprocessed sessions for one public plan."""
+
+    def __init__(self, root: str | Path, fingerprint: str, role: str) -> None:
+        if role not in ("client", "server"):
+            raise ValueError("role must be 'client' or 'server'")
+        self.dir = Path(root) / f"{role}-{fingerprint[:16]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = fingerprint
+        for leftover in self.dir.glob("tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.dir.glob("consumed-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _check_id(self, session_id: str) -> str:
+        if not isinstance(session_id, str) or not _ID.match(session_id):
+            raise BankError(f"not a session id: {session_id!r}")
+        return session_id
+
+    def put(self, session_id: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+        """Store a session atomically; returns its folder."""
+        sid = self._check_id(session_id)
+        final = self.dir / sid
+        if final.exists():
+            raise BankError(f"session {sid} already in the bank")
+        tmp = self.dir / f"tmp-{sid}"
+        tmp.mkdir()
+        npz = tmp / "material.npz"
+        with open(npz, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            "format": "safenet-bank/1",
+            "fingerprint": self.fingerprint,
+            "session_id": sid,
+            "created": time.time(),
+            "sha256": _sha256(npz),
+            "meta": meta,
+        }
+        with open(tmp / "manifest.json", "w") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+        _fsync_dir(self.dir)
+        return final
+
+    def ids(self) -> list[str]:
+        """Ready sessions, oldest first."""
+        ready = [
+            p for p in self.dir.iterdir() if _ID.match(p.name) and (p / "manifest.json").exists()
+        ]
+        return [p.name for p in sorted(ready, key=lambda p: p.stat().st_mtime)]
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def take(self, session_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Consume a session: renamed away first, then read and verified, then deleted."""
+        sid = self._check_id(session_id)
+        taken = self.dir / f"consumed-{sid}"
+        try:
+            os.rename(self.dir / sid, taken)
+        except FileNotFoundError:
+            raise BankError(f"session {sid} is not in the bank (used or never made)") from None
+        _fsync_dir(self.dir)
+        try:
+            manifest = json.loads((taken / "manifest.json").read_text())
+            npz = taken / "material.npz"
+            if manifest.get("fingerprint") != self.fingerprint or manifest.get("session_id") != sid:
+                raise BankError(f"session {sid}: manifest does not match this bank")
+            if _sha256(npz) != manifest.get("sha256"):
+                raise BankError(f"session {sid}: material fails its SHA-256 check (corrupted)")
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            return arrays, manifest["meta"]
+        except (OSError, ValueError, KeyError) as e:
+            raise BankError(f"session {sid}: unreadable ({e})") from e
+        finally:
+            shutil.rmtree(taken, ignore_errors=True)
+
+    def discard(self, session_id: str) -> None:
+        """Drop a session without using it (e.g. the peer no longer has its half)."""
+        sid = self._check_id(session_id)
+        shutil.rmtree(self.dir / sid, ignore_errors=True)
