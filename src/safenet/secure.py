@@ -194,6 +194,9 @@ def serve(
     reports: list[dict[str, Any]] = []
     served = 0
     use_fork = concurrency > 1 and "fork" in mp.get_all_start_methods()
+    if use_fork and mp.current_process().daemon:  # daemons may not have children
+        log.warning("serving one client at a time: this process is a daemon")
+        use_fork = False
     ctx = mp.get_context("fork") if use_fork else None
     out = ctx.Queue() if ctx is not None else None
     running: list[Any] = []
