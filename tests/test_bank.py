@@ -197,3 +197,38 @@ def test_cli_preprocess_and_bank(tmp_path, plan, capsys):
     assert main(["infer", "--server", f"127.0.0.1:{port}", "--preprocess", "1"]) == 2
     assert "--bank" in capsys.readouterr().err
     _stop(lst, t)
+
+
+def test_session_memory_cap_fails_only_that_session():
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safenet.cli",
+            "serve",
+            "--model",
+            "default",
+            "--port",
+            "0",
+            "--max-sessions",
+            "1",
+            "--concurrency",
+            "2",
+            "--session-memory",
+            "0.05",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
+        with pytest.raises(Exception, match="MemoryError"):
+            infer("127.0.0.1", port, np.zeros((1, 28, 28)), timeout=60)
+        proc.wait(60)
+        assert proc.returncode == 0  # the server itself is fine
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -287,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_ready=ready,
         concurrency=args.concurrency,
         bank=args.bank,
+        session_memory=None if args.session_memory is None else int(args.session_memory * 2**30),
     )
     return 0
 
@@ -529,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=2, help="clients served at once (one process each)"
     )
     p.add_argument("--bank", type=Path, default=None, help="folder of the preprocessing bank")
+    p.add_argument(
+        "--session-memory", type=float, default=None, help="GiB each session may allocate"
+    )
     _add_tls(p, server=True)
     p.set_defaults(func=cmd_serve)
 

@@ -154,8 +154,35 @@ def _handle(
             return {"peer": peer, "error": f"{type(e).__name__}: {e}"}
 
 
+def _vm_bytes() -> int:
+    """This process's virtual memory size (Linux ``/proc``; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def limit_memory(budget: int) -> None:
+    """Cap this process's further address-space growth at ``budget`` bytes (RLIMIT_AS).
+
+    An allocation beyond it raises MemoryError inside the session, which then fails alone.
+    """
+    import resource
+
+    base = _vm_bytes()
+    if base:
+        resource.setrlimit(resource.RLIMIT_AS, (base + budget, base + budget))
+
+
 def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank: Bank | None,
-           tls: TLSConfig | None, timeout: float | None, out: Any) -> None:  # fmt: skip
+           tls: TLSConfig | None, timeout: float | None, out: Any,
+           memory: int | None) -> None:  # fmt: skip
+    if memory is not None:
+        limit_memory(memory)
     out.put(_handle(sock, addr, model, bank, tls, timeout))
 
 
@@ -172,6 +199,7 @@ def serve(
     on_ready: Any = None,
     concurrency: int = 1,
     bank: str | Path | None = None,
+    session_memory: int | None = None,
 ) -> list[dict[str, Any]]:
     """Serve secure inferences; returns the per-connection reports.
 
@@ -181,7 +209,9 @@ def serve(
     is called once listening. With ``concurrency > 1`` each connection runs in its own
     forked process (sharing the prepared model copy-on-write), at most ``concurrency`` at a
     time; a crash of one cannot touch the others. ``bank`` is the folder of the server's
-    preprocessing bank (needed for clients that preprocess). To stop a server running in
+    preprocessing bank (needed for clients that preprocess). ``session_memory`` (bytes) caps
+    what each worker may allocate beyond the shared model (Linux, forked workers only): a
+    session that needs more fails with MemoryError, the others go on. To stop a server running in
     another thread, ``shutdown`` and close the ``listener`` it was given.
     """
     model = ServerModel(plan, config)
@@ -228,7 +258,9 @@ def serve(
                 reports.append(_handle(sock, addr, model, store, tls, timeout))
                 continue
             reap(block=len(running) >= concurrency)
-            proc = ctx.Process(target=_child, args=(sock, addr, model, store, tls, timeout, out))
+            proc = ctx.Process(
+                target=_child, args=(sock, addr, model, store, tls, timeout, out, session_memory)
+            )
             proc.start()
             sock.close()  # the child has its own copy
             running.append(proc)

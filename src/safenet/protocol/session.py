@@ -136,8 +136,17 @@ def _setup_client(
     except TypeError as e:
         raise ProtocolError(f"bad session config from server: {cfg!r}") from e
     if plan is None:
-        plan = Plan.from_bytes(conn.recv(label="session.plan"))
-    return (plan if plan.is_public else plan.public()), config
+        data = conn.recv(label="session.plan")
+        try:
+            plan = Plan.from_bytes(data)
+        except Exception as e:  # zip, zlib, JSON, numpy or fingerprint errors
+            raise ProtocolError(f"unreadable public plan from the server: {e}") from e
+    public = plan if plan.is_public else plan.public()
+    try:
+        config.he_params(public.field.p)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ProtocolError(f"bad session config from server: {cfg!r}") from e
+    return public, config
 
 
 def client_session(
