@@ -316,7 +316,8 @@ class Connection:
             ndim = int(payload[1 + n])
             shape = struct.unpack_from(f">{ndim}Q", payload, 2 + n)
             offset = 3 + n + 8 * ndim + int(payload[2 + n + 8 * ndim])
-        except (IndexError, struct.error, TypeError, ValueError, UnicodeDecodeError) as e:
+        except (IndexError, struct.error, TypeError, ValueError, SyntaxError) as e:
+            # SyntaxError: numpy parses some dtype strings ("(,)i4") with ast.literal_eval
             raise ProtocolError(f"{label}: malformed array header: {e}") from e
         if dtype.hasobject:
             raise ProtocolError(f"{label}: object arrays are refused")
