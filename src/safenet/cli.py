@@ -437,6 +437,47 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approximate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from safenet import checkpoint
+    from safenet.approx.cost import Calibration, default_calibration_path
+    from safenet.approx.search import SearchConfig, search
+    from safenet.data.torchdata import ImageDataset
+
+    parent = checkpoint.load(args.model)
+    if parent.activation is not None:
+        raise ValueError("start the search from a ReLU model, not an approximated one")
+    cal_path = args.calibration or default_calibration_path()
+    cal = Calibration.load(cal_path) if cal_path.exists() else Calibration.nominal()
+    cfg = SearchConfig(
+        method=args.method, population=args.population,
+        generations_per_level=args.generations_per_level, steps=args.steps,
+        max_drop=args.max_drop, min_accuracy=args.min_accuracy,
+        latency_budget=args.latency_budget, eval_images=args.eval_images,
+        time_budget_s=args.time_budget, seed=args.seed,
+    )  # fmt: skip
+    train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
+    log = (lambda _m: None) if args.json else print
+    rep = search(parent.build(), train, cfg, args.out, cal, log=log)
+    ck = checkpoint.Checkpoint.from_model(
+        rep.pop("model"), parent.arch, parent.arch_kwargs, parent.dataset,
+        metrics={"search_accuracy": rep["accuracy"],
+                 "predicted_online_s": rep["predicted_online_s"],
+                 "teacher_accuracy": rep["teacher_accuracy"]},
+        training={"search": asdict(cfg)}, parent=str(args.model),
+    )  # fmt: skip
+    ck.save(args.out / "best.pt")
+    report = rep | {"checkpoint": str(args.out / "best.pt"), "calibration": cal.machine}
+    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    layers = {k: {"ratio": r, "degree": int(d)} for k, (r, d) in rep["config"].items()}
+    (args.out / "layers.json").write_text(json.dumps(layers, indent=1))  # for finetune --layers
+    keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s",
+            "teacher_online_s", "feasible", "checkpoint")  # fmt: skip
+    print(json.dumps({k: report[k] for k in keys}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``safenet`` command."""
     parser = argparse.ArgumentParser(prog="safenet", description=__doc__)
@@ -568,6 +609,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="calibration file to write")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("approximate", help="search per-layer ReLU ratios/degrees (BTPBT)")
+    p.add_argument("--model", default="default", help="the ReLU teacher checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="folder: search.pt, best.pt, report")
+    p.add_argument("--method", default="safenet", choices=["safenet", "delphi"])
+    p.add_argument("--population", type=int, default=4)
+    p.add_argument("--generations-per-level", type=int, default=2)
+    p.add_argument("--steps", type=int, default=40, help="distillation steps per generation")
+    p.add_argument("--max-drop", type=float, default=0.5, help="accuracy points allowed to go")
+    p.add_argument("--min-accuracy", type=float, default=None, help="absolute threshold instead")
+    p.add_argument("--latency-budget", type=float, default=None, help="online seconds")
+    p.add_argument("--eval-images", type=int, default=500)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of search")
+    p.add_argument("--limit", type=int, default=None, help="training images to use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_approximate)
 
     p = sub.add_parser("cost", help="predict a secure inference's latency and bytes")
     src = p.add_mutually_exclusive_group(required=True)

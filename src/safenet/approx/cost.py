@@ -176,6 +176,19 @@ class Calibration:
         return path
 
     @classmethod
+    def nominal(cls) -> Calibration:
+        """The unit costs measured on the 2-core reference VM on 2026-11-25
+        (docs/cost-model.md), for planning where no calibration file exists yet."""
+        return cls(
+            gc_eval_per_and=2.55e-08, gc_encode_per_bit=1.38e-08, linear_online_per_mac=1.2e-09,
+            poly_online_per_element=8.2e-08, online_layer_overhead=2.65e-03,
+            gc_offline_per_and=1.06e-07, he_linear_per_product=2.03e-03, he_poly_per_ct=6.9e-03,
+            ct_in_bytes=524_427.0, ct_reply_bytes=262_282.0, public_key_bytes=655_473.0,
+            local=Network(3.0e9, 1.0e-4, "local"), machine="nominal (2-core x86-64 VM)",
+            date="2026-11-25",
+        )  # fmt: skip
+
+    @classmethod
     def load(cls, path: str | Path) -> Calibration:
         """Read a calibration written by :meth:`save`; a clear error if it is not one."""
         try:

@@ -1,0 +1,334 @@
+"""Choosing per-layer replacement ratios and degrees: SAFENet's BTPBT and Delphi's planner.
+
+**BTPBT as implemented here** (our reading of SAFENet's "population-based training arranged
+as a binary tree over the layers"). The activation layers, in network order, are the leaves
+of a binary tree: level 0 is one group holding every layer, each further level halves every
+group, the last level has one layer per group (:func:`layer_tree`). A population of students
+(each a copy of the ReLU teacher with a per-layer configuration: the fraction of channels
+replaced by polynomials, on the grid 0, 1/8, ..., 1, and the degree, 2 or 3) trains by
+knowledge distillation from the teacher. The search walks the tree from the root: at level
+``t`` members explore by moving the ratio of one level-``t`` group by one grid step (and
+sometimes switching its degree), so early generations settle a coarse network-wide ratio and
+later ones refine halves, quarters, ... down to single layers. After every generation each
+member is scored on held-out training images (accuracy, float) and by the calibrated cost
+model (predicted online latency of its compiled plan); the bottom quarter copies the weights
+and configuration of the top quarter (exploit) and then explores. Reward: a member meeting
+the accuracy threshold scores ``1 - latency / teacher latency`` (lower latency is better);
+one that misses it scores below every feasible member, by how much it misses. With a latency
+budget instead, feasible means within the budget and the reward is accuracy.
+
+Channels kept as ReLU inside a layer are the teacher's highest-scored ones
+(:func:`~safenet.approx.scoring.score_channels`, computed once); a member whose ratio or
+degree changes is re-fitted (:func:`~safenet.nn.surgery.calibrate`) and keeps its weights.
+
+**Delphi's planner** (``method="delphi"``), the baseline: whole layers are either ReLU or the
+fixed quadratic 0.1992 + 0.5002 x + 0.1997 x^2 (not trained), the first and last activation
+layers stay ReLU, exploration flips one eligible layer, and the reward is Delphi's
+``accuracy x (1 + replaced / total)``.
+
+The search checkpoints its whole state after every generation (``search.pt`` in the output
+folder, written atomically) and resumes from it; a wall-time budget stops it between
+generations. Trials run one after another in this process (Ray Tune is not wired in yet).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from safenet.approx.cost import Calibration, count, predict
+from safenet.approx.finetune import distillation_loss
+from safenet.approx.scoring import score_channels
+from safenet.data.torchdata import ImageDataset
+from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
+from safenet.plan.compiler import compile_model
+
+__all__ = ["DELPHI_QUADRATIC", "RATIOS", "SearchConfig", "layer_tree", "search"]
+
+RATIOS = tuple(i / 8 for i in range(9))
+DELPHI_QUADRATIC = (0.1992, 0.5002, 0.1997)
+
+
+@dataclass
+class SearchConfig:
+    """What to search and how hard.
+
+    Attributes:
+        method: ``"safenet"`` (BTPBT over ratios and degrees) or ``"delphi"`` (whole layers).
+        population: students trained side by side.
+        generations_per_level: generations spent at each level of the layer tree.
+        steps: distillation steps per member per generation.
+        max_drop: allowed accuracy drop from the teacher, in points (on the held-out images).
+        min_accuracy: an absolute accuracy threshold instead (fraction, e.g. 0.92).
+        latency_budget: predicted online seconds allowed (then the reward is accuracy).
+        eval_images: held-out training images used to score members.
+        time_budget_s: stop between generations once this much wall time is spent.
+    """
+
+    method: str = "safenet"
+    population: int = 4
+    generations_per_level: int = 2
+    steps: int = 40
+    batch_size: int = 64
+    lr: float = 0.005
+    max_drop: float = 0.5
+    min_accuracy: float | None = None
+    latency_budget: float | None = None
+    eval_images: int = 500
+    degrees: tuple[int, ...] = (2, 3)
+    init_ratio: float = 0.5
+    criterion: str = "taylor"
+    seed: int = 0
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("safenet", "delphi"):
+            raise ValueError(f"method must be 'safenet' or 'delphi', got {self.method!r}")
+        if self.population < 2:
+            raise ValueError("population must be at least 2")
+        if not set(self.degrees) <= {2, 3} or not self.degrees:
+            raise ValueError("degrees must be a non-empty subset of (2, 3)")
+
+
+def layer_tree(n: int) -> list[list[list[int]]]:
+    """Levels of groups of layer indices: ``[[0..n-1]]``, then halves, ..., singletons."""
+    levels = [[list(range(n))]]
+    while any(len(g) > 1 for g in levels[-1]):
+        nxt = []
+        for g in levels[-1]:
+            if len(g) > 1:
+                h = (len(g) + 1) // 2
+                nxt += [g[:h], g[h:]]
+            else:
+                nxt.append(g)
+        levels.append(nxt)
+    return levels
+
+
+@dataclass
+class _Member:
+    config: dict[str, list[float]]  # layer -> [ratio replaced, degree]
+    state: dict[str, torch.Tensor] | None = None
+    state_config: dict[str, list[float]] | None = None  # the configuration ``state`` was trained in
+    accuracy: float = math.nan
+    latency: float = math.nan
+    reward: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _specs(config: dict[str, list[float]]) -> dict[str, LayerSpec]:
+    return {k: LayerSpec(float(r), int(d)) for k, (r, d) in config.items()}
+
+
+class _Search:
+    def __init__(self, teacher: nn.Module, train: ImageDataset, cfg: SearchConfig,
+                 calibration: Calibration, log: Callable[[str], None]) -> None:  # fmt: skip
+        self.cfg, self.log, self.cal = cfg, log, calibration
+        self.teacher = teacher.eval()
+        n = len(train)
+        k = min(cfg.eval_images, n // 5)
+        self.train_x = train.normalize(train.images[: n - k])
+        self.train_y = train.labels[: n - k]
+        self.eval_x = train.normalize(train.images[n - k :])
+        self.eval_y = train.labels[n - k :]
+        self.shape = tuple(self.train_x.shape[1:])
+        base = convert(copy.deepcopy(teacher), self.train_x[:4])
+        self.layers = list(activations(base))
+        batches = [(self.train_x[i : i + 64], self.train_y[i : i + 64]) for i in range(0, 512, 64)]
+        self.scores = score_channels(base, batches, cfg.criterion)
+        self.teacher_acc = self._accuracy(teacher)
+        self.teacher_latency = predict(count(compile_model(teacher, self.shape)), calibration)[
+            "online_s"
+        ]
+        self.threshold = (
+            cfg.min_accuracy
+            if cfg.min_accuracy is not None
+            else self.teacher_acc - cfg.max_drop / 100
+        )
+        self.rng = random.Random(cfg.seed)
+
+    # -- members ---------------------------------------------------------------------------
+    def build(self, m: _Member) -> nn.Module:
+        student = convert(copy.deepcopy(self.teacher), self.train_x[:4])
+        set_layers(student, _specs(m.config), self.scores)
+        if self.cfg.method == "delphi":
+            for act in activations(student).values():
+                if not bool(act.relu_mask.all()):
+                    c = torch.tensor(DELPHI_QUADRATIC, dtype=act.coefficients.dtype)
+                    act.coefficients.data.copy_(c.expand_as(act.coefficients))
+                    act.coefficients.requires_grad_(False)
+        else:
+            calibrate(student, [self.train_x[:256]])
+        if m.state is not None and m.state_config == m.config:  # as trained: everything
+            student.load_state_dict(m.state)
+        elif m.state is not None:  # configuration changed since: keep weights, refit activations
+            own = student.state_dict()
+            keep = {k: v for k, v in m.state.items() if k in own and ".coefficients" not in k
+                    and ".relu_mask" not in k and own[k].shape == v.shape}  # fmt: skip
+            student.load_state_dict(keep, strict=False)
+        set_blend(student, 1.0)
+        return student
+
+    def _accuracy(self, model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(self.eval_x[i : i + 256]).argmax(1)
+                              for i in range(0, len(self.eval_x), 256)])  # fmt: skip
+        return float((pred == self.eval_y).float().mean())
+
+    def train_and_score(self, m: _Member) -> None:
+        cfg = self.cfg
+        student = self.build(m)
+        params = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        g = torch.Generator().manual_seed(self.rng.randrange(2**31))
+        student.train()
+        for _ in range(cfg.steps):
+            idx = torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=g)
+            x, y = self.train_x[idx], self.train_y[idx]
+            with torch.no_grad():
+                t = self.teacher(x)
+            loss = distillation_loss(student(x), t, y, 4.0, 0.9)
+            if not torch.isfinite(loss):
+                break
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 2.0)
+            opt.step()
+        m.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        m.state_config = copy.deepcopy(m.config)
+        m.accuracy = self._accuracy(student)
+        m.latency = predict(count(compile_model(student.eval(), self.shape)), self.cal)["online_s"]
+        m.reward = self.reward(m)
+
+    def reward(self, m: _Member) -> float:
+        cfg = self.cfg
+        if cfg.method == "delphi":
+            replaced = sum(1 for r, _ in m.config.values() if r > 0)
+            return m.accuracy * (1 + replaced / len(m.config))
+        if cfg.latency_budget is not None:
+            feasible = m.latency <= cfg.latency_budget
+            return m.accuracy if feasible else -(m.latency / cfg.latency_budget)
+        if m.accuracy >= self.threshold:
+            return 1.0 - m.latency / self.teacher_latency
+        return -1.0 - (self.threshold - m.accuracy) * 100
+
+    # -- exploration --------------------------------------------------------------------------
+    def initial(self, k: int) -> _Member:
+        cfg = self.cfg
+        if cfg.method == "delphi":
+            eligible = self.layers[1:-1]
+            chosen = set(self.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1))))
+            return _Member({n: [1.0 if n in chosen else 0.0, 2] for n in self.layers})
+        step = self.rng.choice((-1, 0, 1)) if k else 0
+        i = min(max(round(cfg.init_ratio * 8) + step, 0), 8)
+        d = cfg.degrees[k % len(cfg.degrees)]
+        return _Member({n: [RATIOS[i], d] for n in self.layers})
+
+    def explore(self, m: _Member, level: list[list[int]]) -> None:
+        if self.cfg.method == "delphi":
+            name = self.rng.choice(self.layers[1:-1] or self.layers)
+            m.config[name][0] = 0.0 if m.config[name][0] > 0 else 1.0
+            return
+        group = self.rng.choice(level)
+        names = [self.layers[i] for i in group]
+        step = self.rng.choice((-1, 1))
+        for n in names:
+            i = min(max(round(m.config[n][0] * 8) + step, 0), 8)
+            m.config[n][0] = RATIOS[i]
+        if len(self.cfg.degrees) > 1 and self.rng.random() < 0.2:
+            d = self.rng.choice(self.cfg.degrees)
+            for n in names:
+                m.config[n][1] = d
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def search(
+    teacher: nn.Module,
+    train: ImageDataset,
+    cfg: SearchConfig,
+    out_dir: str | Path,
+    calibration: Calibration,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) a search; returns the report.
+
+    The report holds the best member's per-layer ``config`` (``[ratio replaced, degree]``),
+    its accuracy on the held-out images, predicted online latency, the teacher's, the
+    per-generation history, and ``model``: the best student, trained, ready to save.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "search.pt"
+    torch.manual_seed(cfg.seed)
+    s = _Search(teacher, train, cfg, calibration, log)
+    tree = layer_tree(len(s.layers)) if cfg.method == "safenet" else [[list(range(len(s.layers)))]]
+    levels = len(tree) if cfg.method == "safenet" else 1
+    total_gens = levels * cfg.generations_per_level
+    if state_path.exists():
+        saved = torch.load(state_path, weights_only=False)
+        if saved["config"] != asdict(cfg):
+            raise ValueError(f"{state_path} belongs to a search with other settings")
+        members = [_Member(**m) for m in saved["members"]]
+        gen, history = saved["generation"], saved["history"]
+        s.rng.setstate(saved["rng"])
+        log(f"resuming at generation {gen} of {total_gens}")
+    else:
+        members = [s.initial(k) for k in range(cfg.population)]
+        gen, history = 0, []
+    t0 = time.perf_counter()
+    while gen < total_gens:
+        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
+            log(f"time budget reached after generation {gen}")
+            break
+        level = tree[min(gen // cfg.generations_per_level, len(tree) - 1)]
+        for m in members:
+            s.train_and_score(m)
+        members.sort(key=lambda m: m.reward, reverse=True)
+        best = members[0]
+        history.append({"generation": gen, "level_groups": len(level),
+                        "best_reward": best.reward, "best_accuracy": best.accuracy,
+                        "best_latency": best.latency,
+                        "rewards": [m.reward for m in members]})  # fmt: skip
+        log(f"generation {gen + 1}/{total_gens} ({len(level)} groups): best accuracy "
+            f"{best.accuracy:.4f}, predicted online {best.latency:.3f} s "
+            f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s)")  # fmt: skip
+        n_swap = max(1, len(members) // 4)
+        for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
+            loser.config = copy.deepcopy(winner.config)
+            loser.state, loser.state_config = winner.state, copy.deepcopy(winner.state_config)
+            s.explore(loser, level)
+        gen += 1
+        _save(state_path, {"config": asdict(cfg), "generation": gen, "history": history,
+                           "rng": s.rng.getstate(),
+                           "members": [asdict(m) for m in members]})  # fmt: skip
+    best = max(members, key=lambda m: m.reward)
+    return {
+        "method": cfg.method,
+        "config": best.config,
+        "accuracy": best.accuracy,
+        "predicted_online_s": best.latency,
+        "teacher_accuracy": s.teacher_acc,
+        "teacher_online_s": s.teacher_latency,
+        "threshold": s.threshold,
+        "feasible": best.reward > -1.0 if cfg.method == "safenet" else True,
+        "generations": gen,
+        "history": history,
+        "layers": s.layers,
+        "model": s.build(best).eval(),
+    }

@@ -1,0 +1,90 @@
+"""The planner's search (BTPBT and Delphi's baseline) on a tiny model: mechanics, not quality."""
+
+import json
+
+import pytest
+
+from safenet.approx.cost import Calibration
+from safenet.approx.search import RATIOS, SearchConfig, layer_tree, search
+from safenet.checkpoint import load
+from safenet.cli import main
+from safenet.data.torchdata import ImageDataset
+from safenet.nn.surgery import activations
+from safenet.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("search") / "lenet.pt"
+    train(TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2), out, data_dir,
+          log=lambda _m: None)  # fmt: skip
+    return out
+
+
+def test_layer_tree_halves_down_to_single_layers():
+    levels = layer_tree(5)
+    assert levels[0] == [[0, 1, 2, 3, 4]]
+    assert levels[1] == [[0, 1, 2], [3, 4]]
+    assert levels[-1] == [[i] for i in range(5)]
+    for level in levels:
+        assert sorted(i for g in level for i in g) == list(range(5))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="method"):
+        SearchConfig(method="random")
+    with pytest.raises(ValueError, match="population"):
+        SearchConfig(population=1)
+
+
+def _cfg(**kw):
+    base = dict(population=2, generations_per_level=1, steps=3, eval_images=100)
+    return SearchConfig(**(base | kw))
+
+
+def test_safenet_search_runs_checkpoints_and_resumes(teacher_path, data_dir, tmp_path):
+    ck = load(teacher_path)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    cal = Calibration.nominal()
+    logs = []
+    cfg = _cfg(max_drop=100.0)  # any accuracy is acceptable: the search must cut latency
+    rep = search(ck.build(), ds, cfg, tmp_path, cal, log=logs.append)
+    levels = len(layer_tree(len(rep["layers"])))
+    assert rep["generations"] == levels and (tmp_path / "search.pt").exists()
+    assert set(rep["config"]) == set(rep["layers"])
+    for ratio, degree in rep["config"].values():
+        assert ratio in RATIOS and degree in (2, 3)
+    assert rep["feasible"] and rep["predicted_online_s"] < rep["teacher_online_s"]
+    model = rep["model"]
+    assert set(activations(model)) == set(rep["layers"])
+    # a finished search resumes as finished; a longer one continues from the saved state
+    again = search(ck.build(), ds, cfg, tmp_path, cal, log=logs.append)
+    assert again["generations"] == levels and any("resuming" in m for m in logs)
+    with pytest.raises(ValueError, match="other settings"):
+        search(ck.build(), ds, _cfg(steps=4), tmp_path, cal, log=logs.append)
+
+
+def test_delphi_planner_keeps_first_and_last_layers(teacher_path, data_dir, tmp_path):
+    ck = load(teacher_path)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    rep = search(ck.build(), ds, _cfg(method="delphi", population=3), tmp_path,
+                 Calibration.nominal(), log=lambda _m: None)  # fmt: skip
+    names = rep["layers"]
+    assert rep["config"][names[0]][0] == 0.0 and rep["config"][names[-1]][0] == 0.0
+    assert all(r in (0.0, 1.0) for r, _ in rep["config"].values())
+
+
+def test_approximate_cli(teacher_path, data_dir, tmp_path, capsys):
+    rc = main(["approximate", "--model", str(teacher_path), "--out", str(tmp_path / "s"),
+               "--population", "2", "--generations-per-level", "1", "--steps", "2",
+               "--eval-images", "100", "--limit", "600", "--max-drop", "100",
+               "--data-dir", str(data_dir), "--json",
+               "--calibration", str(tmp_path / "none.json")])  # fmt: skip
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    best = load(out["checkpoint"])
+    assert best.activation is not None and best.parent == str(teacher_path)
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["calibration"].startswith("nominal")
+    layers = json.loads((tmp_path / "s" / "layers.json").read_text())
+    assert set(layers) == set(report["layers"]) and all("ratio" in v for v in layers.values())
