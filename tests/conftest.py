@@ -51,3 +51,14 @@ def _run_parties(server_fn, client_fn, timeout=60):
 def run_parties():
     """The two-party runner :func:`_run_parties`."""
     return _run_parties
+
+
+@pytest.fixture(scope="session")
+def tiny_lenet(tmp_path_factory, data_dir) -> Path:
+    """A LeNet-5 (width 2) trained for one epoch on the 600 shipped training images."""
+    from safenet.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny") / "lenet.pt"
+    cfg = TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2)
+    train(cfg, out, data_dir, log=lambda _m: None)
+    return out

@@ -10,15 +10,11 @@ from safenet.checkpoint import load
 from safenet.cli import main
 from safenet.data.torchdata import ImageDataset
 from safenet.nn.surgery import activations
-from safenet.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("search") / "lenet.pt"
-    train(TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2), out, data_dir,
-          log=lambda _m: None)  # fmt: skip
-    return out
+@pytest.fixture
+def teacher_path(tiny_lenet):
+    return tiny_lenet
 
 
 def test_layer_tree_halves_down_to_single_layers():

@@ -19,15 +19,11 @@ from safenet.cli import main
 from safenet.data.torchdata import ImageDataset
 from safenet.plan.compiler import compile_model
 from safenet.protocol.transport import connect, handshake
-from safenet.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def lenet(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("svc") / "lenet.pt"
-    train(TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2), out, data_dir,
-          log=lambda _m: None)  # fmt: skip
-    return out
+@pytest.fixture
+def lenet(tiny_lenet):
+    return tiny_lenet
 
 
 def _safenet(*args):
