@@ -17,10 +17,10 @@ from safenet.crypto.gc.garble import (
     EVAL_HALVES,
     _chunk_labels,
     _chunks,
-    _pieces,
     _Scratch,
     default_workers,
     run_chunks,
+    walk_layers,
 )
 
 __all__ = ["decode", "evaluate"]
@@ -67,18 +67,16 @@ def evaluate(
     out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
 
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
-        m = i1 - i0
         L = _chunk_labels(sch, input_labels, i0, i1)
-        sc = _Scratch(EVAL_HALVES, m)
-        for d in range(sch.depth + 1):
-            K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
-            if d == sch.depth:
-                break
-            for lo, hi in _pieces(*sch.and_layer(d), m):
-                X = sc.x(hi - lo, m)
-                K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
-                P, R = sc.hash(aes, hi - lo, m, lo, n, i0 + tweak_base)
-                K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+        def gather(lo: int, hi: int, X: np.ndarray) -> None:
+            K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
+
+        def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
+            K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+        sc = _Scratch(EVAL_HALVES, i1 - i0)
+        walk_layers(sch, L, sc, aes, n, i0 + tweak_base, gather, combine)
         out[:, i0:i1] = L[sch.out_slots]
 
     w = default_workers() if workers is None else workers

@@ -105,6 +105,31 @@ class _Scratch:
         return P, R
 
 
+def walk_layers(
+    sch: Schedule,
+    L: np.ndarray,
+    sc: _Scratch,
+    aes: FixedKeyAES,
+    n_total: int,
+    tweak0: int,
+    gather: Callable[[int, int, np.ndarray], None],
+    combine: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray], None],
+) -> None:
+    """Run one chunk's circuit in AND-depth order, the loop garbling and evaluation share:
+    free XORs of a level, then each piece of its AND gates: ``gather(lo, hi, X)`` fills the
+    hash inputs, the hash runs, ``combine(lo, hi, X, P, R)`` writes tables/output labels."""
+    m = L.shape[1]
+    for d in range(sch.depth + 1):
+        K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
+        if d == sch.depth:
+            return
+        for lo, hi in _pieces(*sch.and_layer(d), m):
+            X = sc.x(hi - lo, m)
+            gather(lo, hi, X)
+            P, R = sc.hash(aes, hi - lo, m, lo, n_total, tweak0)
+            combine(lo, hi, X, P, R)
+
+
 def default_workers() -> int:
     """Threads for garbling/evaluation: the AES calls and numba kernels release the GIL."""
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
@@ -340,20 +365,18 @@ def garble(
     decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
 
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
-        m = i1 - i0
         L = _chunk_labels(sch, input_zero, i0, i1)
-        sc = _Scratch(GARBLE_HALVES, m)
-        for d in range(sch.depth + 1):
-            K.xor_block(L, sch.xor_out, sch.xor_a, sch.xor_b, *sch.xor_block(d))
-            if d == sch.depth:
-                break
-            for lo, hi in _pieces(*sch.and_layer(d), m):
-                X = sc.x(hi - lo, m)
-                K.garble_gather(
-                    L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg, lo, hi, d0, d1, X
-                )
-                P, R = sc.hash(aes, hi - lo, m, lo, n_instances, i0 + tweak_base)
-                K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+        def gather(lo: int, hi: int, X: np.ndarray) -> None:
+            K.garble_gather(
+                L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg, lo, hi, d0, d1, X
+            )
+
+        def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
+            K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+        sc = _Scratch(GARBLE_HALVES, i1 - i0)
+        walk_layers(sch, L, sc, aes, n_instances, i0 + tweak_base, gather, combine)
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
