@@ -62,3 +62,23 @@ def tiny_lenet(tmp_path_factory, data_dir) -> Path:
     cfg = TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2)
     train(cfg, out, data_dir, log=lambda _m: None)
     return out
+
+
+def serve_cli(*args):
+    """Start ``safenet serve ARGS --port 0`` as a process; returns (process, port)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safenet.cli", "serve", "--port", "0", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    line = proc.stdout.readline()
+    if "safenet serve" not in line:
+        proc.kill()
+        raise AssertionError(line + proc.stderr.read())
+    return proc, int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])

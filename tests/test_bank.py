@@ -2,15 +2,13 @@
 the concurrent server."""
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
+from conftest import serve_cli
 from safenet.benchmark import random_plan
 from safenet.protocol.bank import Bank, BankError
 from safenet.protocol.transport import connect, handshake, listen
@@ -134,29 +132,8 @@ def test_server_without_bank_refuses_preprocessing(tmp_path, plan):
 
 def test_concurrent_clients_on_a_forking_server(tmp_path):
     """`safenet serve --concurrency 2`: two clients at once, each gets the exact answer."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "safenet.cli",
-            "serve",
-            "--model",
-            "default",
-            "--port",
-            "0",
-            "--max-sessions",
-            "2",
-            "--concurrency",
-            "2",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
+    proc, port = serve_cli("--model", "default", "--max-sessions", 2, "--concurrency", 2)
     try:
-        line = proc.stdout.readline()
-        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
         from safenet.cli import _plan_for
 
         plan = _plan_for("default")
@@ -200,31 +177,10 @@ def test_cli_preprocess_and_bank(tmp_path, plan, capsys):
 
 
 def test_session_memory_cap_fails_only_that_session():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "safenet.cli",
-            "serve",
-            "--model",
-            "default",
-            "--port",
-            "0",
-            "--max-sessions",
-            "1",
-            "--concurrency",
-            "2",
-            "--session-memory",
-            "0.05",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    proc, port = serve_cli(
+        "--model", "default", "--max-sessions", 1, "--concurrency", 2, "--session-memory", 0.05
     )
     try:
-        line = proc.stdout.readline()
-        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
         with pytest.raises(Exception, match="MemoryError"):
             infer("127.0.0.1", port, np.zeros((1, 28, 28)), timeout=60)
         proc.wait(60)

@@ -5,7 +5,6 @@ mid-offline) and answer the next one correctly.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import serve_cli
 from safenet.checkpoint import load
 from safenet.cli import main
 from safenet.data.torchdata import ImageDataset
@@ -32,16 +32,7 @@ def _safenet(*args):
 
 @pytest.fixture
 def server(lenet):
-    proc = subprocess.Popen(
-        _safenet("serve", "--model", lenet, "--port", 0, "--max-sessions", 4),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    line = proc.stdout.readline()
-    assert "safenet serve" in line, line + proc.stderr.read()
-    port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
+    proc, port = serve_cli("--model", lenet, "--max-sessions", 4)
     yield proc, port
     proc.kill()
     proc.wait(10)

@@ -119,19 +119,19 @@ def test_peer_error_is_reported():
         b.recv("anything")
 
 
+def _send_array_frame(dtype: bytes, length: int, data: bytes):
+    """A v2 array frame (dtype, 1-d shape, pad byte) with label "a" on a fresh raw pair."""
+    raw, conn = _raw_pair()
+    payload = struct.pack(">B", len(dtype)) + dtype + struct.pack(">BQB", 1, length, 0) + data
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 1, 1, len(payload)) + b"a" + payload)
+    return conn
+
+
 def test_malformed_arrays_are_refused():
-    raw, conn = _raw_pair()
-    dt = b"|O"
-    payload = struct.pack(">B", len(dt)) + dt + struct.pack(">BQ", 1, 1) + bytes(8)
-    raw.sendall(HEADER.pack(MAGIC, VERSION, 1, 1, len(payload)) + b"a" + payload)
     with pytest.raises(ProtocolError, match="object arrays"):
-        conn.recv_array("a")
-    raw, conn = _raw_pair()
-    dt = b"<u8"
-    payload = struct.pack(">B", len(dt)) + dt + struct.pack(">BQ", 1, 5) + bytes(8)
-    raw.sendall(HEADER.pack(MAGIC, VERSION, 1, 1, len(payload)) + b"a" + payload)
+        _send_array_frame(b"|O", 1, bytes(8)).recv_array("a")
     with pytest.raises(ProtocolError, match="does not match its size"):
-        conn.recv_array("a")
+        _send_array_frame(b"<u8", 5, bytes(8)).recv_array("a")
     with pytest.raises(TypeError):
         connection_pair()[0].send_array(np.array([object()]), "o")
 
