@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import socket
 import sys
 import time
@@ -183,7 +184,8 @@ def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank:
            memory: int | None) -> None:  # fmt: skip
     if memory is not None:
         limit_memory(memory)
-    out.put(_handle(sock, addr, model, bank, tls, timeout))
+    out.send(_handle(sock, addr, model, bank, tls, timeout))
+    out.close()
 
 
 def serve(
@@ -228,21 +230,25 @@ def serve(
         log.warning("serving one client at a time: this process is a daemon")
         use_fork = False
     ctx = mp.get_context("fork") if use_fork else None
-    out = ctx.Queue() if ctx is not None else None
-    running: list[Any] = []
+    running: list[tuple[Any, Any]] = []  # (worker, the pipe its report comes back on)
 
     def reap(block: bool) -> None:
-        while running and (block or any(not p.is_alive() for p in running)):
-            for proc in list(running):
-                proc.join(timeout=0.05 if block else 0)
-                if not proc.is_alive():
-                    running.remove(proc)
-                    if proc.exitcode not in (0, None):
+        """Collect finished workers' reports (reading before joining: a worker with a large
+        report cannot exit until it is read); with ``block``, wait until a slot is free."""
+        while running:
+            for proc, pipe in list(running):
+                if pipe.poll():
+                    try:
+                        reports.append(pipe.recv())
+                    except EOFError:  # died without a report
+                        proc.join()
                         reports.append({"peer": None, "error": f"worker exit {proc.exitcode}"})
-            if block and len(running) < concurrency:
-                break
-        while out is not None and not out.empty():
-            reports.append(out.get())
+                    pipe.close()
+                    proc.join()
+                    running.remove((proc, pipe))
+            if not block or len(running) < concurrency:
+                return
+            mp.connection.wait([pipe for _, pipe in running], timeout=1.0)
 
     try:
         while max_sessions is None or served < max_sessions:
@@ -257,23 +263,20 @@ def serve(
             if ctx is None:
                 reports.append(_handle(sock, addr, model, store, tls, timeout))
                 continue
-            reap(block=len(running) >= concurrency)
-            proc = ctx.Process(
-                target=_child, args=(sock, addr, model, store, tls, timeout, out, session_memory)
-            )
+            reap(block=True)
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            args = (sock, addr, model, store, tls, timeout, send_end, session_memory)
+            proc = ctx.Process(target=_child, args=args)
             proc.start()
-            sock.close()  # the child has its own copy
-            running.append(proc)
+            send_end.close()
+            sock.close()  # the worker has its own copy
+            running.append((proc, recv_end))
             reap(block=False)
     finally:
         while running:
-            reap(block=True)
+            reap(block=False)
             if running:
-                running[0].join()
-        if out is not None:
-            time.sleep(0.05)
-            while not out.empty():
-                reports.append(out.get())
+                mp.connection.wait([pipe for _, pipe in running], timeout=1.0)
         if listener is None:
             lst.close()
     return reports

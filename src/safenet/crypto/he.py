@@ -114,6 +114,10 @@ class HEContext:
             out[:n] = np.frombuffer(raw, dtype="<u8", count=n, offset=len(raw) - 8 * n)
         return out
 
+    def encrypt_zero(self, public_key: seal.PublicKey) -> seal.Ciphertext:
+        """A fresh public-key encryption of zero (re-randomisation, empty sums)."""
+        return seal.Encryptor(self.context, public_key).encrypt_zero()
+
     def ciphertext_from_bytes(self, data: bytes) -> seal.Ciphertext:
         """Load and validate a serialised ciphertext (a clear error if it is not one)."""
         ct = seal.Ciphertext()
@@ -180,8 +184,7 @@ class ClientKeys:
 
 def rerandomize(he: HEContext, ct: seal.Ciphertext, public_key: seal.PublicKey) -> seal.Ciphertext:
     """ct + Enc_pk(0): a fresh encryption's randomness on top of the server's result."""
-    zero = seal.Encryptor(he.context, public_key).encrypt_zero()
-    return he.evaluator.add(ct, zero)
+    return he.evaluator.add(ct, he.encrypt_zero(public_key))
 
 
 def _uniform_mod(q_list: list[int], n: int, bits: int) -> list[np.ndarray]:

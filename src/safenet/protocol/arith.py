@@ -22,18 +22,22 @@ import secrets
 import numba
 import numpy as np
 
+#: statistical security parameter of the protocol (bits): HE flooding and integer masks
+STAT_BITS = 40
+
 __all__ = [
+    "STAT_BITS",
     "add",
     "bits",
     "bits_mod_p",
     "from_bits",
     "mulmod",
     "neg",
-    "powmod",
     "random_bits",
     "sub",
     "to_residues",
     "trunc_client",
+    "trunc_share",
     "trunc_server",
     "uniform",
 ]
@@ -122,14 +126,6 @@ def mulmod(a: np.ndarray, b: np.ndarray | int, p: int) -> np.ndarray:
     return out.reshape(shape)
 
 
-def powmod(a: np.ndarray, e: int, p: int) -> np.ndarray:
-    """``a ** e mod p`` elementwise for a small exponent (e >= 0)."""
-    out = np.ones_like(np.asarray(a, dtype=np.int64))
-    for _ in range(e):
-        out = mulmod(out, a, p)
-    return out
-
-
 def trunc_server(s: np.ndarray, k: int) -> np.ndarray:
     """The server's half of local truncation by 2^k: ``floor(s / 2^k)``."""
     return np.asarray(s, dtype=np.int64) >> k
@@ -138,6 +134,17 @@ def trunc_server(s: np.ndarray, k: int) -> np.ndarray:
 def trunc_client(c: np.ndarray, k: int, p: int) -> np.ndarray:
     """The client's half of local truncation by 2^k: ``-floor(((-c) mod p) / 2^k) mod p``."""
     return neg(neg(c, p) >> k, p)
+
+
+def trunc_share(x: np.ndarray, k: int, p: int, server: bool) -> np.ndarray:
+    """One party's half of the round-half-up local truncation by 2^k: the server adds the
+    rounding offset ``2^(k-1)`` to its share, so the pair computes ``round(v / 2^k)`` (up to
+    the carry and wrap of :func:`trunc_server`)."""
+    if k == 0:
+        return np.asarray(x, dtype=np.int64)
+    if server:
+        return trunc_server(add(x, 1 << (k - 1), p), k)
+    return trunc_client(x, k, p)
 
 
 def bits(v: np.ndarray, nbits: int) -> np.ndarray:

@@ -11,19 +11,23 @@ online phase with it. Layout, under ``root/<role>-<public plan fingerprint[:16]>
 Every state change is one atomic ``rename``: a session is written under ``tmp-`` and renamed
 into place when complete, and taken by renaming it to ``consumed-`` *before* it is read, so
 after a crash at any point a session is either complete and unused, or gone; it is never used
-twice. Opening a bank deletes ``tmp-`` and ``consumed-`` leftovers. The manifest's hash is
-checked on every take (:class:`BankError` on mismatch: a corrupted or edited session is
-refused and discarded).
+twice. Opening a bank deletes ``tmp-`` and ``consumed-`` leftovers; an advisory lock on the
+folder keeps that (and picking a session) safe when several processes share one bank. The
+manifest's hash is checked on every take (:class:`BankError` on mismatch: a corrupted or
+edited session is refused and discarded).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +67,19 @@ class Bank:
         self.dir = Path(root) / f"{role}-{fingerprint[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
-        for leftover in self.dir.glob("tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        for leftover in self.dir.glob("consumed-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        with self._lock():  # a put or take in progress elsewhere holds it: not a leftover
+            for leftover in [*self.dir.glob("tmp-*"), *self.dir.glob("consumed-*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive advisory lock on the bank folder (released by the OS if we crash)."""
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _check_id(self, session_id: str) -> str:
         if not isinstance(session_id, str) or not _ID.match(session_id):
@@ -75,7 +88,10 @@ class Bank:
 
     def put(self, session_id: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
         """Store a session atomically; returns its folder."""
-        sid = self._check_id(session_id)
+        with self._lock():
+            return self._put(self._check_id(session_id), arrays, meta)
+
+    def _put(self, sid: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
         final = self.dir / sid
         if final.exists():
             raise BankError(f"session {sid} already in the bank")
@@ -115,6 +131,17 @@ class Bank:
     def take(self, session_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Consume a session: renamed away first, then read and verified, then deleted."""
         sid = self._check_id(session_id)
+        with self._lock():
+            return self._take(sid)
+
+    def take_oldest(self) -> tuple[str, dict[str, np.ndarray], dict[str, Any]] | None:
+        """Consume the oldest ready session (None if the bank is empty): the pick and the
+        take happen under one lock, so two processes sharing a bank never pick the same."""
+        with self._lock():
+            ids = self.ids()
+            return (ids[0], *self._take(ids[0])) if ids else None
+
+    def _take(self, sid: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         taken = self.dir / f"consumed-{sid}"
         try:
             os.rename(self.dir / sid, taken)
@@ -135,8 +162,3 @@ class Bank:
             raise BankError(f"session {sid}: unreadable ({e})") from e
         finally:
             shutil.rmtree(taken, ignore_errors=True)
-
-    def discard(self, session_id: str) -> None:
-        """Drop a session without using it (e.g. the peer no longer has its half)."""
-        sid = self._check_id(session_id)
-        shutil.rmtree(self.dir / sid, ignore_errors=True)

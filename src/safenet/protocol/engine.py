@@ -30,6 +30,7 @@ tweak range; its main thread meanwhile answers the client's HE requests.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
 from safenet.crypto.ot import OTReceiver, OTSender
+from safenet.field import mod_centered
 from safenet.plan.ir import Op, Plan
 from safenet.protocol import arith as A
 from safenet.protocol import linear as L
@@ -77,14 +79,50 @@ class SessionConfig:
         return HEParams(self.poly_degree, p)
 
 
-def _channel_select(op: Op) -> tuple[np.ndarray, np.ndarray]:
-    """(relu element mask over op.shape, channel index of every element)."""
+def _channel_select(op: Op) -> np.ndarray:
+    """The ReLU elements of an activation op: its channel mask broadcast over op.shape."""
     mask = op.arrays["relu_mask"].astype(bool)
-    shape = op.shape
-    bshape = (shape[0],) + (1,) * (len(shape) - 1)
-    sel = np.broadcast_to(mask.reshape(bshape), shape)
-    chan = np.broadcast_to(np.arange(shape[0]).reshape(bshape), shape)
-    return sel, chan
+    bshape = (op.shape[0],) + (1,) * (len(op.shape) - 1)
+    return np.broadcast_to(mask.reshape(bshape), op.shape)
+
+
+def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int]]:
+    """``{op index: (shift, ReLU elements, tweak base)}`` of every activation with ReLU
+    channels: the session's garblings share one Delta, so each gets the next tweak range."""
+    from safenet.crypto.gc import relu_circuit
+    from safenet.protocol.arith import STAT_BITS
+
+    out, tweak = {}, 0
+    for i, op in plan.activations():
+        n = int(_channel_select(op).sum())
+        if n:
+            out[i] = (op.attrs["shift"], n, tweak)
+            tweak += relu_circuit(plan.field.p, op.attrs["shift"], STAT_BITS).and_count * n
+    return out
+
+
+def _pack(
+    relu: dict[int, dict[str, np.ndarray]], polys: dict[int, list[np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Bank arrays of per-layer ReLU states and polynomial shares (see :func:`_unpack`)."""
+    arrays = {f"relu/{i}/{k}": v for i, st in relu.items() for k, v in st.items()}
+    arrays |= {f"poly/{i}/{m}": g for i, gs in polys.items() for m, g in enumerate(gs)}
+    return arrays
+
+
+def _unpack(arrays: dict[str, np.ndarray], prefix: str) -> dict[int, dict[str, np.ndarray]]:
+    """``{layer: {key: array}}`` of the bank arrays named ``prefix/<layer>/<key>``."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for name, a in arrays.items():
+        head, _, rest = name.partition("/")
+        if head == prefix:
+            i, _, key = rest.partition("/")
+            out.setdefault(int(i), {})[key] = a
+    return out
+
+
+def _poly_list(parts: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [parts[str(m)] for m in range(len(parts))]
 
 
 def local_op(op: Op, ins: list[np.ndarray], p: int, server: bool) -> np.ndarray:
@@ -104,10 +142,7 @@ def local_op(op: Op, ins: list[np.ndarray], p: int, server: bool) -> np.ndarray:
     if op.kind == "flatten":
         return x.reshape(op.shape)
     if op.kind == "truncate":
-        k = op.attrs["shift"]
-        if server:
-            return A.trunc_server(A.add(x, (1 << (k - 1)) % p, p), k) if k else x
-        return A.trunc_client(x, k, p) if k else x
+        return A.trunc_share(x, op.attrs["shift"], p, server)
     raise ValueError(f"not a local op: {op.kind}")
 
 
@@ -142,7 +177,6 @@ class _Party:
         self.trace: list[np.ndarray] | None = None
         self.conn = conn
         self.p = plan.field.p
-        self.nbits = self.p.bit_length()
         self.prof = Profile(conn)
         self._state = "new"
 
@@ -186,7 +220,6 @@ class ServerSession(_Party):
         super().__init__(model.plan, conn, keep_trace)
         self.model = model
         self.he = model.he
-        self.cfg = model.config
 
     # ---- offline ------------------------------------------------------------------------
     def _offline(self) -> None:
@@ -199,22 +232,19 @@ class ServerSession(_Party):
             ot = OTSender(conn, delta=delta)
             ot.setup()
         # ReLU layers, garbled in a worker thread while HE runs here
-        relus: dict[int, ReluServer] = {}
-        tweak = 0
-        for i, op in self.plan.activations():
-            sel, _ = _channel_select(op)
-            n = int(sel.sum())
-            if n:
-                relus[i] = ReluServer(p, op.attrs["shift"], n, delta, tweak)
-                tweak = relus[i].tweak_end
+        relus = {
+            i: ReluServer(p, shift, n, delta, tweak)
+            for i, (shift, n, tweak) in relu_layers(self.plan).items()
+        }
         done = {i: threading.Event() for i in relus}
+        stop = threading.Event()  # set when this thread fails: the worker quits early
         errors: list[BaseException] = []
         garble_time = [0.0]
 
         def garble_all() -> None:
-            import time
-
             for i, r in relus.items():
+                if stop.is_set():
+                    return
                 try:
                     t = time.perf_counter()
                     r.garble()
@@ -249,17 +279,20 @@ class ServerSession(_Party):
                                 relus[i].send_offline(conn, ot)
                         self._poly_offline(i, op, pk)
         finally:
+            stop.set()
             worker.join()
         self.prof.seconds["offline", "gc.garble(thread)"] += garble_time[0]
         conn.send_json("offline-done", label="offline.done")
 
     def _poly_offline(self, i: int, op: Op, pk: Any) -> None:
-        sel, chan = _channel_select(op)
+        sel = _channel_select(op)
         if sel.all():
             return
         d = op.attrs["degree"]
         coef = op.arrays["coefficients"]
         per_ch = np.broadcast_to(coef, (op.shape[0], d + 1)) if len(coef) == 1 else coef
+        bshape = (op.shape[0],) + (1,) * (len(op.shape) - 1)
+        chan = np.broadcast_to(np.arange(op.shape[0]).reshape(bshape), op.shape)
         srv = P.PolyServer(self.he, per_ch[chan[~sel]], P.flood_bits(self.he))
         cts = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
@@ -269,21 +302,15 @@ class ServerSession(_Party):
 
     # ---- preprocessing bank -------------------------------------------------------------
     def export_material(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Move this session's offline material out, for a bank; the session is then spent."""
+        """Move this session's offline material out, for a bank; the session is then spent.
+
+        Everything else the online phase needs (layer shapes, shifts) comes from the plan."""
         self._advance("ready", "spent")
-        arrays: dict[str, np.ndarray] = {f"T/{i}": t for i, t in self.T.items()}
-        meta: dict[str, Any] = {"relu": {}, "poly": {}}
-        for i, r in self.relu.items():
-            for k, v in r.export_state().items():
-                arrays[f"relu/{i}/{k}"] = v
-            meta["relu"][str(i)] = [r.shift, r.n]
-        for i, (a_s, g_s) in self.polys.items():
-            arrays[f"poly/{i}/a_s"] = a_s
-            for m, g in enumerate(g_s):
-                arrays[f"poly/{i}/g{m}"] = g
-            meta["poly"][str(i)] = len(g_s)
+        relu = {i: r.export_state() for i, r in self.relu.items()}
+        polys = {i: [a_s, *g_s] for i, (a_s, g_s) in self.polys.items()}
+        arrays = _pack(relu, polys) | {f"T/{i}": t for i, t in self.T.items()}
         self.T, self.relu, self.polys = {}, {}, {}
-        return arrays, meta
+        return arrays, {}
 
     @classmethod
     def from_material(
@@ -296,15 +323,14 @@ class ServerSession(_Party):
         """A session ready for its online phase, from :meth:`export_material`."""
         sess = cls(model, conn)
         p = model.plan.field.p
-        sess.T = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("T/")}
-        sess.relu = {}
-        for i, (shift, n) in meta["relu"].items():
-            state = {k: arrays[f"relu/{i}/{k}"] for k in ("zero", "delta", "out")}
-            sess.relu[int(i)] = ReluServer.from_state(p, shift, n, state)
-        sess.polys = {
-            int(i): (arrays[f"poly/{i}/a_s"], [arrays[f"poly/{i}/g{m}"] for m in range(cnt)])
-            for i, cnt in meta["poly"].items()
+        sess.T = {int(i): st[""] for i, st in _unpack(arrays, "T").items()}
+        states = _unpack(arrays, "relu")
+        sess.relu = {
+            i: ReluServer.from_state(p, shift, n, states[i])
+            for i, (shift, n, _) in relu_layers(model.plan).items()
         }
+        polys = {i: _poly_list(parts) for i, parts in _unpack(arrays, "poly").items()}
+        sess.polys = {i: (lst[0], lst[1:]) for i, lst in polys.items()}
         want = {i for i, op in enumerate(model.plan.ops) if op.kind in ("conv", "linear")}
         if set(sess.T) != want:
             raise ValueError("stored material does not match the plan's linear layers")
@@ -332,7 +358,7 @@ class ServerSession(_Party):
                     out = x
                 elif op.kind in ("conv", "linear"):
                     with self.prof.primitive("linear.plain"):
-                        wx = L.linear_mod_p(op, ins[0], p)
+                        wx = L.linear_mod_p(op, ins[0], p, self.model.linear[i].prepared)
                         b = A.to_residues(op.arrays["bias"], p)
                         b = b.reshape((-1,) + (1,) * (len(op.shape) - 1))
                         out = A.add(A.add(wx, np.broadcast_to(b, op.shape), p), self.T.pop(i), p)
@@ -349,7 +375,7 @@ class ServerSession(_Party):
 
     def _activation_online(self, i: int, op: Op, s: np.ndarray) -> np.ndarray:
         p, k = self.p, op.attrs["shift"]
-        sel, _ = _channel_select(op)
+        sel = _channel_select(op)
         msg_labels = np.zeros((0,), dtype=np.uint64)
         e = np.zeros(0, dtype=np.int64)
         out = np.zeros(op.shape, dtype=np.int64)
@@ -361,12 +387,10 @@ class ServerSession(_Party):
         if i in self.polys:
             a_s, g_s = self.polys.pop(i)
             with self.prof.primitive("poly"):
-                off = (1 << (k - 1)) % p if k else 0
-                xs = A.trunc_server(A.add(s[~sel], off, p), k)
+                xs = A.trunc_share(s[~sel], k, p, server=True)
                 e = A.sub(xs, a_s, p)
                 y = P.evaluate_share(e, g_s, p)
-                q = op.attrs["poly_shift"]
-                out[~sel] = A.trunc_server(A.add(y, (1 << (q - 1)) % p if q else 0, p), q)
+                out[~sel] = A.trunc_share(y, op.attrs["poly_shift"], p, server=True)
         self.conn.send_array(msg_labels, label="online.labels")
         self.conn.send_array(e, label="online.open")
         d = self.conn.recv_array(label="online.reshare")
@@ -386,8 +410,7 @@ class ClientSession(_Party):
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__(plan if plan.is_public else plan.public(), conn, keep_trace)
-        self.cfg = config or SessionConfig()
-        self.he = HEContext(self.cfg.he_params(self.p))
+        self.config = config or SessionConfig()
         #: ``progress(done, total)`` after each op of the offline phase (for progress bars)
         self.progress = progress
 
@@ -395,16 +418,16 @@ class ClientSession(_Party):
     def _offline(self) -> None:
         conn, p, plan = self.conn, self.p, self.plan
         with self.prof.primitive("he.keys"):
-            keys = ClientKeys(self.he)
+            keys = ClientKeys(HEContext(self.config.he_params(p)))
             conn.send(keys.public_key_bytes, label="he.pk")
         with self.prof.primitive("ot"):
             ot = OTReceiver(conn)
             ot.setup()
         C: list[np.ndarray] = []
         self.relu: dict[int, ReluClient] = {}
-        self.polys: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self.polys: dict[int, list[np.ndarray]] = {}
         self.masks: dict[int, np.ndarray] = {}
-        tweak = 0
+        layers = relu_layers(plan)
         for i, op in enumerate(plan.ops):
             with self.prof.layer(i):
                 ins = [C[j] for j in op.inputs]
@@ -413,7 +436,7 @@ class ClientSession(_Party):
                     self.masks[i] = out
                 elif op.kind in ("conv", "linear"):
                     in_shape = plan.ops[op.inputs[0]].shape
-                    packing = L.LinearPacking(op, in_shape, self.he)
+                    packing = L.LinearPacking(op, in_shape, keys.he)
                     with self.prof.primitive("he.linear"):
                         cts = L.client_encrypt(packing, keys, ins[0])
                     self._send_blobs(cts, "he.linear")
@@ -423,12 +446,10 @@ class ClientSession(_Party):
                 elif op.kind in LOCAL_KINDS:
                     out = local_op(op, ins, p, server=False)
                 elif op.kind == "activation":
-                    sel, _ = _channel_select(op)
+                    sel = _channel_select(op)
                     c = ins[0]
-                    n_relu = int(sel.sum())
-                    if n_relu:
-                        r = ReluClient(p, op.attrs["shift"], n_relu, tweak)
-                        tweak = r.tweak_end
+                    if i in layers:
+                        r = ReluClient(p, *layers[i])
                         with self.prof.primitive("gc.recv+ot"):
                             r.recv_offline(conn, ot, c[sel])
                         self.relu[i] = r
@@ -455,26 +476,17 @@ class ClientSession(_Party):
         self._send_blobs(cts, "he.poly")
         replies = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
-            self.polys[i] = (xc, P.client_decrypt(keys, replies, len(xc), d))
+            self.polys[i] = P.client_decrypt(keys, replies, len(xc), d)
 
     # ---- preprocessing bank -------------------------------------------------------------
     def export_material(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Move this session's offline material out, for a bank; the session is then spent."""
         self._advance("ready", "spent")
-        arrays: dict[str, np.ndarray] = {"C_out": self.C_out}
+        relu = {i: r.export_state() for i, r in self.relu.items()}
+        arrays = _pack(relu, self.polys) | {"C_out": self.C_out}
         arrays |= {f"mask/{i}": m for i, m in self.masks.items()}
-        meta: dict[str, Any] = {"relu": {}, "poly": {}}
-        for i, r in self.relu.items():
-            for k, v in r.export_state().items():
-                arrays[f"relu/{i}/{k}"] = v
-            meta["relu"][str(i)] = [r.shift, r.n, r.tweak_base]
-        for i, (xc, g_c) in self.polys.items():
-            arrays[f"poly/{i}/xc"] = xc
-            for m, g in enumerate(g_c):
-                arrays[f"poly/{i}/g{m}"] = g
-            meta["poly"][str(i)] = len(g_c)
         self.masks, self.relu, self.polys = {}, {}, {}
-        return arrays, meta
+        return arrays, {}
 
     @classmethod
     def from_material(
@@ -487,18 +499,14 @@ class ClientSession(_Party):
     ) -> ClientSession:
         """A session ready for its online phase, from :meth:`export_material`."""
         sess = cls(plan, conn, config)
-        p = sess.p
         sess.C_out = arrays["C_out"]
         sess.masks = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("mask/")}
-        sess.relu = {}
-        for i, (shift, n, tweak) in meta["relu"].items():
-            keys = ("tables", "server_mask", "decode", "client_share")
-            state = {k: arrays[f"relu/{i}/{k}"] for k in keys}
-            sess.relu[int(i)] = ReluClient.from_state(p, shift, n, tweak, state)
-        sess.polys = {
-            int(i): (arrays[f"poly/{i}/xc"], [arrays[f"poly/{i}/g{m}"] for m in range(cnt)])
-            for i, cnt in meta["poly"].items()
+        states = _unpack(arrays, "relu")
+        sess.relu = {
+            i: ReluClient.from_state(sess.p, *layer, states[i])
+            for i, layer in relu_layers(sess.plan).items()
         }
+        sess.polys = {i: _poly_list(parts) for i, parts in _unpack(arrays, "poly").items()}
         want = {i for i, op in enumerate(sess.plan.ops) if op.kind in ("input", "activation")}
         if set(sess.masks) != want or sess.C_out.shape != tuple(sess.plan.output.shape):
             raise ValueError("stored material does not match the plan")
@@ -529,11 +537,11 @@ class ClientSession(_Party):
         s = conn.recv_array(label="online.output")
         _check(s, self.plan.output.shape, p, "output")
         y = A.add(s, self.C_out, p)
-        return np.where(y > p // 2, y - p, y)
+        return mod_centered(y, p)
 
     def _activation_online(self, i: int, op: Op) -> None:
         p = self.p
-        sel, _ = _channel_select(op)
+        sel = _channel_select(op)
         labels = self.conn.recv_array(label="online.labels")
         e = self.conn.recv_array(label="online.open")
         out = np.zeros(op.shape, dtype=np.int64)
@@ -541,7 +549,7 @@ class ClientSession(_Party):
             with self.prof.primitive("gc.eval"):
                 out[sel] = self.relu.pop(i).evaluate(labels)
         if i in self.polys:
-            _, g_c = self.polys.pop(i)
+            g_c = self.polys.pop(i)
             _check(e, (int((~sel).sum()),), p, "opening")
             with self.prof.primitive("poly"):
                 y = P.evaluate_share(e, g_c, p)

@@ -49,8 +49,10 @@ import numpy as np
 import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, HEError, flood, rerandomize
+from safenet.field import mod_centered
 from safenet.plan.ir import Op
 from safenet.protocol import arith
+from safenet.protocol.arith import STAT_BITS
 
 __all__ = [
     "FLOOD_BITS",
@@ -59,12 +61,11 @@ __all__ = [
     "client_decrypt",
     "client_encrypt",
     "linear_mod_p",
+    "prepare_weights",
 ]
 
 #: default flood noise (bits); public, the same for every layer (see the module docstring)
 FLOOD_BITS = 90
-#: statistical security of the flooded reply (bits)
-STAT_BITS = 40
 #: max |e| + 1/2 for SEAL's noise sampler (centred binomial, 21 bits each side) and rounding
 ENC_NOISE_MAX = 22
 #: noise budget (bits) the parameter checks keep in reserve
@@ -351,6 +352,8 @@ class ServerLinear:
     ) -> None:
         self.he = he
         self.packing = pk = LinearPacking(op, in_shape, he)
+        #: the online layer's weight digits (:func:`prepare_weights`), made once per model
+        self.prepared = prepare_weights(op, in_shape, pk.p)
         self.ntt = ntt
         self.flood_bits = int(flood_bits)
         kv = _virtual_kernel(pk, op)
@@ -437,7 +440,7 @@ class ServerLinear:
                     else:
                         ev.add_inplace(acc, prod)
                 if acc is None:  # an output group no weight reaches (grouped convs)
-                    acc = seal.Encryptor(he.context, public_key).encrypt_zero()
+                    acc = he.encrypt_zero(public_key)
                 elif self.ntt:
                     ev.transform_from_ntt_inplace(acc)
                 ev.sub_plain_inplace(acc, he.plain_from_coeffs(mask[tau * pk.ng + og]))
@@ -453,7 +456,7 @@ def _virtual_kernel(pk: LinearPacking, op: Op) -> np.ndarray:
     groups, zero across them), entries centred mod p."""
     g = pk.geom
     w = arith.to_residues(g.weight(op), pk.p)
-    w = np.where(w > pk.p // 2, w - pk.p, w)
+    w = mod_centered(w, pk.p)
     cpg, opg = g.c_in // g.groups, g.c_out // g.groups
     dense = np.zeros((g.c_out, g.c_in, pk.kqh * g.sh, pk.kqw * g.sw), dtype=np.int64)
     for gi in range(g.groups):
@@ -538,29 +541,14 @@ def _reduce_f64(y: np.ndarray, p: int) -> np.ndarray:
     return r
 
 
-def linear_mod_p(op: Op, x: np.ndarray, p: int) -> np.ndarray:
-    """The exact conv/linear of ``op`` without bias, mod p, on residues ``x`` in [0, p).
-
-    ``x`` is shaped like the op input, (C, H, W) or (K,), or batched with a leading axis.
-    Inputs (centred) and, if needed, weights are split into balanced digits small enough
-    that every float64 partial sum stays below 2^52; each digit product runs as one BLAS
-    call and the digits recombine with exact modular products. Returns int64 in [0, p).
-    """
-    per_item = 1 if op.kind == "linear" else 3
-    x = np.asarray(x, dtype=np.int64)
-    single = x.ndim == per_item
-    if single:
-        x = x[None]
-    if x.ndim != per_item + 1:
-        raise ValueError(f"op {op.name!r}: input of shape {x.shape} is not {per_item}-D")
-    g = ConvShape.of(op, x.shape[1:])
-    x4 = x.reshape(x.shape[0], g.c_in, g.h, g.w)
+def prepare_weights(op: Op, in_shape: tuple[int, ...], p: int) -> tuple:
+    """The input-independent part of :func:`linear_mod_p` for one op: its geometry and the
+    fewest (weight digits) x (input digits) split that keeps every partial sum exact, with
+    the weight digits in float64. Compute once per model and pass to :func:`linear_mod_p`."""
+    g = ConvShape.of(op, tuple(in_shape))
     half = (p - 1) // 2
-    xc = np.where(x4 > half, x4 - p, x4)
-    wc = arith.to_residues(g.weight(op), p)
-    wc = np.where(wc > half, wc - p, wc)
+    wc = mod_centered(arith.to_residues(g.weight(op), p), p)
     terms = (g.c_in // g.groups) * g.kh * g.kw
-    # fewest (weight digits) x (input digits) products that keep partial sums exact
     best = None
     wmax = int(np.abs(wc).max(initial=0))
     for nw in range(1, 5):
@@ -574,12 +562,35 @@ def linear_mod_p(op: Op, x: np.ndarray, p: int) -> np.ndarray:
             best = (nw * plan[0], nw, wbits, wd, plan)
     if best is None:
         raise OverflowError(f"op {op.name!r}: cannot split {terms}-term sums exactly")
-    _, nw, wbits, wd, (nx, xbits) = best
+    _, _, wbits, wd, (nx, xbits) = best
+    return g, wbits, [w.astype(np.float64) for w in wd], nx, xbits
+
+
+def linear_mod_p(op: Op, x: np.ndarray, p: int, prepared: tuple | None = None) -> np.ndarray:
+    """The exact conv/linear of ``op`` without bias, mod p, on residues ``x`` in [0, p).
+
+    ``x`` is shaped like the op input, (C, H, W) or (K,), or batched with a leading axis.
+    Inputs (centred) and, if needed, weights are split into balanced digits small enough
+    that every float64 partial sum stays below 2^52; each digit product runs as one BLAS
+    call and the digits recombine with exact modular products. ``prepared`` is
+    :func:`prepare_weights`'s result for this op (computed here when not given).
+    Returns int64 in [0, p).
+    """
+    per_item = 1 if op.kind == "linear" else 3
+    x = np.asarray(x, dtype=np.int64)
+    single = x.ndim == per_item
+    if single:
+        x = x[None]
+    if x.ndim != per_item + 1:
+        raise ValueError(f"op {op.name!r}: input of shape {x.shape} is not {per_item}-D")
+    g, wbits, wd, nx, xbits = prepared or prepare_weights(op, x.shape[1:], p)
+    x4 = x.reshape(x.shape[0], g.c_in, g.h, g.w)
+    xc = mod_centered(x4, p)
     xd = np.concatenate(_digits(xc, nx, xbits)).astype(np.float64)  # (nx * B, C, H, W)
     nb = x4.shape[0]
     acc = None
     for k, wk in enumerate(wd):
-        y = _conv_f64(xd, wk.astype(np.float64), g)
+        y = _conv_f64(xd, wk, g)
         r = _reduce_f64(y, p)
         for j in range(nx):
             part = r[j * nb : (j + 1) * nb]

@@ -26,10 +26,10 @@ from __future__ import annotations
 from math import comb
 
 import numpy as np
-import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, flood, rerandomize
 from safenet.protocol import arith as A
+from safenet.protocol.arith import STAT_BITS
 from safenet.protocol.linear import reply_primes
 
 __all__ = [
@@ -38,12 +38,7 @@ __all__ = [
     "client_encrypt",
     "evaluate_share",
     "flood_bits",
-    "n_cipher",
 ]
-
-
-#: statistical distance (bits) between flooded replies for any two coefficient sets
-STAT_BITS = 40
 
 
 def flood_bits(he: HEContext) -> int:
@@ -56,11 +51,6 @@ def flood_bits(he: HEContext) -> int:
     """
     n_bits = he.params.poly_degree.bit_length() - 1
     return STAT_BITS + n_bits + he.params.plain_modulus.bit_length() + 7
-
-
-def n_cipher(n: int, he: HEContext) -> int:
-    """Ciphertexts needed for n elements (BFV slots)."""
-    return -(-n // he.slots)
 
 
 def _chunks(n: int, he: HEContext) -> list[slice]:
@@ -142,7 +132,7 @@ class PolyServer:
                     )
                     acc = term if acc is None else he.evaluator.add(acc, term)
                 if acc is None:
-                    acc = seal.Encryptor(he.context, public_key).encrypt_zero()
+                    acc = he.encrypt_zero(public_key)
                 he.evaluator.sub_plain_inplace(acc, he.encode(t[s]))
                 acc = flood(he, rerandomize(he, acc, public_key), self.flood_bits)
                 for _ in range(self._switches):  # public post-processing: smaller replies

@@ -17,15 +17,13 @@ import numpy as np
 
 from safenet.crypto.gc import decode, evaluate, garble, relu_circuit
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.garble import Garbled
+from safenet.crypto.gc.garble import Garbled, encode_labels
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
+from safenet.protocol.arith import STAT_BITS
 from safenet.protocol.transport import Connection, ProtocolError
 
 __all__ = ["STAT_BITS", "ReluClient", "ReluServer"]
-
-#: statistical security of the integer output mask (bits)
-STAT_BITS = 40
 
 
 class ReluServer:
@@ -69,7 +67,7 @@ class ReluServer:
         if self._stored is not None:  # restored from a preprocessing bank
             zero, delta = self._stored
             self._stored = None
-            return zero ^ ((np.uint64(0) - bits.astype(np.uint64))[..., None] & delta)
+            return encode_labels(zero, delta, bits)
         g = self._garbled
         if g is None:
             raise RuntimeError("garbled ReLU material already used")

@@ -119,6 +119,8 @@ def encode_input(plan: Plan, x: np.ndarray, encoded: bool = False) -> np.ndarray
     if encoded:
         if not np.issubdtype(x.dtype, np.integer):
             raise ValueError("encoded inputs must be integers")
+        if x.size and int(np.abs(x).max()) > plan.field.half:
+            raise OverflowError("encoded input exceeds p/2: it would wrap mod p")
         return x.astype(np.int64)
     if not np.isfinite(x).all():
         raise ValueError("the input holds NaN or infinite values")
@@ -169,9 +171,9 @@ def client_session(
     t0 = time.perf_counter()
     banked = None
     request: dict[str, Any] = {"mode": "full"}
-    if bank is not None and len(bank):
-        sid = bank.ids()[0]
-        banked = bank.take(sid)  # consumed now: never reused, whatever happens next
+    taken = bank.take_oldest() if bank is not None else None
+    if taken is not None:  # consumed now: never reused, whatever happens next
+        sid, *banked = taken
         request = {"mode": "online", "session_id": sid}
     public, config = _setup_client(conn, plan, request)
     try:

@@ -37,7 +37,15 @@ from safenet.crypto.aes import FixedKeyAES, random_blocks
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
 
-__all__ = ["Garbled", "and_tweaks", "encode", "garble", "label_pairs", "tables_from_bytes"]
+__all__ = [
+    "Garbled",
+    "and_tweaks",
+    "encode",
+    "encode_labels",
+    "garble",
+    "label_pairs",
+    "tables_from_bytes",
+]
 
 #: instances processed together; label memory is ``n_slots * chunk * 16`` bytes
 DEFAULT_CHUNK = 16384
@@ -195,6 +203,12 @@ def and_tweaks(
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
+def encode_labels(zero: np.ndarray, delta: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Active labels ``zero ^ (bit * Delta)`` of garbler inputs (free-XOR encoding)."""
+    mask = np.uint64(0) - np.asarray(bits).astype(np.uint64)
+    return zero ^ (mask[..., None] & delta)
+
+
 class Garbled:
     """The garbler's side of one garbling: secrets released once each (see module doc).
 
@@ -281,9 +295,7 @@ class Garbled:
         if b.size and b.max() > 1:
             raise ValueError("bits must be 0 or 1")
         zero = self._release(name)
-        delta = self._delta_after_release()
-        mask = np.uint64(0) - b.astype(np.uint64)
-        return zero ^ (mask[..., None] & delta)
+        return encode_labels(zero, self._delta_after_release(), b)
 
     def release_for_storage(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(zero labels, Delta)`` of the garbler's input ``name``, moved out of this object.
