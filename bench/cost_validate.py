@@ -33,9 +33,9 @@ CONFIGS = [
 
 def _plan(cfg: dict):
     if "model" in cfg:
-        from safenet.cli import _plan_for
+        from safenet.checkpoint import load
 
-        return _plan_for(cfg["model"]), cfg["model"]
+        return load(cfg["model"]).plan(), cfg["model"]
     cfg = dict(cfg)
     arch, shape = cfg.pop("arch"), tuple(cfg.pop("input_shape"))
     name = f"{arch} {'x'.join(map(str, shape))} relu {cfg.get('relu_ratio', 1.0)}"

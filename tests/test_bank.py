@@ -134,9 +134,9 @@ def test_concurrent_clients_on_a_forking_server(tmp_path):
     """`safenet serve --concurrency 2`: two clients at once, each gets the exact answer."""
     proc, port = serve_cli("--model", "default", "--max-sessions", 2, "--concurrency", 2)
     try:
-        from safenet.cli import _plan_for
+        from safenet.checkpoint import load
 
-        plan = _plan_for("default")
+        plan = load("default").plan()
         xs = [np.random.default_rng(i).normal(size=(1, 28, 28)) for i in range(2)]
         out = [None, None]
 

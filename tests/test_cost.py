@@ -5,14 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from safenet.approx.cost import NETWORKS, Calibration, Network, count, predict
+from safenet.benchmark import random_plan
 from safenet.cli import main
 from safenet.crypto.gc import relu_circuit
-from safenet.nn import surgery
-from safenet.nn.zoo import build_model
-from safenet.plan.compiler import compile_model
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession
 from safenet.protocol.relu import STAT_BITS
 from safenet.protocol.session import encode_input
@@ -30,13 +27,7 @@ def _cal(**kw):
 
 @pytest.fixture(scope="module")
 def half_plan():
-    torch.manual_seed(0)
-    m = build_model("lenet5", in_channels=1, image_size=28, width=2).eval()
-    m = surgery.convert(m, torch.randn(4, 1, 28, 28))
-    surgery.set_layers(m, surgery.LayerSpec(0.5, 2))
-    surgery.calibrate(m, [torch.randn(16, 1, 28, 28)])
-    surgery.set_blend(m, 1.0)
-    return compile_model(m.eval(), (1, 28, 28))
+    return random_plan("lenet5", (1, 28, 28), relu_ratio=0.5, width=2)
 
 
 def test_counts_match_the_plan(half_plan):

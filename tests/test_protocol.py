@@ -1,8 +1,6 @@
 """The secure protocol's building blocks: share arithmetic, polynomial tuples, the garbled ReLU
 layer between two parties."""
 
-from math import comb
-
 import numpy as np
 import pytest
 
@@ -110,18 +108,6 @@ def test_power_tuple_reply_count_is_checked(he_keys):
     srv = P.PolyServer(he, np.ones((10, 3), dtype=np.int64), flood_bits=40)
     with pytest.raises(ValueError, match="expects 2 ciphertexts"):
         srv.respond(P.client_encrypt(keys, np.ones(10, dtype=np.int64), 1), keys.public_key)
-
-
-def test_expansion_identity():
-    """sum_m e^m G_m == P(e + a): the algebra behind one-round polynomial evaluation."""
-    rng = np.random.default_rng(0)
-    for d in (2, 3):
-        C = rng.integers(-50, 50, d + 1)
-        e, a = 7, -3
-        G = [sum(C[i + m] * comb(i + m, i) * a**i for i in range(d - m + 1)) for m in range(d + 1)]
-        assert sum(e**m * G[m] for m in range(d + 1)) == sum(
-            C[j] * (e + a) ** j for j in range(d + 1)
-        )
 
 
 # ---- the garbled ReLU layer between two parties ------------------------------------------------

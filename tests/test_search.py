@@ -12,11 +12,6 @@ from safenet.data.torchdata import ImageDataset
 from safenet.nn.surgery import activations
 
 
-@pytest.fixture
-def teacher_path(tiny_lenet):
-    return tiny_lenet
-
-
 def test_layer_tree_halves_down_to_single_layers():
     levels = layer_tree(5)
     assert levels[0] == [[0, 1, 2, 3, 4]]
@@ -38,8 +33,8 @@ def _cfg(**kw):
     return SearchConfig(**(base | kw))
 
 
-def test_safenet_search_runs_checkpoints_and_resumes(teacher_path, data_dir, tmp_path):
-    ck = load(teacher_path)
+def test_safenet_search_runs_checkpoints_and_resumes(tiny_lenet, data_dir, tmp_path):
+    ck = load(tiny_lenet)
     ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
     cal = Calibration.nominal()
     logs = []
@@ -53,15 +48,27 @@ def test_safenet_search_runs_checkpoints_and_resumes(teacher_path, data_dir, tmp
     assert rep["feasible"] and rep["predicted_online_s"] < rep["teacher_online_s"]
     model = rep["model"]
     assert set(activations(model)) == set(rep["layers"])
-    # a finished search resumes as finished; a longer one continues from the saved state
+    # a finished search resumes as finished
     again = search(ck.build(), ds, cfg, tmp_path, cal, log=logs.append)
     assert again["generations"] == levels and any("resuming" in m for m in logs)
     with pytest.raises(ValueError, match="other settings"):
         search(ck.build(), ds, _cfg(steps=4), tmp_path, cal, log=logs.append)
 
 
-def test_delphi_planner_keeps_first_and_last_layers(teacher_path, data_dir, tmp_path):
-    ck = load(teacher_path)
+def test_time_budget_stops_and_a_rerun_resumes(tiny_lenet, data_dir, tmp_path):
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    cfg = _cfg(max_drop=100.0, time_budget_s=1e-9)  # stop after every generation
+    logs = []
+    first = search(ck.build(), ds, cfg, tmp_path, Calibration.nominal(), log=logs.append)
+    assert first["generations"] == 1
+    second = search(ck.build(), ds, cfg, tmp_path, Calibration.nominal(), log=logs.append)
+    assert second["generations"] == 2
+    assert "resuming at generation 1" in " ".join(logs)
+
+
+def test_delphi_planner_keeps_first_and_last_layers(tiny_lenet, data_dir, tmp_path):
+    ck = load(tiny_lenet)
     ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
     rep = search(ck.build(), ds, _cfg(method="delphi", population=3), tmp_path,
                  Calibration.nominal(), log=lambda _m: None)  # fmt: skip
@@ -70,8 +77,8 @@ def test_delphi_planner_keeps_first_and_last_layers(teacher_path, data_dir, tmp_
     assert all(r in (0.0, 1.0) for r, _ in rep["config"].values())
 
 
-def test_approximate_cli(teacher_path, data_dir, tmp_path, capsys):
-    rc = main(["approximate", "--model", str(teacher_path), "--out", str(tmp_path / "s"),
+def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys):
+    rc = main(["approximate", "--model", str(tiny_lenet), "--out", str(tmp_path / "s"),
                "--population", "2", "--generations-per-level", "1", "--steps", "2",
                "--eval-images", "100", "--limit", "600", "--max-drop", "100",
                "--data-dir", str(data_dir), "--json",
@@ -79,7 +86,7 @@ def test_approximate_cli(teacher_path, data_dir, tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     best = load(out["checkpoint"])
-    assert best.activation is not None and best.parent == str(teacher_path)
+    assert best.activation is not None and best.parent == str(tiny_lenet)
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["calibration"].startswith("nominal")
     layers = json.loads((tmp_path / "s" / "layers.json").read_text())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from safenet.nn.activation import ChannelActivation, fit_relu_polynomial
+from safenet.nn.activation import fit_relu_polynomial
 from safenet.nn.surgery import (
     LayerSpec,
     activation_config,
@@ -335,7 +335,6 @@ def test_calibrate_needs_a_batch(model, x):
     gm = convert(model, x[:2])
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate(gm, [])
-    assert all(isinstance(a, ChannelActivation) for a in activations(gm).values())
 
 
 def test_convert_rejects_a_relu_module_shared_by_two_sites(x):
@@ -355,6 +354,5 @@ def test_convert_rejects_a_relu_module_shared_by_two_sites(x):
 def test_set_layers_names_the_layer_without_scores(model, x):
     gm = convert(model, x)
     first = next(iter(activations(gm)))
-    with pytest.raises(KeyError, match="no channel scores"):
+    with pytest.raises(KeyError, match=rf"no channel scores for layer '{first}'"):
         set_layers(gm, LayerSpec(0.5), scores={})
-    assert first in activations(gm)

@@ -38,10 +38,15 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None  # where an approximated model came from
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input."""
+        c, s = self.arch_kwargs["in_channels"], self.arch_kwargs["image_size"]
+        return (c, s, s)
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A zero input of the model's shape, for tracing."""
-        c, s = self.arch_kwargs["in_channels"], self.arch_kwargs["image_size"]
-        return torch.zeros(batch, c, s, s)
+        return torch.zeros(batch, *self.input_shape)
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode."""
@@ -50,6 +55,14 @@ class Checkpoint:
             model = apply_config(model, self.activation, self.example_input())
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def plan(self, field: Any = None) -> Any:
+        """The model compiled to a :class:`~safenet.plan.Plan` (default field per model)."""
+        from safenet.plan.compiler import compile_model
+
+        plan = compile_model(self.build(), self.input_shape, field)
+        plan.info |= {"dataset": self.dataset}
+        return plan
 
     def save(self, path: str | Path) -> None:
         """Write atomically (a crash never leaves a half-written checkpoint)."""

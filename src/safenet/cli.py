@@ -173,9 +173,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from safenet.plan import compile_model
 
     ck = checkpoint.load(args.model)
-    c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
     model = ck.build()
-    plan = compile_model(model, (c, s, s), _field(args, model))
+    plan = compile_model(model, ck.input_shape, _field(args, model))
     plan.info |= {"model": str(args.model), "dataset": ck.dataset}
     if args.out is not None:
         fp = plan.save(args.out)
@@ -225,15 +224,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    """``--input-shape C,H,W`` -> a tuple, with a clear error."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise ValueError(f"--input-shape must be C,H,W, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
 def _plan_for(model_name: str) -> object:
     """Load a checkpoint (path or built-in name) and compile it with its default field."""
     from safenet import checkpoint
-    from safenet.plan import compile_model
 
-    ck = checkpoint.load(model_name)
-    c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
-    plan = compile_model(ck.build(), (c, s, s))
-    plan.info |= {"model": str(model_name), "dataset": ck.dataset}
+    plan = checkpoint.load(model_name).plan()
+    plan.info["model"] = str(model_name)
     return plan
 
 
@@ -312,7 +319,7 @@ def _infer_input(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from safenet.secure import infer, preprocess
+    from safenet.secure import infer, phase_bytes, preprocess
 
     host, sep, port = args.server.rpartition(":")
     if not sep or not port.isdigit():
@@ -340,17 +347,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     )  # fmt: skip
     traffic = rep["traffic"]
 
-    def nbytes(phase: str) -> int:
-        return sum(c["bytes_sent"] + c["bytes_received"] for c in traffic.get(phase, {}).values())
-
     out = {
         "prediction": int(np.argmax(y)),
         "label": label,
         "logits": [round(float(v), 4) for v in y.reshape(-1)],
         "offline_s": rep["phase_s"].get("offline"),
         "online_s": rep["phase_s"].get("online"),
-        "offline_bytes": nbytes("offline"),
-        "online_bytes": nbytes("online"),
+        "offline_bytes": phase_bytes(traffic, "offline"),
+        "online_bytes": phase_bytes(traffic, "online"),
         "mode": rep.get("mode", "full"),
     }
     if args.json:
@@ -375,12 +379,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
 
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-    except ValueError as e:
-        raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}") from e
-    if len(shape) != 3:
-        raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}")
+    shape = _shape(args.input_shape)
     rep = run_bench(
         args.arch,
         shape,  # type: ignore[arg-type]
@@ -416,10 +415,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     else:
         from safenet.benchmark import random_plan
 
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-        if len(shape) != 3:
-            raise ValueError(f"--input-shape must be C,H,W, got {args.input_shape!r}")
-        plan = random_plan(args.arch, shape, args.relu_ratio, args.degree)  # type: ignore[arg-type]
+        plan = random_plan(args.arch, _shape(args.input_shape), args.relu_ratio, args.degree)
     net = cal.local if args.network == "local" else NETWORKS[args.network]
     if args.bandwidth is not None or args.rtt is not None:
         net = Network(

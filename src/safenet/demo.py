@@ -216,11 +216,10 @@ def run_demo(
     cks = {n: checkpoint.load(n) for n in MODELS}
     ck = cks["default-approx"]
     ds = ImageDataset(ck.dataset, "test", data_dir, images)  # DatasetError if not fetched
-    c, s = ck.arch_kwargs["in_channels"], ck.arch_kwargs["image_size"]
     plans, models = {}, {}
     for n, k in cks.items():
         models[n] = k.build().eval()
-        plans[n] = compile_model(models[n], (c, s, s))
+        plans[n] = compile_model(models[n], k.input_shape)
         plans[n].info |= {"model": n, "dataset": k.dataset}
     names = ds.info.classes
     xb = ds.normalize(ds.images)

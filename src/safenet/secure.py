@@ -51,6 +51,7 @@ __all__ = [
     "SecureRunError",
     "infer",
     "merge_reports",
+    "phase_bytes",
     "preprocess",
     "run_local",
     "serve",
@@ -353,6 +354,11 @@ def run_local(
     return _decode(plan, y, decode), report
 
 
+def phase_bytes(traffic: dict[str, Any], phase: str) -> int:
+    """Bytes both ways in one phase of a party's ``report["traffic"]``."""
+    return sum(c["bytes_sent"] + c["bytes_received"] for c in traffic.get(phase, {}).values())
+
+
 def merge_reports(plan: Plan, server: dict[str, Any], client: dict[str, Any]) -> dict[str, Any]:
     """One report from both parties' profiles: the headline figures plus both breakdowns.
 
@@ -363,24 +369,21 @@ def merge_reports(plan: Plan, server: dict[str, Any], client: dict[str, Any]) ->
     counts = plan.counts()
     traffic = client["traffic"]
 
-    def phase_bytes(phase: str) -> int:
-        return sum(c["bytes_sent"] + c["bytes_received"] for c in traffic.get(phase, {}).values())
-
     def label_bytes(phase: str, label: str) -> int:
         c = traffic.get(phase, {}).get(label)
         return 0 if c is None else c["bytes_sent"] + c["bytes_received"]
 
     relu = counts["relu_count"]
-    online_b = phase_bytes("online")
+    online_b = phase_bytes(traffic, "online")
     tables = label_bytes("offline", "gc.tables")
     return {
         "offline_s": round(
             max(server["phase_s"].get("offline", 0), client["phase_s"].get("offline", 0)), 4
         ),
         "online_s": round(client["phase_s"].get("online", 0), 4),
-        "offline_bytes": phase_bytes("offline"),
+        "offline_bytes": phase_bytes(traffic, "offline"),
         "online_bytes": online_b,
-        "setup_bytes": phase_bytes("setup"),
+        "setup_bytes": phase_bytes(traffic, "setup"),
         "online_rounds": traffic.get("rounds", {}).get("online", 0),
         "relu_count": relu,
         "poly_count": counts["poly_count"],

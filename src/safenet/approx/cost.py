@@ -21,6 +21,7 @@ benchmarks miss (cold tables, Python glue, message framing). Validated in docs/c
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from safenet.field import DELPHI_PRIME
 from safenet.plan.ir import Plan
 
 __all__ = [
@@ -388,7 +390,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
         sources.append({"arch": plan.info["arch"], "relu_ratio": plan.info["relu_ratio"],
                         "input_shape": list(plan.input_shape), "online_s": rep["online_s"],
                         "offline_s": rep["offline_s"]})  # fmt: skip
-    he = HEContext(HEParams(8192, 2**41 - 2**37 + 1))
+    he = HEContext(HEParams(8192, DELPHI_PRIME))
     pk_bytes = len(ClientKeys(he).public_key_bytes)
     ct_in = sum(b for b, _ in ct_sizes["in"]) / max(1, sum(n for _, n in ct_sizes["in"]))
     ct_reply = sum(b for b, _ in ct_sizes["reply"]) / max(1, sum(n for _, n in ct_sizes["reply"]))
@@ -407,13 +409,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
         ct_reply_bytes=ct_reply,
         public_key_bytes=float(pk_bytes),
         local=local,
-        machine=f"{platform.machine()} {platform.processor() or ''} x{_cpus()}".strip(),
+        machine=f"{platform.machine()} {platform.processor() or ''} x{os.cpu_count() or 1}".strip(),
         date=time.strftime("%Y-%m-%d"),
         sources=sources,
     )
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1

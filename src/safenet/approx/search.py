@@ -39,7 +39,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from safenet.approx.cost import Calibration, count, predict
-from safenet.approx.finetune import distillation_loss
+from safenet.approx.finetune import FinetuneConfig, distillation_loss
 from safenet.approx.scoring import score_channels
 from safenet.data.torchdata import ImageDataset
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
@@ -56,6 +56,8 @@ from safenet.plan.compiler import compile_model
 __all__ = ["DELPHI_QUADRATIC", "RATIOS", "SearchConfig", "layer_tree", "search"]
 
 RATIOS = tuple(i / 8 for i in range(9))
+#: distillation settings (temperature, weight, weight decay, clipping) as in fine-tuning
+_KD = FinetuneConfig()
 DELPHI_QUADRATIC = (0.1992, 0.5002, 0.1997)
 
 
@@ -123,7 +125,6 @@ class _Member:
     accuracy: float = math.nan
     latency: float = math.nan
     reward: float = -math.inf
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _specs(config: dict[str, list[float]]) -> dict[str, LayerSpec]:
@@ -131,9 +132,10 @@ def _specs(config: dict[str, list[float]]) -> dict[str, LayerSpec]:
 
 
 class _Search:
-    def __init__(self, teacher: nn.Module, train: ImageDataset, cfg: SearchConfig,
-                 calibration: Calibration, log: Callable[[str], None]) -> None:  # fmt: skip
-        self.cfg, self.log, self.cal = cfg, log, calibration
+    def __init__(
+        self, teacher: nn.Module, train: ImageDataset, cfg: SearchConfig, calibration: Calibration
+    ) -> None:
+        self.cfg, self.cal = cfg, calibration
         self.teacher = teacher.eval()
         n = len(train)
         k = min(cfg.eval_images, n // 5)
@@ -190,7 +192,9 @@ class _Search:
         cfg = self.cfg
         student = self.build(m)
         params = [p for p in student.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=_KD.weight_decay
+        )
         g = torch.Generator().manual_seed(self.rng.randrange(2**31))
         student.train()
         for _ in range(cfg.steps):
@@ -198,12 +202,12 @@ class _Search:
             x, y = self.train_x[idx], self.train_y[idx]
             with torch.no_grad():
                 t = self.teacher(x)
-            loss = distillation_loss(student(x), t, y, 4.0, 0.9)
+            loss = distillation_loss(student(x), t, y, _KD.temperature, _KD.kd_weight)
             if not torch.isfinite(loss):
                 break
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 2.0)
+            torch.nn.utils.clip_grad_norm_(params, _KD.clip)
             opt.step()
         m.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         m.state_config = copy.deepcopy(m.config)
@@ -237,8 +241,9 @@ class _Search:
 
     def explore(self, m: _Member, level: list[list[int]]) -> None:
         if self.cfg.method == "delphi":
-            name = self.rng.choice(self.layers[1:-1] or self.layers)
-            m.config[name][0] = 0.0 if m.config[name][0] > 0 else 1.0
+            if len(self.layers) > 2:  # the first and last layers always stay ReLU
+                name = self.rng.choice(self.layers[1:-1])
+                m.config[name][0] = 0.0 if m.config[name][0] > 0 else 1.0
             return
         group = self.rng.choice(level)
         names = [self.layers[i] for i in group]
@@ -276,10 +281,9 @@ def search(
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "search.pt"
     torch.manual_seed(cfg.seed)
-    s = _Search(teacher, train, cfg, calibration, log)
+    s = _Search(teacher, train, cfg, calibration)
     tree = layer_tree(len(s.layers)) if cfg.method == "safenet" else [[list(range(len(s.layers)))]]
-    levels = len(tree) if cfg.method == "safenet" else 1
-    total_gens = levels * cfg.generations_per_level
+    total_gens = len(tree) * cfg.generations_per_level
     if state_path.exists():
         saved = torch.load(state_path, weights_only=False)
         if saved["config"] != asdict(cfg):
@@ -293,10 +297,7 @@ def search(
         gen, history = 0, []
     t0 = time.perf_counter()
     while gen < total_gens:
-        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
-            log(f"time budget reached after generation {gen}")
-            break
-        level = tree[min(gen // cfg.generations_per_level, len(tree) - 1)]
+        level = tree[gen // cfg.generations_per_level]
         for m in members:
             s.train_and_score(m)
         members.sort(key=lambda m: m.reward, reverse=True)
@@ -317,6 +318,9 @@ def search(
         _save(state_path, {"config": asdict(cfg), "generation": gen, "history": history,
                            "rng": s.rng.getstate(),
                            "members": [asdict(m) for m in members]})  # fmt: skip
+        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
+            log(f"time budget reached after generation {gen}; rerun to resume")
+            break
     best = max(members, key=lambda m: m.reward)
     return {
         "method": cfg.method,
