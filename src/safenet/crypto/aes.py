@@ -15,17 +15,10 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 BLOCK = np.dtype("<u8")
+#: hash tweaks of OT extension start here; garbling, which shares the hash and (in correlated
+#: OT) Delta, keeps its tweaks (before the final ``<< 1``) below half of it
+OT_TWEAK_DOMAIN = 0x4F54 << 48  # "OT"
 FIXED_KEY = bytes.fromhex("61f4c5d2a8e39b1c07d6e54f3a2b1c9d")  # public, arbitrary
-
-
-def word_buffer(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """A block array of ``shape + (2,)`` and the flat uint64 buffer behind it (2 spare words).
-
-    For :meth:`FixedKeyAES.permute_words`, which encrypts in place without copies.
-    """
-    n = int(np.prod(shape)) * 2
-    flat = np.empty(n + 2, dtype=BLOCK)
-    return flat[:n].reshape(*shape, 2), flat
 
 
 class FixedKeyAES:
@@ -49,7 +42,7 @@ class FixedKeyAES:
         """``dst[:nwords] = pi(src[:nwords])`` on flat uint64 arrays (two words per block).
 
         No copies: AES writes straight into ``dst``, which needs two spare words at its end
-        (the encryptor's output slack; see :func:`word_buffer`). ``src`` may be ``dst``.
+        (the encryptor's output slack). ``src`` may be ``dst``.
         """
         if dst.size < nwords + 2 or src.size < nwords:
             raise ValueError("buffers too small (dst needs 2 spare words)")

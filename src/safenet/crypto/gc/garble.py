@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from safenet.crypto.aes import FixedKeyAES, random_blocks
+from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
 
@@ -57,7 +57,7 @@ MAX_WORKERS = 8
 PIECE = 1 << 15
 #: garbling tweaks (before the final ``<< 1``) stay below this: OT extension uses
 #: ``[0x4F54 << 48, ...)`` with the same hash and, in correlated OT, the same Delta
-TWEAK_LIMIT = (0x4F54 << 48) >> 1
+TWEAK_LIMIT = OT_TWEAK_DOMAIN >> 1
 
 
 def _pieces(lo: int, hi: int, m: int) -> Iterator[tuple[int, int]]:

@@ -44,6 +44,8 @@ assume the NTT-friendly shape of p (other primes get plain carry chains).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from safenet.crypto.gc.circuit import FALSE, TRUE, Circuit, CircuitBuilder, bits_to_int, int_to_bits
@@ -63,8 +65,6 @@ INPUTS = ("server_share", "client_share", "server_mask")
 #: output group name
 OUTPUT = "z"
 
-_CACHE: dict[tuple[int, int, int | None], Circuit] = {}
-
 
 def _v2(x: int) -> int:
     return (x & -x).bit_length() - 1
@@ -78,10 +78,7 @@ def relu_circuit(p: int, shift: int, stat_bits: int | None = None) -> Circuit:
     ``stat_bits = s``: integer masking, ``server_mask`` has :func:`relu_width` + s bits and
     ``z = y + r + 1`` (no reduction) one bit more. See the module doc for semantics and costs.
     """
-    key = (int(p), int(shift), None if stat_bits is None else int(stat_bits))
-    if key not in _CACHE:
-        _CACHE[key] = _build(*key)
-    return _CACHE[key]
+    return _build(int(p), int(shift), None if stat_bits is None else int(stat_bits))
 
 
 def relu_width(p: int, shift: int) -> int:
@@ -89,6 +86,7 @@ def relu_width(p: int, shift: int) -> int:
     return (((p // 2) >> shift) + 1).bit_length()
 
 
+@functools.cache
 def _build(p: int, k: int, stat_bits: int | None = None) -> Circuit:
     if p < 5 or p % 2 == 0:
         raise ValueError(f"p must be an odd prime >= 5, got {p}")
@@ -132,7 +130,7 @@ def _build(p: int, k: int, stat_bits: int | None = None) -> Circuit:
             low_lt = bld.lt_const(s[:k], p % (1 << k))
 
     with bld.stage("3 truncate"):
-        width = ((h >> k) + 1).bit_length()  # holds y + delta
+        width = relu_width(p, k)  # holds y + delta
         big_p = p >> k
         masked = [A if (big_p >> i) & 1 else FALSE for i in range(width)]
         y_plus, _ = bld.sub(s[k : k + width], masked, width=width)

@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from safenet.crypto.aes import FixedKeyAES, random_blocks
+from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
 from safenet.crypto.ot.base import OTError, _fail, base_ot_recv, base_ot_send
 from safenet.crypto.ot.bitmatrix import KAPPA, pack_bits, transpose
 from safenet.protocol.transport import Connection
 
-TWEAK_DOMAIN = 0x4F54 << 48  # "OT": OT tweaks live in [TWEAK_DOMAIN, TWEAK_DOMAIN + 2^48)
+TWEAK_DOMAIN = OT_TWEAK_DOMAIN  # OT tweaks live in [TWEAK_DOMAIN, TWEAK_DOMAIN + 2^48)
 MAX_OTS = 1 << 48  # per setup; beyond it tweaks would leave their range
 
 _CHOSEN, _CORRELATED, _RANDOM = 1, 2, 3
