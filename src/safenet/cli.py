@@ -1,4 +1,5 @@
-"""The ``safenet`` command: data, train, finetune, eval, compile, info.
+"""The ``safenet`` command: data, train, finetune, eval, compile, info, plot, serve, infer,
+bench, cost, approximate, demo.
 
 Models are named by checkpoint path or by the built-in names ``default`` (ResNet-20 on
 Fashion-MNIST) and ``default-approx`` (its SAFENet-approximated variant).
