@@ -77,16 +77,40 @@ def test_delphi_planner_keeps_first_and_last_layers(tiny_lenet, data_dir, tmp_pa
     assert all(r in (0.0, 1.0) for r, _ in rep["config"].values())
 
 
-def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["safenet", "delphi"])
+def test_latency_budget_is_respected(tiny_lenet, data_dir, tmp_path, method):
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    cal = Calibration.nominal()
+    free = search(ck.build(), ds, _cfg(method=method, population=3), tmp_path / "free", cal,
+                  log=lambda _m: None)  # fmt: skip
+    budget = 0.7 * free["teacher_online_s"]
+    rep = search(ck.build(), ds, _cfg(method=method, population=3, latency_budget=budget),
+                 tmp_path / "b", cal, log=lambda _m: None)  # fmt: skip
+    if rep["feasible"]:
+        assert rep["predicted_online_s"] <= budget
+    else:  # only possible for Delphi, whose random starts may all be over the budget
+        assert method == "delphi" and rep["predicted_online_s"] > budget
+    if method == "safenet":  # starts from the smallest uniform ratio that fits: feasible at once
+        assert rep["feasible"] and all(r > 0 for r, _ in rep["config"].values())
+
+
+def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no calibration file: nominal costs, with a note
     rc = main(["approximate", "--model", str(tiny_lenet), "--out", str(tmp_path / "s"),
                "--population", "2", "--generations-per-level", "1", "--steps", "2",
                "--eval-images", "100", "--limit", "600", "--max-drop", "100",
-               "--data-dir", str(data_dir), "--json",
-               "--calibration", str(tmp_path / "none.json")])  # fmt: skip
+               "--final-epochs", "1", "--data-dir", str(data_dir), "--json"])  # fmt: skip
     assert rc == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "nominal unit costs" in captured.err
+    out = json.loads(captured.out.strip().splitlines()[-1])
     best = load(out["checkpoint"])
     assert best.activation is not None and best.parent == str(tiny_lenet)
+    # the winner was fine-tuned on the full train set and measured on the test set
+    assert out["complete"] and 0.0 < out["test_accuracy"] <= 1.0
+    assert best.metrics["accuracy"] == out["test_accuracy"]
+    assert best.training["finetune"]["epochs"] == 1 and "search" in best.training
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["calibration"].startswith("nominal")
     layers = json.loads((tmp_path / "s" / "layers.json").read_text())

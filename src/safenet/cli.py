@@ -401,16 +401,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration(path: Path | None):  # noqa: ANN202 (lazy import of the return type)
+    """The calibration file given, else this machine's (``safenet bench --calibrate``), else
+    the nominal one (measured on the reference VM; a note says so)."""
+    from safenet.approx.cost import Calibration, default_calibration_path
+
+    if path is not None:
+        return Calibration.load(path)
+    path = default_calibration_path()
+    if path.exists():
+        return Calibration.load(path)
+    print(f"note: no calibration at {path}; using nominal unit costs "
+          "(run 'safenet bench --calibrate' for this machine's)", file=sys.stderr)  # fmt: skip
+    return Calibration.nominal()
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from safenet.approx.cost import (
         NETWORKS,
-        Calibration,
         Network,
-        default_calibration_path,
         predict,
     )
 
-    cal = Calibration.load(args.calibration or default_calibration_path())
+    cal = _calibration(args.calibration)
     if args.model is not None:
         plan = _plan_for(args.model)
     else:
@@ -438,15 +451,13 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from safenet import checkpoint
-    from safenet.approx.cost import Calibration, default_calibration_path
     from safenet.approx.search import SearchConfig, search
     from safenet.data.torchdata import ImageDataset
 
     parent = checkpoint.load(args.model)
     if parent.activation is not None:
         raise ValueError("start the search from a ReLU model, not an approximated one")
-    cal_path = args.calibration or default_calibration_path()
-    cal = Calibration.load(cal_path) if cal_path.exists() else Calibration.nominal()
+    cal = _calibration(args.calibration)
     cfg = SearchConfig(
         method=args.method, population=args.population,
         generations_per_level=args.generations_per_level, steps=args.steps,
@@ -457,21 +468,40 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
     log = (lambda _m: None) if args.json else print
     rep = search(parent.build(), train, cfg, args.out, cal, log=log)
-    ck = checkpoint.Checkpoint.from_model(
-        rep.pop("model"), parent.arch, parent.arch_kwargs, parent.dataset,
-        metrics={"search_accuracy": rep["accuracy"],
-                 "predicted_online_s": rep["predicted_online_s"],
-                 "teacher_accuracy": rep["teacher_accuracy"]},
-        training={"search": asdict(cfg)}, parent=str(args.model),
-    )  # fmt: skip
-    ck.save(args.out / "best.pt")
+    model = rep.pop("model")
+    search_metrics = {"search_accuracy": rep["accuracy"],
+                      "predicted_online_s": rep["predicted_online_s"],
+                      "teacher_accuracy": rep["teacher_accuracy"]}  # fmt: skip
+    if rep["complete"] and args.final_epochs > 0:
+        from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
+        from safenet.nn.surgery import LayerSpec
+
+        log(f"final fine-tune of the winner: {args.final_epochs} epoch(s) on the full train set")
+        fcfg = FinetuneConfig(epochs=args.final_epochs, lr=args.final_lr, blend_epochs=0.0,
+                              limit=args.limit, seed=args.seed)  # fmt: skip
+        specs = {k: LayerSpec(float(r), int(d)) for k, (r, d) in rep["config"].items()}
+        ck = finetune_checkpoint(
+            parent, str(args.model), specs, fcfg, args.out / "best.pt", data_dir=args.data_dir,
+            log=log, student=model, extra={"search": asdict(cfg), **search_metrics},
+        )  # fmt: skip
+        rep["test_accuracy"] = ck.metrics["accuracy"]
+        rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
+    else:
+        if not rep["complete"]:
+            log("search not finished: best.pt holds the best member so far, not fine-tuned")
+        ck = checkpoint.Checkpoint.from_model(
+            model, parent.arch, parent.arch_kwargs, parent.dataset, metrics=search_metrics,
+            training={"search": asdict(cfg)}, parent=str(args.model),
+        )  # fmt: skip
+        ck.save(args.out / "best.pt")
     report = rep | {"checkpoint": str(args.out / "best.pt"), "calibration": cal.machine}
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     layers = {k: {"ratio": r, "degree": int(d)} for k, (r, d) in rep["config"].items()}
     (args.out / "layers.json").write_text(json.dumps(layers, indent=1))  # for finetune --layers
-    keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s",
-            "teacher_online_s", "feasible", "checkpoint")  # fmt: skip
-    print(json.dumps({k: report[k] for k in keys}))
+    keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s", "teacher_online_s",
+            "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
+            "checkpoint")  # fmt: skip
+    print(json.dumps({k: report[k] for k in keys if k in report}))
     return 0
 
 
@@ -617,7 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=0.5, help="accuracy points allowed to go")
     p.add_argument("--min-accuracy", type=float, default=None, help="absolute threshold instead")
     p.add_argument("--latency-budget", type=float, default=None, help="online seconds")
-    p.add_argument("--eval-images", type=int, default=500)
+    p.add_argument("--eval-images", type=int, default=2000, help="held-out images scoring members")
+    p.add_argument(
+        "--final-epochs", type=int, default=1, help="fine-tune epochs for the winner (0: none)"
+    )
+    p.add_argument("--final-lr", type=float, default=0.005)
     p.add_argument("--time-budget", type=float, default=None, help="seconds of search")
     p.add_argument("--limit", type=int, default=None, help="training images to use")
     p.add_argument("--seed", type=int, default=0)

@@ -249,17 +249,25 @@ def finetune_checkpoint(
     per_channel: bool = False,
     data_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    student: nn.Module | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    """The ``safenet finetune`` job: approximate a ReLU checkpoint and fine-tune it."""
+    """The ``safenet finetune`` job: approximate a ReLU checkpoint and fine-tune it.
+
+    With ``student`` (an already approximated model, e.g. a search's winner) the
+    approximation step is skipped and that model is trained further; ``extra`` is merged
+    into the checkpoint's ``training`` record.
+    """
     if parent.activation is not None:
         raise ValueError("the model is already approximated; start from its ReLU parent")
     train_ds = ImageDataset(parent.dataset, "train", data_dir, config.limit)
     test_ds = ImageDataset(parent.dataset, "test", data_dir, config.eval_limit)
     teacher = parent.build()
     base_acc = evaluate(teacher, test_ds)
-    student, _ = prepare(
-        teacher, train_ds, specs, criterion, per_channel, batch_size=config.batch_size
-    )
+    if student is None:
+        student, _ = prepare(
+            teacher, train_ds, specs, criterion, per_channel, batch_size=config.batch_size
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     spec_json = (
@@ -282,7 +290,8 @@ def finetune_checkpoint(
                 "relu_channel_fraction": kept / total,
             },
             history=history,
-            training={"finetune": asdict(config), "specs": spec_json, "criterion": criterion},
+            training={"finetune": asdict(config), "specs": spec_json, "criterion": criterion}
+            | dict(extra or {}),
             parent=parent_name,
         )
         ck.save(out)

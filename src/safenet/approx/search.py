@@ -24,7 +24,9 @@ degree changes is re-fitted (:func:`~safenet.nn.surgery.calibrate`) and keeps it
 **Delphi's planner** (``method="delphi"``), the baseline: whole layers are either ReLU or the
 fixed quadratic 0.1992 + 0.5002 x + 0.1997 x^2 (not trained), the first and last activation
 layers stay ReLU, exploration flips one eligible layer, and the reward is Delphi's
-``accuracy x (1 + replaced / total)``.
+``accuracy x (1 + replaced / total)``. With a latency budget, members over it are infeasible
+for both methods (scored below every feasible one); that is how "Delphi at several budgets"
+is run. With a budget, SAFENet's population starts at the smallest uniform ratio that fits.
 
 The search checkpoints its whole state after every generation (``search.pt`` in the output
 folder, written atomically) and resumes from it; a wall-time budget stops it between
@@ -72,8 +74,10 @@ class SearchConfig:
         steps: distillation steps per member per generation.
         max_drop: allowed accuracy drop from the teacher, in points (on the held-out images).
         min_accuracy: an absolute accuracy threshold instead (fraction, e.g. 0.92).
-        latency_budget: predicted online seconds allowed (then the reward is accuracy).
-        eval_images: held-out training images used to score members.
+        latency_budget: predicted online seconds allowed: over it a member is infeasible;
+            within it the reward is accuracy (SAFENet) or Delphi's reward (Delphi).
+        eval_images: held-out training images used to score members (2,000 by default:
+            the standard error of an accuracy near 94 % is then about 0.5 points).
         time_budget_s: stop between generations once this much wall time is spent.
     """
 
@@ -86,7 +90,7 @@ class SearchConfig:
     max_drop: float = 0.5
     min_accuracy: float | None = None
     latency_budget: float | None = None
-    eval_images: int = 500
+    eval_images: int = 2000
     degrees: tuple[int, ...] = (2, 3)
     init_ratio: float = 0.5
     criterion: str = "taylor"
@@ -158,6 +162,7 @@ class _Search:
             else self.teacher_acc - cfg.max_drop / 100
         )
         self.rng = random.Random(cfg.seed)
+        self.init_ratio = self.start_ratio() if cfg.method == "safenet" else 0.0
 
     # -- members ---------------------------------------------------------------------------
     def build(self, m: _Member) -> nn.Module:
@@ -216,16 +221,37 @@ class _Search:
         m.reward = self.reward(m)
 
     def reward(self, m: _Member) -> float:
+        """Higher is better; every infeasible member scores below -1, under every feasible one."""
         cfg = self.cfg
+        if cfg.latency_budget is not None and m.latency > cfg.latency_budget:
+            return -1.0 - m.latency / cfg.latency_budget
         if cfg.method == "delphi":
             replaced = sum(1 for r, _ in m.config.values() if r > 0)
             return m.accuracy * (1 + replaced / len(m.config))
         if cfg.latency_budget is not None:
-            feasible = m.latency <= cfg.latency_budget
-            return m.accuracy if feasible else -(m.latency / cfg.latency_budget)
+            return m.accuracy
         if m.accuracy >= self.threshold:
             return 1.0 - m.latency / self.teacher_latency
         return -1.0 - (self.threshold - m.accuracy) * 100
+
+    def feasible(self, m: _Member) -> bool:
+        """Within the latency budget (when one is set), else at or above the accuracy bar."""
+        if self.cfg.latency_budget is not None:
+            return m.latency <= self.cfg.latency_budget
+        return self.cfg.method == "delphi" or m.accuracy >= self.threshold
+
+    def start_ratio(self) -> float:
+        """The initial replaced fraction: ``init_ratio``, or with a latency budget the
+        smallest grid ratio whose uniform configuration the cost model puts within it."""
+        if self.cfg.latency_budget is None:
+            return self.cfg.init_ratio
+        d = max(self.cfg.degrees)
+        for r in RATIOS:
+            m = _Member({n: [r, d] for n in self.layers})
+            plan = compile_model(self.build(m).eval(), self.shape)
+            if predict(count(plan), self.cal)["online_s"] <= self.cfg.latency_budget:
+                return r
+        return 1.0
 
     # -- exploration --------------------------------------------------------------------------
     def initial(self, k: int) -> _Member:
@@ -234,8 +260,8 @@ class _Search:
             eligible = self.layers[1:-1]
             chosen = set(self.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1))))
             return _Member({n: [1.0 if n in chosen else 0.0, 2] for n in self.layers})
-        step = self.rng.choice((-1, 0, 1)) if k else 0
-        i = min(max(round(cfg.init_ratio * 8) + step, 0), 8)
+        step = self.rng.choice((0, 1) if cfg.latency_budget is not None else (-1, 0, 1)) if k else 0
+        i = min(max(round(self.init_ratio * 8) + step, 0), 8)
         d = cfg.degrees[k % len(cfg.degrees)]
         return _Member({n: [RATIOS[i], d] for n in self.layers})
 
@@ -330,8 +356,9 @@ def search(
         "teacher_accuracy": s.teacher_acc,
         "teacher_online_s": s.teacher_latency,
         "threshold": s.threshold,
-        "feasible": best.reward > -1.0 if cfg.method == "safenet" else True,
+        "feasible": s.feasible(best),
         "generations": gen,
+        "complete": gen >= total_gens,
         "history": history,
         "layers": s.layers,
         "model": s.build(best).eval(),
