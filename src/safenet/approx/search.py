@@ -26,7 +26,9 @@ fixed quadratic 0.1992 + 0.5002 x + 0.1997 x^2 (not trained), the first and last
 layers stay ReLU, exploration flips one eligible layer, and the reward is Delphi's
 ``accuracy x (1 + replaced / total)``. With a latency budget, members over it are infeasible
 for both methods (scored below every feasible one); that is how "Delphi at several budgets"
-is run. With a budget, SAFENet's population starts at the smallest uniform ratio that fits.
+is run. With a budget, Delphi's members start from random whole-layer replacements added
+until they fit, and a flip back to ReLU that breaks the budget becomes a swap; SAFENet's
+population starts at the smallest uniform ratio that fits.
 
 The search checkpoints its whole state after every generation (``search.pt`` in the output
 folder, written atomically) and resumes from it; a wall-time budget stops it between
@@ -247,9 +249,7 @@ class _Search:
             return self.cfg.init_ratio
         d = max(self.cfg.degrees)
         for r in RATIOS:
-            m = _Member({n: [r, d] for n in self.layers})
-            plan = compile_model(self.build(m).eval(), self.shape)
-            if predict(count(plan), self.cal)["online_s"] <= self.cfg.latency_budget:
+            if self._latency(_Member({n: [r, d] for n in self.layers})) <= self.cfg.latency_budget:
                 return r
         return 1.0
 
@@ -258,18 +258,37 @@ class _Search:
         cfg = self.cfg
         if cfg.method == "delphi":
             eligible = self.layers[1:-1]
-            chosen = set(self.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1))))
-            return _Member({n: [1.0 if n in chosen else 0.0, 2] for n in self.layers})
+            if cfg.latency_budget is None:
+                chosen = self.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1)))
+                return _Member({n: [1.0 if n in chosen else 0.0, 2] for n in self.layers})
+            m = _Member({n: [0.0, 2] for n in self.layers})
+            self._fit_budget(m, self.rng.sample(eligible, k=len(eligible)))
+            return m
         step = self.rng.choice((0, 1) if cfg.latency_budget is not None else (-1, 0, 1)) if k else 0
         i = min(max(round(self.init_ratio * 8) + step, 0), 8)
         d = cfg.degrees[k % len(cfg.degrees)]
         return _Member({n: [RATIOS[i], d] for n in self.layers})
+
+    def _latency(self, m: _Member) -> float:
+        plan = compile_model(self.build(m).eval(), self.shape)
+        return float(predict(count(plan), self.cal)["online_s"])
+
+    def _fit_budget(self, m: _Member, order: list[str]) -> None:
+        """Replace whole layers from ``order`` until ``m`` is within the latency budget."""
+        assert self.cfg.latency_budget is not None
+        for name in order:
+            if self._latency(m) <= self.cfg.latency_budget:
+                return
+            m.config[name][0] = 1.0
 
     def explore(self, m: _Member, level: list[list[int]]) -> None:
         if self.cfg.method == "delphi":
             if len(self.layers) > 2:  # the first and last layers always stay ReLU
                 name = self.rng.choice(self.layers[1:-1])
                 m.config[name][0] = 0.0 if m.config[name][0] > 0 else 1.0
+                if self.cfg.latency_budget is not None:  # a flip back to ReLU becomes a swap
+                    relu = [n for n in self.layers[1:-1] if m.config[n][0] == 0 and n != name]
+                    self._fit_budget(m, self.rng.sample(relu, k=len(relu)))
             return
         group = self.rng.choice(level)
         names = [self.layers[i] for i in group]
