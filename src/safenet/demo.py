@@ -132,15 +132,16 @@ def _private(port: int, x: np.ndarray, desc: str, bar: bool) -> tuple[np.ndarray
             pbar.close()
 
 
-def _run_server(
+def serve_and_query(
     plan: Plan,
     xs: list[np.ndarray],
     bar: bool,
     on_result: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    """Serve ``plan`` in its own process and query it privately once per input.
+    """Serve ``plan`` in its own process and query it privately once per input from this one.
 
-    Returns the outputs and the merged (server + client) report of each inference.
+    Returns the outputs and the merged (server + client) report of each inference. The
+    server prepares its model once for all the queries (as a real deployment does).
     """
     name = plan.info.get("model", "?")
     server = _Server(plan, len(xs))
@@ -266,7 +267,7 @@ def run_demo(
         online, offline = f"{row['online_s']:.2f}", f"{row['offline_s']:.2f}"
         tqdm.write(line(str(k), *preds, mark, online, offline))
 
-    _, merged = _run_server(plans["default-approx"], xs, progress, show)
+    _, merged = serve_and_query(plans["default-approx"], xs, progress, show)
     same = sum(r["private"] == r["fixed_point"] for r in rows)
     right = sum(r["private"] == r["label"] for r in rows)
     print(
@@ -275,7 +276,7 @@ def run_demo(
         "model default, for the cost comparison ...",
         flush=True,
     )
-    (y_base,), (base,) = _run_server(plans["default"], xs[:1], progress)
+    (y_base,), (base,) = serve_and_query(plans["default"], xs[:1], progress)
 
     def med(key: str) -> float:
         return statistics.median(m[key] for m in merged)

@@ -1,0 +1,302 @@
+"""Issue 4's results: accuracy (float, fixed point, secure) against measured secure cost.
+
+``measure`` takes a ReLU teacher and the output folders of ``safenet approximate`` runs (each
+with ``best.pt`` and ``report.json``), and for every model records:
+
+* float and fixed-point accuracy on the test set (``--fixed-images``, default all 10,000);
+* secure accuracy on the first ``--secure-images`` test images, each classified by a real
+  two-process private inference (server process preparing the model once, client process
+  querying it over loopback TCP), and how often the secure logits equal the fixed-point
+  reference's bit for bit and in argmax;
+* measured online/offline seconds (median over those inferences), bytes and rounds, next to
+  the cost model's prediction;
+* the per-layer configuration (kept-ReLU fraction, degree).
+
+Results are merged into a JSON file (one key per model; ``--force`` re-measures), so runs can
+be added one at a time. ``plot`` draws the Pareto plots (accuracy vs measured online latency
+and vs online bytes) and per-layer plots from that file; ``table`` prints the markdown table.
+
+    python bench/planner_results.py measure --arch-name resnet20 --teacher default \
+        --runs runs/r20/* --out docs/results/planner.json
+    python bench/planner_results.py plot --results docs/results/planner.json --out docs/results
+    python bench/planner_results.py table --results docs/results/planner.json
+
+Timing figures are only comparable within one ``measure`` run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from safenet import checkpoint
+from safenet.approx.cost import Calibration, count, default_calibration_path, predict
+from safenet.data import ImageDataset
+from safenet.demo import serve_and_query
+from safenet.evaluate import evaluate_plan
+from safenet.nn.surgery import activations
+
+MIB = 2**20
+
+
+def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Per activation layer: name, channels, kept-ReLU fraction, degree."""
+    out = []
+    for name, act in activations(model).items():
+        mask = act.relu_mask
+        out.append({"layer": name, "channels": int(mask.numel()),
+                    "relu_fraction": float(mask.float().mean()),
+                    "degree": int(act.coefficients.shape[-1] - 1)})  # fmt: skip
+    return out
+
+
+ACCURACY_KEYS = ("accuracy_float", "accuracy_fixed_point", "test_images", "float_fixed_agreement",
+                 "headroom_bits", "eval_s")  # fmt: skip
+SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
+
+
+def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
+    """Float and fixed-point test accuracy (any machine load: no timing involved)."""
+    ck = checkpoint.load(ref)
+    model = ck.build().eval()
+    test = ImageDataset(ck.dataset, "test", limit=fixed_images)
+    t0 = time.perf_counter()
+    ev = evaluate_plan(model, ck.plan(), test, progress=True)
+    return {"accuracy_float": ev["accuracy"], "accuracy_fixed_point": ev["accuracy_fixed_point"],
+            "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],
+            "headroom_bits": ev["headroom_bits"],
+            "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+
+
+def measure_secure(ref: str, secure_images: int, calibration: Calibration) -> dict[str, Any]:
+    """Private inferences of the first test images: accuracy, agreement with the fixed-point
+    reference, and the measured cost (needs an otherwise idle machine)."""
+    ck = checkpoint.load(ref)
+    model = ck.build().eval()
+    plan = ck.plan()
+    secure = ImageDataset(ck.dataset, "test", limit=secure_images)
+    xs = [secure.normalize(secure.images[i : i + 1]).numpy()[0] for i in range(len(secure))]
+    labels = secure.labels.numpy()
+    ys, reps = serve_and_query(plan, xs, bar=True)
+    ref_logits = [plan.reference(x) for x in xs]
+    scale = 2.0**plan.output_scale
+    pairs = [(np.rint(y * scale), r) for y, r in zip(ys, ref_logits, strict=True)]
+    pred = predict(count(plan), calibration)
+    return {
+        "secure_images": len(xs),
+        "secure_accuracy": sum(int(y.argmax() == t) for y, t in zip(ys, labels, strict=True))
+        / len(xs),
+        "secure_equals_reference": sum(int(np.array_equal(a, b)) for a, b in pairs) / len(xs),
+        "secure_argmax_equals_reference": sum(int(a.argmax() == b.argmax()) for a, b in pairs)
+        / len(xs),
+        "secure_max_logit_error_ulp": max(int(np.abs(a - b).max()) for a, b in pairs),
+        "online_s": statistics.median(r["online_s"] for r in reps),
+        "online_s_all": [r["online_s"] for r in reps],
+        "offline_s": statistics.median(r["offline_s"] for r in reps),
+        "online_bytes": reps[0]["online_bytes"],
+        "offline_bytes": reps[0]["offline_bytes"],
+        "online_rounds": reps[0]["online_rounds"],
+        "relu_count": reps[0]["relu_count"],
+        "poly_count": reps[0]["poly_count"],
+        "prime": plan.field.p,
+        "predicted_online_s": pred["online_s"],
+        "predicted_online_bytes": pred["online_bytes"],
+        "layers": _layers(model) if ck.activation else [],
+        "machine": f"{platform.node()} {platform.machine()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    cal_path = args.calibration or default_calibration_path()
+    cal = Calibration.load(cal_path) if cal_path.exists() else Calibration.nominal()
+    todo: list[tuple[str, str, str, dict | None]] = []
+    if args.teacher:
+        todo.append((f"{args.arch_name}/all-relu", "all-relu", args.teacher, None))
+    for run in args.runs:
+        run = Path(run)
+        if not (run / "best.pt").exists() or not (run / "report.json").exists():
+            print(f"skipping {run}: no best.pt/report.json (search unfinished?)")
+            continue
+        rep = json.loads((run / "report.json").read_text())
+        todo.append((f"{args.arch_name}/{run.name}", rep["method"], str(run / "best.pt"), rep))
+    parts = set(args.parts.split(","))
+    for label, method, ref, rep in todo:
+        row = results.get(label, {}) | {"label": label, "arch": args.arch_name, "method": method,
+                                        "checkpoint": ref}  # fmt: skip
+        if rep is not None:
+            keep = ("accuracy", "teacher_accuracy", "threshold", "predicted_online_s",
+                    "generations", "feasible", "config")  # fmt: skip
+            row["search"] = {k: rep.get(k) for k in keep}
+        for part, keys, fn in (
+            ("accuracy", ACCURACY_KEYS, lambda r=ref: measure_accuracy(r, args.fixed_images)),
+            ("secure", SECURE_KEYS, lambda r=ref: measure_secure(r, args.secure_images, cal)),
+        ):
+            if part not in parts:
+                continue
+            if all(k in row for k in keys) and not args.force:
+                print(f"{label}: {part} already measured (--force to redo)")
+                continue
+            print(f"measuring {label} ({ref}): {part}")
+            row |= fn()
+            results[label] = row
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: row.get(k) for k in ("label", "accuracy_float", "accuracy_fixed_point",
+              "secure_accuracy", "secure_argmax_equals_reference", "online_s",
+              "predicted_online_s", "online_bytes")}))  # fmt: skip
+    return 0
+
+
+STYLE = {"all-relu": ("k", "*", "all-ReLU"), "delphi": ("tab:red", "s", "Delphi planner"),
+         "safenet": ("tab:blue", "o", "SAFENet (BTPBT)")}  # fmt: skip
+
+
+def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another with lower cost and higher accuracy, by cost."""
+    best, front = -1.0, []
+    for c, a in sorted(points):
+        if a > best:
+            front.append((c, a))
+            best = a
+    return front
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = json.loads(Path(args.results).read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    archs = sorted({r["arch"] for r in results.values()})
+    written = []
+    fig, axes = plt.subplots(len(archs), 2, figsize=(12, 4.5 * len(archs)), squeeze=False)
+    for row_axes, arch in zip(axes, archs, strict=True):
+        rows = [r for r in results.values() if r["arch"] == arch]
+        teacher = next((r for r in rows if r["method"] == "all-relu"), None)
+        panels = ((row_axes[0], "online_s", 1.0, "measured online latency (s)"),
+                  (row_axes[1], "online_bytes", MIB, "online traffic (MiB)"))  # fmt: skip
+        for ax, key, unit, xlabel in panels:
+            for method, (color, marker, name) in STYLE.items():
+                pts = [(r[key] / unit, 100 * r["accuracy_fixed_point"]) for r in rows
+                       if r["method"] == method]  # fmt: skip
+                if not pts:
+                    continue
+                ax.scatter(
+                    *zip(*pts, strict=True), c=color, marker=marker, s=60, label=name, zorder=3
+                )
+                if len(pts) > 1:
+                    ax.plot(*zip(*_frontier(pts), strict=True), c=color, lw=1, alpha=0.6)
+            for r in rows:
+                xy = (r[key] / unit, 100 * r["accuracy_fixed_point"])
+                ax.annotate(r["label"].split("/", 1)[1], xy, fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+            if teacher is not None:
+                ax.axhline(100 * teacher["accuracy_fixed_point"] - 0.5, ls="--", c="grey", lw=0.8,
+                           label="all-ReLU - 0.5 pt")  # fmt: skip
+                if key == "online_s":
+                    ax.axvline(0.5 * teacher["online_s"], ls=":", c="grey", lw=0.8,
+                               label="0.5 x all-ReLU latency")  # fmt: skip
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy, fixed point (%)")
+            ax.set_title(f"{arch}: accuracy vs {xlabel.split(' (')[0]}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "pareto.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    for arch in archs:
+        rows = [r for r in results.values() if r["arch"] == arch and r["layers"]]
+        if not rows:
+            continue
+        fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.2 * len(rows)), squeeze=False)
+        for ax, r in zip(axes[:, 0], rows, strict=True):
+            fr = [lay["relu_fraction"] for lay in r["layers"]]
+            colors = ["tab:blue" if lay["degree"] == 2 else "tab:orange" for lay in r["layers"]]
+            ax.bar(range(len(fr)), fr, color=colors)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("ReLU kept")
+            ax.set_title(f"{r['label']} ({r['method']}): {100 * r['accuracy_fixed_point']:.2f} %, "
+                         f"{r['online_s']:.2f} s online  (blue: degree 2, orange: degree 3)",
+                         fontsize=8)  # fmt: skip
+            ax.set_xticks(range(len(fr)), [lay["layer"] for lay in r["layers"]], rotation=90,
+                          fontsize=6)  # fmt: skip
+        fig.tight_layout()
+        path = out / f"layers-{arch}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    for p in written:
+        print(p)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    results = json.loads(Path(args.results).read_text())
+    print(
+        "| model | method | float % | fixed % | secure (n) | online s (pred.) | x all-ReLU "
+        "| online MiB | offline s | ReLUs | poly |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arch in sorted({r["arch"] for r in results.values()}):
+        rows = sorted(
+            (r for r in results.values() if r["arch"] == arch), key=lambda r: -r["online_s"]
+        )
+        base = next((r["online_s"] for r in rows if r["method"] == "all-relu"), None)
+        for r in rows:
+            ratio = f"{r['online_s'] / base:.2f}" if base else "-"
+            print(f"| {r['label']} | {r['method']} | {100 * r['accuracy_float']:.2f} "
+                  f"| {100 * r['accuracy_fixed_point']:.2f} "
+                  f"| {100 * r['secure_accuracy']:.0f} % ({r['secure_images']}) "
+                  f"| {r['online_s']:.3f} ({r['predicted_online_s']:.3f}) | {ratio} "
+                  f"| {r['online_bytes'] / MIB:.1f} | {r['offline_s']:.1f} | {r['relu_count']:,} "
+                  f"| {r['poly_count']:,} |")  # fmt: skip
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(required=True)
+    m = sub.add_parser("measure", help="measure models and merge them into the results file")
+    m.add_argument("--arch-name", required=True, help="label prefix, e.g. resnet20")
+    m.add_argument("--teacher", default=None, help="the all-ReLU model (path or built-in name)")
+    m.add_argument("--runs", nargs="*", default=[], help="safenet approximate output folders")
+    m.add_argument("--out", required=True)
+    m.add_argument("--fixed-images", type=int, default=None, help="test images (default: all)")
+    m.add_argument("--secure-images", type=int, default=10)
+    m.add_argument("--calibration", type=Path, default=None)
+    m.add_argument(
+        "--parts",
+        default="accuracy,secure",
+        help="accuracy (float/fixed point, any load), secure (timed: idle machine)",
+    )
+    m.add_argument("--force", action="store_true", help="re-measure parts already recorded")
+    m.set_defaults(func=cmd_measure)
+    p = sub.add_parser("plot", help="Pareto and per-layer PNGs")
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+    t = sub.add_parser("table", help="markdown table")
+    t.add_argument("--results", required=True)
+    t.set_defaults(func=cmd_table)
+    args = ap.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
