@@ -114,7 +114,8 @@ def exact_input_bound(plan: Plan, upper: float = 2.0**20) -> float:
     half = plan.field.half
 
     def ok(b: float) -> bool:
-        return max(static_bounds(plan, b)) < half
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/nan bounds just mean "no"
+            return max(static_bounds(plan, b)) < half
 
     lo, hi = 0.0, upper
     if ok(hi):
