@@ -1,8 +1,11 @@
 """The planner's search (BTPBT and Delphi's baseline) on a tiny model: mechanics, not quality."""
 
 import json
+import math
+import sys
 
 import pytest
+import torch
 
 from safenet.approx.cost import Calibration
 from safenet.approx.search import RATIOS, SearchConfig, layer_tree, search
@@ -100,7 +103,8 @@ def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys, monkeypatch):
     rc = main(["approximate", "--model", str(tiny_lenet), "--out", str(tmp_path / "s"),
                "--population", "2", "--generations-per-level", "1", "--steps", "2",
                "--eval-images", "100", "--limit", "600", "--max-drop", "100",
-               "--final-epochs", "1", "--data-dir", str(data_dir), "--json"])  # fmt: skip
+               "--final-epochs", "1", "--data-dir", str(data_dir), "--json",
+               "--runner", "sequential"])  # fmt: skip
     assert rc == 0
     captured = capsys.readouterr()
     assert "nominal unit costs" in captured.err
@@ -115,3 +119,62 @@ def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys, monkeypatch):
     assert report["calibration"].startswith("nominal")
     layers = json.loads((tmp_path / "s" / "layers.json").read_text())
     assert set(layers) == set(report["layers"]) and all("ratio" in v for v in layers.values())
+
+
+def test_ray_runner_trains_resumes_across_runners_and_matches_sequential(
+    tiny_lenet, data_dir, tmp_path
+):
+    import ray  # in the dev extra
+
+    from safenet.approx.runners import RayRunner, TrialFailed
+
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    cal = Calibration.nominal()
+    logs = []
+    seq = search(ck.build(), ds, _cfg(max_drop=100.0), tmp_path / "seq", cal, log=logs.append)
+    assert any(m.startswith("runner: sequential") for m in logs)
+    gens = seq["generations"]
+    cfg = _cfg(max_drop=100.0, time_budget_s=1e-9)  # one generation per call, then resume
+    with RayRunner(cpus_per_trial=1) as runner:
+        # one search: sequential first generation, then Ray; the other: Ray first, then sequential
+        for path, runners in (("a", [None] + [runner] * (gens - 1)),
+                              ("b", [runner] + [None] * (gens - 1))):  # fmt: skip
+            for r in runners:
+                rep = search(ck.build(), ds, cfg, tmp_path / path, cal, log=logs.append, runner=r)
+            if path == "a":
+                saved = torch.load(tmp_path / "a" / "search.pt", weights_only=False)
+                for m in saved["members"]:  # members trained on Ray came back to the driver
+                    assert math.isfinite(m["accuracy"]) and math.isfinite(m["latency"])
+                    assert m["state"] and set(m["state_config"]) == set(m["config"])
+                    assert all(torch.isfinite(v.float()).all() for v in m["state"].values())
+                assert saved["members"][0]["state_config"] == saved["members"][0]["config"]
+            # the seeds are drawn in the driver: every mix of runners gives the same search
+            assert rep["complete"] and rep["generations"] == gens
+            assert rep["config"] == seq["config"]
+            assert [h["rewards"] for h in rep["history"]] == [h["rewards"] for h in seq["history"]]
+            assert rep["accuracy"] == pytest.approx(seq["accuracy"], abs=0.02)
+        assert any(m.startswith("runner: ray") for m in logs)
+        assert "resuming at generation 1" in " ".join(logs)
+
+        def boom(x):
+            if x == 1:
+                raise ValueError("member 1 is broken")
+            return 2 * x
+
+        with pytest.raises(TrialFailed, match="member 1 is broken"):
+            runner.map(boom, [(0,), (1,)])
+        assert ray.is_initialized()
+    assert not ray.is_initialized()  # the runner started Ray, so it shut it down
+
+
+def test_runner_ray_without_ray_is_a_clear_error(tiny_lenet, tmp_path, capsys, monkeypatch):
+    from safenet.approx.runners import RayUnavailable, make_runner
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(RayUnavailable, match=r"pip install 'safenet\[ray\]'"):
+        make_runner("ray")
+    assert make_runner("auto").describe().startswith("sequential")
+    rc = main(["approximate", "--model", str(tiny_lenet), "--out", str(tmp_path / "s"),
+               "--runner", "ray"])  # fmt: skip
+    assert rc == 2 and "pip install 'safenet[ray]'" in capsys.readouterr().err

@@ -451,6 +451,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from safenet import checkpoint
+    from safenet.approx.runners import make_runner
     from safenet.approx.search import SearchConfig, search
     from safenet.data.torchdata import ImageDataset
 
@@ -467,7 +468,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
     log = (lambda _m: None) if args.json else print
-    rep = search(parent.build(), train, cfg, args.out, cal, log=log)
+    with make_runner(args.runner, args.ray_address, args.cpus_per_trial) as runner:
+        rep = search(parent.build(), train, cfg, args.out, cal, log=log, runner=runner)
     model = rep.pop("model")
     search_metrics = {"search_accuracy": rep["accuracy"],
                       "predicted_online_s": rep["predicted_online_s"],
@@ -656,6 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="training images to use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration", type=Path, default=None)
+    p.add_argument(
+        "--runner", default="auto", choices=["auto", "sequential", "ray"],
+        help="where a generation's trials run: ray = parallel Ray Tune trials "
+        "(pip install 'safenet[ray]'); auto = ray when installed, else sequential",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: start Ray locally)"
+    )
+    p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (torch threads) per trial")
     p.add_argument("--json", action="store_true")
     _add_data_dir(p)
     p.set_defaults(func=cmd_approximate)

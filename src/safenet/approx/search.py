@@ -32,7 +32,12 @@ population starts at the smallest uniform ratio that fits.
 
 The search checkpoints its whole state after every generation (``search.pt`` in the output
 folder, written atomically) and resumes from it; a wall-time budget stops it between
-generations. Trials run one after another in this process (Ray Tune is not wired in yet).
+generations. A generation's trials (one per member) run through a runner
+(:mod:`safenet.approx.runners`): one after another in this process (the default), or in
+parallel as Ray Tune trials, locally or on a cluster. Each member's training seed is drawn in
+the driver before dispatch, so the runner changes where members train, not what the search
+does; the runner is no part of the saved settings, and a search started with one resumes
+with the other.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from torch import nn
 
 from safenet.approx.cost import Calibration, count, predict
 from safenet.approx.finetune import FinetuneConfig, distillation_loss
+from safenet.approx.runners import Runner, SequentialRunner
 from safenet.approx.scoring import score_channels
 from safenet.data.torchdata import ImageDataset
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
@@ -195,14 +201,22 @@ class _Search:
                               for i in range(0, len(self.eval_x), 256)])  # fmt: skip
         return float((pred == self.eval_y).float().mean())
 
-    def train_and_score(self, m: _Member) -> None:
+    def train(self, m: _Member, seed: int) -> tuple[dict[str, torch.Tensor], float, float]:
+        """One trial: distil ``m``'s student for ``cfg.steps`` steps from ``seed``; returns its
+        state dict, held-out accuracy and predicted online latency. Leaves ``m`` and the search
+        untouched, so it may run in another process."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._train(m, seed)
+
+    def _train(self, m: _Member, seed: int) -> tuple[dict[str, torch.Tensor], float, float]:
         cfg = self.cfg
         student = self.build(m)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.SGD(
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=_KD.weight_decay
         )
-        g = torch.Generator().manual_seed(self.rng.randrange(2**31))
+        g = torch.Generator().manual_seed(seed)
         student.train()
         for _ in range(cfg.steps):
             idx = torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=g)
@@ -216,11 +230,10 @@ class _Search:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, _KD.clip)
             opt.step()
-        m.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        m.state_config = copy.deepcopy(m.config)
-        m.accuracy = self._accuracy(student)
-        m.latency = predict(count(compile_model(student.eval(), self.shape)), self.cal)["online_s"]
-        m.reward = self.reward(m)
+        state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        accuracy = self._accuracy(student)
+        latency = predict(count(compile_model(student.eval(), self.shape)), self.cal)["online_s"]
+        return state, accuracy, float(latency)
 
     def reward(self, m: _Member) -> float:
         """Higher is better; every infeasible member scores below -1, under every feasible one."""
@@ -315,8 +328,12 @@ def search(
     out_dir: str | Path,
     calibration: Calibration,
     log: Callable[[str], None] = print,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a search; returns the report.
+
+    ``runner`` runs each generation's trials (:mod:`safenet.approx.runners`; default: one
+    after another here); the caller opens and closes it.
 
     The report holds the best member's per-layer ``config`` (``[ratio replaced, degree]``),
     its accuracy on the held-out images, predicted online latency, the teacher's, the
@@ -340,11 +357,17 @@ def search(
     else:
         members = [s.initial(k) for k in range(cfg.population)]
         gen, history = 0, []
+    runner = runner if runner is not None else SequentialRunner()
+    log(f"runner: {runner.describe()}")
     t0 = time.perf_counter()
     while gen < total_gens:
         level = tree[gen // cfg.generations_per_level]
-        for m in members:
-            s.train_and_score(m)
+        seeds = [s.rng.randrange(2**31) for _ in members]  # here, whatever the runner
+        trained = runner.map(s.train, list(zip(members, seeds, strict=True)))
+        for m, (state, accuracy, latency) in zip(members, trained, strict=True):
+            m.state, m.state_config = state, copy.deepcopy(m.config)
+            m.accuracy, m.latency = accuracy, latency
+            m.reward = s.reward(m)
         members.sort(key=lambda m: m.reward, reverse=True)
         best = members[0]
         history.append({"generation": gen, "level_groups": len(level),
