@@ -70,6 +70,26 @@ def test_time_budget_stops_and_a_rerun_resumes(tiny_lenet, data_dir, tmp_path):
     assert "resuming at generation 1" in " ".join(logs)
 
 
+def test_epoch_budget_counts_across_resumes_and_can_be_raised(tiny_lenet, data_dir, tmp_path):
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    # _cfg trains 2 members x 3 steps x 64 images = 384 images per generation on 500 images
+    per_gen = 2 * 3 * 64 / 500
+    logs = []
+    first = search(ck.build(), ds, _cfg(max_drop=100.0, epoch_budget=1.5 * per_gen), tmp_path,
+                   Calibration.nominal(), log=logs.append)  # fmt: skip
+    assert first["generations"] == 2 and not first["complete"]
+    assert first["epochs_trained"] == pytest.approx(2 * per_gen)
+    assert any("epoch budget reached" in m for m in logs)
+    # the same budget again: nothing more to do; a larger one (other settings equal) goes on
+    same = search(ck.build(), ds, _cfg(max_drop=100.0, epoch_budget=1.5 * per_gen), tmp_path,
+                  Calibration.nominal(), log=logs.append)  # fmt: skip
+    assert same["generations"] == 2
+    more = search(ck.build(), ds, _cfg(max_drop=100.0, epoch_budget=2.5 * per_gen), tmp_path,
+                  Calibration.nominal(), log=logs.append)  # fmt: skip
+    assert more["generations"] == 3 and more["epochs_trained"] == pytest.approx(3 * per_gen)
+
+
 def test_delphi_planner_keeps_first_and_last_layers(tiny_lenet, data_dir, tmp_path):
     ck = load(tiny_lenet)
     ds = ImageDataset("fashion-mnist", "train", data_dir, 600)

@@ -464,7 +464,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         generations_per_level=args.generations_per_level, steps=args.steps,
         max_drop=args.max_drop, min_accuracy=args.min_accuracy,
         latency_budget=args.latency_budget, eval_images=args.eval_images,
-        time_budget_s=args.time_budget, seed=args.seed,
+        time_budget_s=args.time_budget, epoch_budget=args.epoch_budget, seed=args.seed,
     )  # fmt: skip
     train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
     log = (lambda _m: None) if args.json else print
@@ -654,7 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--final-epochs", type=int, default=1, help="fine-tune epochs for the winner (0: none)"
     )
     p.add_argument("--final-lr", type=float, default=0.005)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds of search")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of search (this run)")
+    p.add_argument(
+        "--epoch-budget", type=float, default=None, help="training epochs of all members in all"
+    )
     p.add_argument("--limit", type=int, default=None, help="training images to use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration", type=Path, default=None)

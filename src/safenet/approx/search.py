@@ -31,8 +31,9 @@ until they fit, and a flip back to ReLU that breaks the budget becomes a swap; S
 population starts at the smallest uniform ratio that fits.
 
 The search checkpoints its whole state after every generation (``search.pt`` in the output
-folder, written atomically) and resumes from it; a wall-time budget stops it between
-generations. A generation's trials (one per member) run through a runner
+folder, written atomically) and resumes from it; a wall-time or epoch budget stops it
+between generations (budgets are no part of the saved settings: raise one to go on).
+A generation's trials (one per member) run through a runner
 (:mod:`safenet.approx.runners`): one after another in this process (the default), or in
 parallel as Ray Tune trials, locally or on a cluster. Each member's training seed is drawn in
 the driver before dispatch, so the runner changes where members train, not what the search
@@ -86,7 +87,11 @@ class SearchConfig:
             within it the reward is accuracy (SAFENet) or Delphi's reward (Delphi).
         eval_images: held-out training images used to score members (2,000 by default:
             the standard error of an accuracy near 94 % is then about 0.5 points).
-        time_budget_s: stop between generations once this much wall time is spent.
+        time_budget_s: stop between generations once this much wall time is spent (in this
+            run; a rerun resumes and gets the budget again).
+        epoch_budget: stop between generations once the members together have trained on
+            this many epochs of the search's training images (counted across resumes).
+        Budgets may change between runs of one search; every other setting must not.
     """
 
     method: str = "safenet"
@@ -104,6 +109,7 @@ class SearchConfig:
     criterion: str = "taylor"
     seed: int = 0
     time_budget_s: float | None = None
+    epoch_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("safenet", "delphi"):
@@ -315,6 +321,11 @@ class _Search:
                 m.config[n][1] = d
 
 
+def _fixed(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed search must share with the saved one (budgets may change)."""
+    return {k: v for k, v in config.items() if k not in ("time_budget_s", "epoch_budget")}
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -348,19 +359,25 @@ def search(
     total_gens = len(tree) * cfg.generations_per_level
     if state_path.exists():
         saved = torch.load(state_path, weights_only=False)
-        if saved["config"] != asdict(cfg):
+        if _fixed(saved["config"]) != _fixed(asdict(cfg)):
             raise ValueError(f"{state_path} belongs to a search with other settings")
         members = [_Member(**m) for m in saved["members"]]
         gen, history = saved["generation"], saved["history"]
+        seen = saved.get("images_seen", 0)
         s.rng.setstate(saved["rng"])
         log(f"resuming at generation {gen} of {total_gens}")
     else:
         members = [s.initial(k) for k in range(cfg.population)]
-        gen, history = 0, []
+        gen, history, seen = 0, [], 0
+    per_gen = cfg.population * cfg.steps * cfg.batch_size  # training images per generation
     runner = runner if runner is not None else SequentialRunner()
     log(f"runner: {runner.describe()}")
     t0 = time.perf_counter()
+    start_gen = gen
     while gen < total_gens:
+        if cfg.epoch_budget is not None and seen >= cfg.epoch_budget * len(s.train_x):
+            log(f"epoch budget reached before generation {gen + 1}; raise it to go on")
+            break
         level = tree[gen // cfg.generations_per_level]
         seeds = [s.rng.randrange(2**31) for _ in members]  # here, whatever the runner
         trained = runner.map(s.train, list(zip(members, seeds, strict=True)))
@@ -374,9 +391,13 @@ def search(
                         "best_reward": best.reward, "best_accuracy": best.accuracy,
                         "best_latency": best.latency,
                         "rewards": [m.reward for m in members]})  # fmt: skip
+        seen += per_gen
+        spent = time.perf_counter() - t0
+        left = spent / (gen + 1 - start_gen) * (total_gens - gen - 1)
         log(f"generation {gen + 1}/{total_gens} ({len(level)} groups): best accuracy "
             f"{best.accuracy:.4f}, predicted online {best.latency:.3f} s "
-            f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s)")  # fmt: skip
+            f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s); "
+            f"{seen / len(s.train_x):.1f} epochs, ~{left / 60:.0f} min left")  # fmt: skip
         n_swap = max(1, len(members) // 4)
         for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
             loser.config = copy.deepcopy(winner.config)
@@ -384,7 +405,7 @@ def search(
             s.explore(loser, level)
         gen += 1
         _save(state_path, {"config": asdict(cfg), "generation": gen, "history": history,
-                           "rng": s.rng.getstate(),
+                           "rng": s.rng.getstate(), "images_seen": seen,
                            "members": [asdict(m) for m in members]})  # fmt: skip
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             log(f"time budget reached after generation {gen}; rerun to resume")
@@ -401,6 +422,7 @@ def search(
         "feasible": s.feasible(best),
         "generations": gen,
         "complete": gen >= total_gens,
+        "epochs_trained": seen / len(s.train_x),
         "history": history,
         "layers": s.layers,
         "model": s.build(best).eval(),
