@@ -98,6 +98,8 @@ def test_delphi_planner_keeps_first_and_last_layers(tiny_lenet, data_dir, tmp_pa
     names = rep["layers"]
     assert rep["config"][names[0]][0] == 0.0 and rep["config"][names[-1]][0] == 0.0
     assert all(r in (0.0, 1.0) for r, _ in rep["config"].values())
+    # as many generations (training steps) as BTPBT gets on the same network
+    assert rep["generations"] == len(layer_tree(len(names)))
 
 
 @pytest.mark.parametrize("method", ["safenet", "delphi"])

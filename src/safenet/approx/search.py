@@ -24,7 +24,9 @@ degree changes is re-fitted (:func:`~safenet.nn.surgery.calibrate`) and keeps it
 **Delphi's planner** (``method="delphi"``), the baseline: whole layers are either ReLU or the
 fixed quadratic 0.1992 + 0.5002 x + 0.1997 x^2 (not trained), the first and last activation
 layers stay ReLU, exploration flips one eligible layer, and the reward is Delphi's
-``accuracy x (1 + replaced / total)``. With a latency budget, members over it are infeasible
+``accuracy x (1 + replaced / total)``. It runs as many generations as BTPBT would on the same
+network (one per tree level and ``generations_per_level``), so both train for the same number
+of steps. With a latency budget, members over it are infeasible
 for both methods (scored below every feasible one); that is how "Delphi at several budgets"
 is run. With a budget, Delphi's members start from random whole-layer replacements added
 until they fit, and a flip back to ReLU that breaks the budget becomes a swap; SAFENet's
@@ -355,7 +357,9 @@ def search(
     state_path = out / "search.pt"
     torch.manual_seed(cfg.seed)
     s = _Search(teacher, train, cfg, calibration)
-    tree = layer_tree(len(s.layers)) if cfg.method == "safenet" else [[list(range(len(s.layers)))]]
+    tree = layer_tree(len(s.layers))
+    if cfg.method == "delphi":  # no levels, but as many generations (same training compute)
+        tree = [[list(range(len(s.layers)))]] * len(tree)
     total_gens = len(tree) * cfg.generations_per_level
     if state_path.exists():
         saved = torch.load(state_path, weights_only=False)
