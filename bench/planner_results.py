@@ -21,6 +21,7 @@ and vs online bytes) and per-layer plots from that file; ``table`` prints the ma
         --runs runs/r20/* --out docs/results/planner.json
     python bench/planner_results.py plot --results docs/results/planner.json --out docs/results
     python bench/planner_results.py table --results docs/results/planner.json
+    python bench/planner_results.py targets --results docs/results/planner.json
 
 Timing figures are only comparable within one ``measure`` run on an otherwise idle machine.
 """
@@ -280,6 +281,56 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def targets(results: dict[str, Any]) -> list[str]:
+    """Issue 4's targets per architecture, from measured rows: SAFENet's fastest model within
+    0.5 point of all-ReLU (float, whole test set) against all-ReLU and against the cheapest
+    Delphi plan at least as accurate (all-ReLU counts: it is Delphi's plan with nothing
+    replaced); and SAFENet against Delphi at each shared latency budget (label ``*-bX``)."""
+    lines = []
+    for arch in sorted({r["arch"] for r in results.values()}):
+        rows = [r for r in results.values() if r["arch"] == arch and "online_s" in r]
+        base = next((r for r in rows if r["method"] == "all-relu"), None)
+        if base is None:
+            continue
+        a0, l0 = base["accuracy_float"], base["online_s"]
+        ok = [r for r in rows if r["method"] == "safenet" and r["accuracy_float"] >= a0 - 0.005]
+        if ok:
+            s = min(ok, key=lambda r: r["online_s"])
+            delphi = [r for r in rows if r["method"] in ("delphi", "all-relu")
+                      and r["accuracy_float"] >= s["accuracy_float"]]  # fmt: skip
+            d = min(delphi, key=lambda r: r["online_s"])
+            lines.append(
+                f"{arch}: SAFENet within 0.5 pt: {s['label']} {100 * s['accuracy_float']:.2f} % "
+                f"(all-ReLU {100 * a0:.2f} %), online {s['online_s']:.3f} s = "
+                f"{s['online_s'] / l0:.2f}x all-ReLU (target <= 0.50); cheapest Delphi plan at "
+                f"least as accurate: {d['label']} {d['online_s']:.3f} s -> "
+                f"{s['online_s'] / d['online_s']:.2f}x (target <= 0.62)"
+            )
+        else:
+            lines.append(f"{arch}: no SAFENet model within 0.5 pt of all-ReLU")
+        for r in sorted(rows, key=lambda r: r["label"]):
+            if r["method"] != "safenet" or "-b" not in r["label"]:
+                continue
+            budget = r["label"].rsplit("-b", 1)[1]
+            d = next((x for x in rows if x["method"] == "delphi"
+                      and x["label"].endswith(f"-b{budget}")), None)  # fmt: skip
+            if d is None:
+                continue
+            gain = 100 * (r["accuracy_float"] - d["accuracy_float"])
+            lines.append(
+                f"{arch} budget {budget} s: SAFENet {100 * r['accuracy_float']:.2f} % at "
+                f"{r['online_s']:.3f} s, Delphi {100 * d['accuracy_float']:.2f} % at "
+                f"{d['online_s']:.3f} s: SAFENet {gain:+.2f} pt"
+            )
+    return lines
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    for line in targets(json.loads(Path(args.results).read_text())):
+        print(line)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(required=True)
@@ -305,6 +356,9 @@ def main() -> int:
     t = sub.add_parser("table", help="markdown table")
     t.add_argument("--results", required=True)
     t.set_defaults(func=cmd_table)
+    g = sub.add_parser("targets", help="issue 4's targets: reached or not, with the figures")
+    g.add_argument("--results", required=True)
+    g.set_defaults(func=cmd_targets)
     args = ap.parse_args()
     return args.func(args)
 

@@ -1,0 +1,63 @@
+"""bench/planner_results.py's summaries (targets, table, plots) on hand-made result rows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "planner_results.py"
+_spec = importlib.util.spec_from_file_location("planner_results", _PATH)
+pr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pr)
+
+
+def _row(label, method, acc, online, relus=100, polys=0):
+    return {"label": f"r20/{label}", "arch": "r20", "method": method, "accuracy_float": acc,
+            "float_images": 10000, "accuracy_fixed_point": acc, "test_images": 2000,
+            "float_fixed_agreement": 0.998, "secure_accuracy": 1.0, "secure_images": 10,
+            "online_s": online, "predicted_online_s": online, "online_bytes": 2**20 * online,
+            "offline_s": 5.0, "relu_count": relus, "poly_count": polys,
+            "layers": [{"layer": "a", "channels": 8, "relu_fraction": 0.5, "degree": 2}]}  # fmt: skip
+
+
+RESULTS = {r["label"]: r for r in [
+    _row("all-relu", "all-relu", 0.936, 1.0),
+    _row("safenet-b0.5", "safenet", 0.934, 0.45),
+    _row("safenet-b0.3", "safenet", 0.925, 0.30),  # more than 0.5 pt lost: not the pick
+    _row("delphi-b0.5", "delphi", 0.920, 0.48),
+    _row("delphi-b0.3", "delphi", 0.900, 0.31),
+    _row("delphi-b0.8", "delphi", 0.935, 0.80),  # the cheapest Delphi plan as accurate
+]}  # fmt: skip
+
+
+def test_targets_pick_fastest_safenet_within_half_a_point_and_pair_budgets():
+    lines = pr.targets(RESULTS)
+    assert "r20/safenet-b0.5" in lines[0] and "0.45x all-ReLU" in lines[0]
+    assert "r20/delphi-b0.8" in lines[0] and "0.56x" in lines[0]  # 0.45 / 0.80
+    by_budget = {ln.split(" s:")[0]: ln for ln in lines[1:]}
+    assert "+1.40 pt" in by_budget["r20 budget 0.5"]
+    assert "+2.50 pt" in by_budget["r20 budget 0.3"]
+
+
+def test_targets_fall_back_to_all_relu_when_no_delphi_plan_is_as_accurate():
+    rows = {k: v for k, v in RESULTS.items() if "delphi-b0.8" not in k}
+    assert "r20/all-relu 1.000 s -> 0.45x" in pr.targets(rows)[0]
+
+
+def test_frontier_keeps_only_undominated_points():
+    pts = [(1.0, 0.9), (0.5, 0.8), (0.7, 0.7), (2.0, 0.95)]
+    assert pr._frontier(pts) == [(0.5, 0.8), (1.0, 0.9), (2.0, 0.95)]
+
+
+def test_table_and_plots(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "planner.json"
+    path.write_text(json.dumps(RESULTS))
+    args = type("A", (), {"results": str(path), "out": str(tmp_path / "png")})
+    assert pr.cmd_table(args) == 0
+    table = capsys.readouterr().out
+    assert table.count("| r20/") == len(RESULTS) and "| 0.45 |" in table
+    assert pr.cmd_plot(args) == 0
+    assert (tmp_path / "png" / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "png" / "layers-r20.png").stat().st_size > 1000
