@@ -18,7 +18,8 @@ def _row(label, method, acc, online, relus=100, polys=0):
             "float_fixed_agreement": 0.998, "secure_accuracy": 1.0, "secure_images": 10,
             "online_s": online, "predicted_online_s": online, "online_bytes": 2**20 * online,
             "offline_s": 5.0, "relu_count": relus, "poly_count": polys,
-            "layers": [{"layer": "a", "channels": 8, "relu_fraction": 0.5, "degree": 2}]}  # fmt: skip
+            "layers": [{"layer": "a", "channels": 8, "relu_fraction": 0.5,
+                        "degree": 2}]}  # fmt: skip
 
 
 RESULTS = {r["label"]: r for r in [
