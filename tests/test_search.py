@@ -200,3 +200,47 @@ def test_runner_ray_without_ray_is_a_clear_error(tiny_lenet, tmp_path, capsys, m
     rc = main(["approximate", "--model", str(tiny_lenet), "--out", str(tmp_path / "s"),
                "--runner", "ray"])  # fmt: skip
     assert rc == 2 and "pip install 'safenet[ray]'" in capsys.readouterr().err
+
+
+def test_a_diverging_trial_returns_its_last_finite_weights(tiny_lenet, data_dir):
+    from safenet.approx.search import _Member, _Search
+
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    s = _Search(ck.build(), ds, _cfg(lr=1e12, steps=6), Calibration.nominal())
+    m = _Member({n: [1.0, 3] for n in s.layers})  # all polynomial, at a ruinous rate
+    state, accuracy, _ = s.train(m, seed=1)
+    assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_changed_layers_blend_in_from_relu(tiny_lenet, data_dir, monkeypatch):
+    from safenet.approx import search as search_mod
+    from safenet.approx.search import _Member, _Search
+
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    s = _Search(ck.build(), ds, _cfg(steps=4), Calibration.nominal())
+    first, *rest = s.layers
+    old = {n: [0.5, 2] for n in s.layers}
+    state, _, _ = s.train(_Member(dict(old)), seed=1)
+    seen = []
+    real = search_mod.distillation_loss
+
+    def spy(student_out, *args):
+        seen.append({n: float(a.blend) for n, a in spy.acts.items()})
+        return real(student_out, *args)
+
+    build = s.build
+
+    def build_and_watch(m):
+        model = build(m)
+        spy.acts = activations(model)
+        return model
+
+    monkeypatch.setattr(search_mod, "distillation_loss", spy)
+    monkeypatch.setattr(s, "build", build_and_watch)
+    new = {n: list(v) for n, v in old.items()} | {first: [1.0, 2]}
+    s.train(_Member(new, state=state, state_config=old), seed=2)
+    assert [b[first] for b in seen] == [0.5, 1.0, 1.0, 1.0]  # ramp over half the steps
+    assert all(b[n] == 1.0 for b in seen for n in rest)  # unchanged layers stay as trained

@@ -20,6 +20,10 @@ budget instead, feasible means within the budget and the reward is accuracy.
 Channels kept as ReLU inside a layer are the teacher's highest-scored ones
 (:func:`~safenet.approx.scoring.score_channels`, computed once); a member whose ratio or
 degree changes is re-fitted (:func:`~safenet.nn.surgery.calibrate`) and keeps its weights.
+In a trial the layers whose configuration is new to the member's weights blend from ReLU to
+their polynomials over the first half of the steps (``ramp_fraction``), and a non-finite loss
+puts the last finite weights back and ends the trial: a network switched to polynomials all
+at once diverges (degree 3, high ratios), which without this stalls the whole population.
 
 **Delphi's planner** (``method="delphi"``), the baseline: whole layers are either ReLU or the
 fixed quadratic 0.1992 + 0.5002 x + 0.1997 x^2 (not trained), the first and last activation
@@ -93,6 +97,9 @@ class SearchConfig:
             run; a rerun resumes and gets the budget again).
         epoch_budget: stop between generations once the members together have trained on
             this many epochs of the search's training images (counted across resumes).
+        ramp_fraction: in a trial, layers whose configuration changed since the member's
+            weights were trained blend from ReLU to their polynomials over this fraction of
+            the steps (a whole network switched at once can diverge, degree 3 above all).
         Budgets may change between runs of one search; every other setting must not.
     """
 
@@ -108,6 +115,7 @@ class SearchConfig:
     eval_images: int = 2000
     degrees: tuple[int, ...] = (2, 3)
     init_ratio: float = 0.5
+    ramp_fraction: float = 0.5
     criterion: str = "taylor"
     seed: int = 0
     time_budget_s: float | None = None
@@ -224,20 +232,33 @@ class _Search:
         opt = torch.optim.SGD(
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=_KD.weight_decay
         )
+        # layers whose configuration is new to these weights blend in from ReLU over the
+        # first ``ramp_fraction`` of the steps (as fine-tuning does); the others stay at 1
+        acts = activations(student)
+        trained = (m.state_config or {}) if m.state is not None else {}
+        fresh = [a for n, a in acts.items() if trained.get(n) != m.config[n]]
+        ramp = max(1, round(cfg.ramp_fraction * cfg.steps)) if fresh else 0
         g = torch.Generator().manual_seed(seed)
         student.train()
-        for _ in range(cfg.steps):
+        good = copy.deepcopy(student.state_dict())  # last state with a finite loss
+        for step in range(cfg.steps):
+            for a in fresh:
+                a.blend.fill_(min(1.0, (step + 1) / ramp))
             idx = torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=g)
             x, y = self.train_x[idx], self.train_y[idx]
             with torch.no_grad():
                 t = self.teacher(x)
             loss = distillation_loss(student(x), t, y, _KD.temperature, _KD.kd_weight)
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # diverged: back to the last good weights, stop
+                student.load_state_dict(good)
                 break
+            if step % 10 == 0:
+                good = copy.deepcopy(student.state_dict())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, _KD.clip)
             opt.step()
+        set_blend(student, 1.0)  # scored and kept as it will be served
         state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         accuracy = self._accuracy(student)
         latency = predict(count(compile_model(student.eval(), self.shape)), self.cal)["online_s"]
