@@ -20,11 +20,13 @@ def test_builtin_metadata(name):
     else:
         assert ck.parent == "default"
         base = checkpoint.load("default").metrics["accuracy"]
-        assert ck.metrics["accuracy"] >= base - 0.01
+        # issue 4: the best SAFENet search result within 0.5 point of the ReLU model
+        assert ck.metrics["accuracy"] >= base - 0.005
+        assert ck.training["search"]["method"] == "safenet"
         assert ck.metrics["relu_channel_fraction"] <= 0.5
 
 
-def test_default_approx_keeps_at_most_half_the_relus_and_agrees_in_fixed_point(data_dir):
+def test_default_approx_keeps_few_relus_and_agrees_in_fixed_point(data_dir):
     base = checkpoint.load("default").build()
     ck = checkpoint.load("default-approx")
     model = ck.build()
@@ -34,7 +36,7 @@ def test_default_approx_keeps_at_most_half_the_relus_and_agrees_in_fixed_point(d
     plan = compile_model(model, (1, 28, 28))
     counts = plan.counts()
     assert counts["relu_count"] + counts["poly_count"] == full["relu_count"]
-    assert counts["relu_count"] <= 0.5 * full["relu_count"]
+    assert counts["relu_count"] <= 0.25 * full["relu_count"]
     r = evaluate_plan(model, plan, ds, progress=False)
     assert r["overflows"] == 0
     assert r["agreement"] >= 0.98
