@@ -2,9 +2,9 @@
 # Issue 4's searches on Fashion-MNIST (docs/results.md#planner-search): SAFENet (BTPBT) and
 # Delphi's planner at the same latency budgets, for ResNet-20 (`default`) and ResNet-32
 # (trained here first, 8 epochs). Budgets are predicted online seconds under this machine's
-# calibration (`safenet bench --calibrate` on an idle machine, first; the one used is
-# docs/results/calibration-2026-12-02.json); each is a fraction of the all-ReLU model's
-# prediction (`safenet cost`: ResNet-20 1.374 s, ResNet-32 2.214 s).
+# calibration (`safenet bench --calibrate` on an idle machine; the one used, 2026-12-02, is
+# docs/results/calibration-2026-12-02.json and is passed to every search); each is a fraction
+# of the all-ReLU model's prediction (`safenet cost`: ResNet-20 1.374 s, ResNet-32 2.214 s).
 #
 #   scripts/planner_runs.sh r20 [BUDGET...]   # default: 0.69 0.55 0.41 (0.5x, 0.4x, 0.3x)
 #   scripts/planner_runs.sh r32 [BUDGET...]   # default: 1.10 0.66 (0.5x, 0.3x)
@@ -18,12 +18,16 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 METHODS=${METHODS:-safenet delphi}
+# the unit costs the budgets were set under; CALIBRATION=~/.cache/safenet/calibration.json
+# prices with this machine's own (then rescale the budgets from `safenet cost`)
+CALIBRATION=${CALIBRATION:-docs/results/calibration-2026-12-02.json}
 run() {  # run OUT ARGS...: one search, skipped when finished
     local out=$1
     shift
     if [[ -f $out/report.json ]]; then echo "done: $out"; return; fi
     mkdir -p "$out"
-    $BIN/safenet approximate --runner sequential --out "$out" "$@" 2>&1 | tee "$out.log"
+    $BIN/safenet approximate --runner sequential --calibration "$CALIBRATION" --out "$out" "$@" \
+        2>&1 | tee "$out.log"
 }
 arch=${1:?r20 or r32}
 shift
