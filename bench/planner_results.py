@@ -22,6 +22,8 @@ and vs online bytes) and per-layer plots from that file; ``table`` prints the ma
     python bench/planner_results.py plot --results docs/results/planner.json --out docs/results
     python bench/planner_results.py table --results docs/results/planner.json
     python bench/planner_results.py targets --results docs/results/planner.json
+    python bench/planner_results.py repredict --results docs/results/planner.json \
+        --calibration docs/results/calibration-2026-12-02-after.json
 
 Timing figures are only comparable within one ``measure`` run on an otherwise idle machine.
 """
@@ -45,6 +47,7 @@ from safenet.data import ImageDataset
 from safenet.demo import serve_and_query
 from safenet.evaluate import evaluate_plan
 from safenet.nn.surgery import activations
+from safenet.training import evaluate
 
 MIB = 2**20
 
@@ -73,13 +76,10 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
     model = ck.build().eval()
     full = ImageDataset(ck.dataset, "test")
     t0 = time.perf_counter()
-    correct = 0
-    with torch.no_grad():
-        for x, y in full.batches(500):
-            correct += int((model(x).argmax(1) == y).sum())
+    accuracy = evaluate(model, full)
     test = ImageDataset(ck.dataset, "test", limit=fixed_images)
     ev = evaluate_plan(model, ck.plan(), test, progress=True)
-    return {"accuracy_float": correct / len(full), "float_images": len(full),
+    return {"accuracy_float": accuracy, "float_images": len(full),
             "accuracy_float_subset": ev["accuracy"],
             "accuracy_fixed_point": ev["accuracy_fixed_point"],
             "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],

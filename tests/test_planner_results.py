@@ -51,7 +51,7 @@ def test_frontier_keeps_only_undominated_points():
     assert pr._frontier(pts) == [(0.5, 0.8), (1.0, 0.9), (2.0, 0.95)]
 
 
-def test_table_and_plots(tmp_path, capsys, monkeypatch):
+def test_table_and_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "planner.json"
     path.write_text(json.dumps(RESULTS))

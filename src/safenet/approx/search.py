@@ -237,7 +237,7 @@ class _Search:
         acts = activations(student)
         trained = (m.state_config or {}) if m.state is not None else {}
         fresh = [a for n, a in acts.items() if trained.get(n) != m.config[n]]
-        ramp = max(1, round(cfg.ramp_fraction * cfg.steps)) if fresh else 0
+        ramp = max(1, round(cfg.ramp_fraction * cfg.steps))
         g = torch.Generator().manual_seed(seed)
         student.train()
         good = copy.deepcopy(student.state_dict())  # last state with a finite loss
@@ -252,7 +252,7 @@ class _Search:
             if not torch.isfinite(loss):  # diverged: back to the last good weights, stop
                 student.load_state_dict(good)
                 break
-            if step % 10 == 0:
+            if step and step % 10 == 0:  # (step 0's state is the copy taken above)
                 good = copy.deepcopy(student.state_dict())
             opt.zero_grad()
             loss.backward()
