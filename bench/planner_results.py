@@ -64,7 +64,8 @@ def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 ACCURACY_KEYS = ("accuracy_float", "float_images", "accuracy_fixed_point", "test_images",
-                 "float_fixed_agreement", "headroom_bits", "eval_s")  # fmt: skip
+                 "float_fixed_agreement", "headroom_bits", "expected_wraps",
+                 "eval_s")  # fmt: skip
 SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
 
 
@@ -84,6 +85,7 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
             "accuracy_fixed_point": ev["accuracy_fixed_point"],
             "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],
             "headroom_bits": ev["headroom_bits"],
+            "expected_wraps": ev["expected_wraps_per_inference"],
             "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
@@ -262,9 +264,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = json.loads(Path(args.results).read_text())
     print(
         "| model | method | float % (10k) | fixed % (n) | agreement | secure (n) "
-        "| online s (pred.) | x all-ReLU | online MiB | offline s | ReLUs | poly |"
+        "| wraps / inference | online s (pred.) | x all-ReLU | online MiB | offline s | ReLUs "
+        "| poly |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arch in sorted({r["arch"] for r in results.values()}):
         rows = sorted(
             (r for r in results.values() if r["arch"] == arch and "online_s" in r),
@@ -277,6 +280,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                   f"| {100 * r['accuracy_fixed_point']:.2f} ({r['test_images']:,}) "
                   f"| {100 * r['float_fixed_agreement']:.2f} % "
                   f"| {100 * r['secure_accuracy']:.0f} % ({r['secure_images']}) "
+                  f"| {r.get('expected_wraps', float('nan')):.4f} "
                   f"| {r['online_s']:.3f} ({r['predicted_online_s']:.3f}) | {ratio} "
                   f"| {r['online_bytes'] / MIB:.1f} | {r['offline_s']:.1f} | {r['relu_count']:,} "
                   f"| {r['poly_count']:,} |")  # fmt: skip
@@ -300,26 +304,33 @@ def cmd_repredict(args: argparse.Namespace) -> int:
     return 0
 
 
+def secure_estimate(r: dict[str, Any]) -> float:
+    """A row's expected secure accuracy: float accuracy (whole test set) less its expected
+    local-truncation failures per inference (each may change a prediction)."""
+    return float(r["accuracy_float"]) - float(r.get("expected_wraps", 0.0))
+
+
 def targets(results: dict[str, Any]) -> list[str]:
     """Issue 4's targets per architecture, from measured rows: SAFENet's fastest model within
-    0.5 point of all-ReLU (float, whole test set) against all-ReLU and against the cheapest
-    Delphi plan at least as accurate (all-ReLU counts: it is Delphi's plan with nothing
-    replaced); and SAFENet against Delphi at each shared latency budget (label ``*-bX``)."""
+    0.5 point of all-ReLU against all-ReLU and against the cheapest Delphi plan at least as
+    accurate (all-ReLU counts: it is Delphi's plan with nothing replaced); and SAFENet against
+    Delphi at each shared latency budget (label ``*-bX``). Accuracy is
+    :func:`secure_estimate`, so a plan whose truncations often fail does not qualify."""
     lines = []
     for arch in sorted({r["arch"] for r in results.values()}):
         rows = [r for r in results.values() if r["arch"] == arch and "online_s" in r]
         base = next((r for r in rows if r["method"] == "all-relu"), None)
         if base is None:
             continue
-        a0, l0 = base["accuracy_float"], base["online_s"]
-        ok = [r for r in rows if r["method"] == "safenet" and r["accuracy_float"] >= a0 - 0.005]
+        a0, l0 = secure_estimate(base), base["online_s"]
+        ok = [r for r in rows if r["method"] == "safenet" and secure_estimate(r) >= a0 - 0.005]
         if ok:
             s = min(ok, key=lambda r: r["online_s"])
             delphi = [r for r in rows if r["method"] in ("delphi", "all-relu")
-                      and r["accuracy_float"] >= s["accuracy_float"]]  # fmt: skip
+                      and secure_estimate(r) >= secure_estimate(s)]  # fmt: skip
             d = min(delphi, key=lambda r: r["online_s"])
             lines.append(
-                f"{arch}: SAFENet within 0.5 pt: {s['label']} {100 * s['accuracy_float']:.2f} % "
+                f"{arch}: SAFENet within 0.5 pt: {s['label']} {100 * secure_estimate(s):.2f} % "
                 f"(all-ReLU {100 * a0:.2f} %), online {s['online_s']:.3f} s = "
                 f"{s['online_s'] / l0:.2f}x all-ReLU (target <= 0.50); cheapest Delphi plan at "
                 f"least as accurate: {d['label']} {d['online_s']:.3f} s -> "
@@ -335,10 +346,10 @@ def targets(results: dict[str, Any]) -> list[str]:
                       and x["label"].endswith(f"-b{budget}")), None)  # fmt: skip
             if d is None:
                 continue
-            gain = 100 * (r["accuracy_float"] - d["accuracy_float"])
+            gain = 100 * (secure_estimate(r) - secure_estimate(d))
             lines.append(
-                f"{arch} budget {budget} s: SAFENet {100 * r['accuracy_float']:.2f} % at "
-                f"{r['online_s']:.3f} s, Delphi {100 * d['accuracy_float']:.2f} % at "
+                f"{arch} budget {budget} s: SAFENet {100 * secure_estimate(r):.2f} % at "
+                f"{r['online_s']:.3f} s, Delphi {100 * secure_estimate(d):.2f} % at "
                 f"{d['online_s']:.3f} s: SAFENet {gain:+.2f} pt"
             )
     return lines

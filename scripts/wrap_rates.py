@@ -3,8 +3,10 @@
 A polynomial channel truncates its shares locally twice (the activation input ``v`` and the
 polynomial sum ``Y``); each truncation of a value ``u`` wraps with probability about
 ``|u| / p`` (docs/protocol.md). This runs the plaintext fixed-point reference on test images
-and sums ``(|v| + |Y|) / p`` over every polynomial element, averaged per image: the figure
-behind the choice of the 48-bit prime for models with polynomial channels.
+and reports :attr:`safenet.plan.reference.RangeStats.expected_wraps`, the sum of
+``(|v| + |Y|) / p`` over every polynomial element averaged per image: the figure behind the
+choice of the 48-bit prime for models with polynomial channels, and the one the search
+charges against a member's accuracy.
 
     python scripts/wrap_rates.py [--model default-approx] [--images 500]
 """
@@ -15,37 +17,12 @@ import argparse
 import json
 
 import numpy as np
-import torch
 
 from safenet.checkpoint import load
 from safenet.data.torchdata import ImageDataset
 from safenet.field import DELPHI_PRIME, POLY_PRIME, Field
 from safenet.plan.compiler import compile_model
-from safenet.plan.reference import apply_op
-
-
-def expected_wraps(model: torch.nn.Module, x: torch.Tensor, p: int) -> tuple[int, float]:
-    """(polynomial elements per image, expected wraps per image) under prime ``p``."""
-    plan = compile_model(model, tuple(x.shape[1:]), Field(p=p))
-    xi = torch.from_numpy(plan.field.encode(x.double().numpy()))
-    vals: list[torch.Tensor] = []
-    total, n_poly = 0.0, 0
-    for i, op in enumerate(plan.ops):
-        ins = [vals[j] for j in op.inputs] if op.kind != "input" else [xi]
-        vals.append(apply_op(op, ins, p, i=i))
-        if op.kind != "activation" or "coefficients" not in op.arrays:
-            continue
-        mask = op.arrays["relu_mask"].astype(bool)
-        v = ins[0].double().numpy()[:, ~mask]
-        k = op.attrs["shift"]
-        X = np.floor((v + 2 ** (k - 1)) / 2**k)
-        coef = op.arrays["coefficients"].astype(np.float64)
-        coef = (np.repeat(coef, len(mask), 0) if len(coef) == 1 else coef)[~mask]
-        shape = (1, -1) + (1,) * (v.ndim - 2)
-        Y = sum(coef[:, j].reshape(shape) * X**j for j in range(coef.shape[1]))
-        total += float(np.abs(v).sum() + np.abs(Y).sum()) / p
-        n_poly += int(v[0].size)
-    return n_poly, total / len(x)
+from safenet.plan.reference import RangeStats
 
 
 def main() -> None:
@@ -60,9 +37,14 @@ def main() -> None:
     x = ds.normalize(ds.images)
     rows = []
     for p in (DELPHI_PRIME, POLY_PRIME):
-        n_poly, wraps = expected_wraps(model, x, p)
+        plan = compile_model(model, tuple(x.shape[1:]), Field(p=p))
+        stats = RangeStats()
+        plan.reference(x.numpy(), stats=stats)
+        n_poly = sum(int(np.prod(op.shape)) - int(op.arrays["relu_mask"].sum())
+                     * int(np.prod(op.shape[1:])) for op in plan.ops
+                     if op.kind == "activation" and "coefficients" in op.arrays)  # fmt: skip
         rows.append({"prime_bits": p.bit_length(), "poly_elements": n_poly,
-                     "expected_wraps_per_inference": wraps})  # fmt: skip
+                     "expected_wraps_per_inference": stats.expected_wraps})  # fmt: skip
     print(json.dumps({"model": args.model, "images": len(x), "rows": rows}, indent=1))
 
 

@@ -72,3 +72,31 @@ def test_bounds_grow_with_the_input_range():
     small, large = static_bounds(plan, 1.0), static_bounds(plan, 4.0)
     assert all(a <= b for a, b in zip(small, large, strict=True))
     assert max(large) > max(small)
+
+
+def test_expected_wraps_sum_the_truncated_magnitudes_over_p():
+    plan = compile_model(_approx_net(), (1, 16, 16))
+    x = np.random.default_rng(2).normal(size=(8, 1, 16, 16))
+    stats = RangeStats()
+    plan.reference(x, stats=stats)
+    p, want = plan.field.p, 0.0
+    for op in plan.ops:  # recomputed independently: each op's input via a plan prefix
+        if op.kind != "activation" or "coefficients" not in op.arrays:
+            continue
+        src = op.inputs[0]
+        prefix = Plan(plan.field, plan.input_shape, plan.ops[: src + 1])
+        v = prefix.reference(x, decode=False).astype(object)
+        poly = ~op.arrays["relu_mask"].astype(bool)
+        v = v[:, poly]
+        k = op.attrs["shift"]
+        xs = (v + (1 << (k - 1))) // (1 << k) if k > 0 else v
+        c = op.arrays["coefficients"].astype(object)
+        c = (np.repeat(c, len(poly), 0) if len(c) == 1 else c)[poly]
+        shape = (1, -1) + (1,) * (v.ndim - 2)
+        y = sum(c[:, j].reshape(shape) * xs**j for j in range(c.shape[1]))
+        want += float(np.abs(v).sum() + np.abs(y).sum()) / p
+    assert stats.images == 8
+    assert want > 0 and stats.expected_wraps == pytest.approx(want / 8, rel=1e-9)
+    relu_only = RangeStats()
+    compile_model(_small_net(), (1, 6, 6)).reference(x[:, :, :6, :6], stats=relu_only)
+    assert relu_only.expected_wraps == 0.0 and relu_only.images == 8

@@ -30,6 +30,7 @@ def test_eval_json_contract(lenet, data_dir, capsys):
     assert report["relu_count"] == 6 * 28 * 28 + 16 * 10 * 10 + 120 + 84
     assert report["poly_count"] == 0
     assert report["overflows"] == 0
+    assert report["expected_wraps_per_inference"] == 0.0  # all ReLU: nothing truncated locally
 
 
 def test_eval_bad_model_is_a_clear_error(capsys):

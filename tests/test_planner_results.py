@@ -41,6 +41,14 @@ def test_targets_pick_fastest_safenet_within_half_a_point_and_pair_budgets():
     assert "+2.50 pt" in by_budget["r20 budget 0.3"]
 
 
+def test_a_plan_whose_truncations_fail_does_not_qualify():
+    rows = dict(RESULTS)
+    rows["r20/safenet-b0.5"] = rows["r20/safenet-b0.5"] | {"expected_wraps": 0.2}
+    first = pr.targets(rows)[0]
+    assert "no SAFENet model within 0.5 pt" in first or "safenet-b0.5" not in first
+    assert "-18.60 pt" in " ".join(pr.targets(rows))  # 0.934 - 0.2 against Delphi's 0.920
+
+
 def test_targets_fall_back_to_all_relu_when_no_delphi_plan_is_as_accurate():
     rows = {k: v for k, v in RESULTS.items() if "delphi-b0.8" not in k}
     assert "r20/all-relu 1.000 s -> 0.45x" in pr.targets(rows)[0]

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,8 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "poly_count",
             "overflows",
             "headroom_bits",
+            "expected_wraps_per_inference",
         ):
-            print(f"{k:22s} {report[k]}")
+            print(f"{k:28s} {report[k]}")
     return 0
 
 
@@ -447,6 +449,18 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expected_wraps(ck: Any, data_dir: Path | None, images: int = 256) -> float:
+    """Expected local-truncation failures per secure inference of a checkpoint's plan, on
+    its dataset's first test images (a diagnostic: nothing is chosen by it)."""
+    from safenet.data.torchdata import ImageDataset
+    from safenet.plan.reference import RangeStats
+
+    ds = ImageDataset(ck.dataset, "test", data_dir, images)
+    stats = RangeStats()
+    ck.plan().reference(ds.normalize(ds.images).numpy(), stats=stats)
+    return stats.expected_wraps
+
+
 def cmd_approximate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -464,7 +478,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         generations_per_level=args.generations_per_level, steps=args.steps,
         max_drop=args.max_drop, min_accuracy=args.min_accuracy,
         latency_budget=args.latency_budget, eval_images=args.eval_images,
-        time_budget_s=args.time_budget, epoch_budget=args.epoch_budget, seed=args.seed,
+        wrap_images=args.wrap_images, time_budget_s=args.time_budget,
+        epoch_budget=args.epoch_budget, seed=args.seed,
     )  # fmt: skip
     train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
     log = (lambda _m: None) if args.json else print
@@ -488,6 +503,11 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rep["test_accuracy"] = ck.metrics["accuracy"]
         rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
+        rep["final_expected_wraps"] = _expected_wraps(ck, args.data_dir)
+        if rep["final_expected_wraps"] > 0.01:
+            log(f"warning: the final model expects {rep['final_expected_wraps']:.3f} "
+                "local-truncation failures per inference (more than 1 in 100 secure "
+                "predictions may be corrupted)")  # fmt: skip
     else:
         if not rep["complete"]:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
@@ -501,8 +521,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     layers = {k: {"ratio": r, "degree": int(d)} for k, (r, d) in rep["config"].items()}
     (args.out / "layers.json").write_text(json.dumps(layers, indent=1))  # for finetune --layers
     keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s", "teacher_online_s",
-            "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
-            "checkpoint")  # fmt: skip
+            "expected_wraps", "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
+            "final_expected_wraps", "checkpoint")  # fmt: skip
     print(json.dumps({k: report[k] for k in keys if k in report}))
     return 0
 
@@ -650,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-accuracy", type=float, default=None, help="absolute threshold instead")
     p.add_argument("--latency-budget", type=float, default=None, help="online seconds")
     p.add_argument("--eval-images", type=int, default=2000, help="held-out images scoring members")
+    p.add_argument(
+        "--wrap-images", type=int, default=64,
+        help="held-out images measuring truncation failures (charged to accuracy; 0: off)",
+    )  # fmt: skip
     p.add_argument(
         "--final-epochs", type=int, default=1, help="fine-tune epochs for the winner (0: none)"
     )

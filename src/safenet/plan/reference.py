@@ -25,10 +25,21 @@ LIMB = 20
 
 @dataclass
 class RangeStats:
-    """Largest magnitude seen per op (before reduction mod p) and wrap-around counts."""
+    """Largest magnitude seen per op (before reduction mod p), wrap-around counts, and the
+    expected number of local-truncation failures of the secure protocol.
+
+    The protocol truncates a polynomial channel's shares locally twice, the activation input
+    ``v`` and the polynomial sum ``Y`` (docs/protocol.md); truncating a shared value ``u``
+    fails (a huge error in that element) with probability about ``|u| / p``. ``wraps`` sums
+    ``(|v| + |Y|) / p`` over every polynomial element seen, ``images`` counts the inputs, and
+    :attr:`expected_wraps` is the mean per inference: an upper bound on the share of secure
+    predictions such failures can change.
+    """
 
     max_abs: dict[int, int] = field(default_factory=dict)
     overflows: dict[int, int] = field(default_factory=dict)
+    wraps: float = 0.0
+    images: int = 0
 
     def record(self, i: int, exact: torch.Tensor | np.ndarray, half: int) -> None:
         """Note the exact (unreduced) values of op ``i``: int64 tensor or Python-int array."""
@@ -45,6 +56,20 @@ class RangeStats:
     @property
     def total_overflows(self) -> int:
         return sum(self.overflows.values())
+
+    @property
+    def expected_wraps(self) -> float:
+        """Expected local-truncation failures per inference (0 before any input)."""
+        return self.wraps / self.images if self.images else 0.0
+
+    def record_truncations(self, v: torch.Tensor, y: Exact, p: int) -> None:
+        """Add the failure chances of truncating the shared values ``v`` and ``y`` mod ``p``."""
+        mags = float(v.abs().double().sum()) if v.numel() else 0.0
+        if isinstance(y, np.ndarray):
+            mags += float(np.abs(y).sum()) if y.size else 0.0
+        elif y.numel():
+            mags += float(y.abs().double().sum())
+        self.wraps += mags / p
 
 
 def _centre(v: torch.Tensor, p: int) -> torch.Tensor:
@@ -166,6 +191,7 @@ def _activation(v: torch.Tensor, op: Op, p: int, stats: RangeStats | None, i: in
                 exact[:, ~mask.numpy()] if isinstance(exact, np.ndarray) else exact[:, ~mask]
             )
             stats.record(i, poly_only, p // 2)
+            stats.record_truncations(v[:, ~mask], poly_only, p)
         y = _reduce(exact, p)
         out = torch.where(keep, out, _round_shift(y, op.attrs["poly_shift"]))
     return out
@@ -216,6 +242,8 @@ def apply_op(
 
 
 def _forward(plan: Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Tensor:
+    if stats is not None:
+        stats.images += len(x)
     vals: list[torch.Tensor] = []
     for i, op in enumerate(plan.ops):
         ins = [vals[j] for j in op.inputs] if op.kind != "input" else [x]
@@ -237,7 +265,8 @@ def run(
     Args:
         x: real inputs (encoded here at ``frac_bits``) or, with ``encoded``, integers.
         decode: return reals (output / 2^scale) instead of centred integers.
-        stats: filled with per-op magnitudes and wrap-arounds, if given.
+        stats: filled with per-op magnitudes, wrap-arounds and expected truncation
+            failures, if given.
     """
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     single = tuple(x.shape) == tuple(plan.input_shape)
