@@ -64,7 +64,7 @@ def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 ACCURACY_KEYS = ("accuracy_float", "float_images", "accuracy_fixed_point", "test_images",
-                 "float_fixed_agreement", "headroom_bits", "expected_wraps",
+                 "float_fixed_agreement", "headroom_bits", "failure_rate",
                  "eval_s")  # fmt: skip
 SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
 
@@ -86,6 +86,7 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
             "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],
             "headroom_bits": ev["headroom_bits"],
             "expected_wraps": ev["expected_wraps_per_inference"],
+            "failure_rate": ev["secure_failure_rate"],
             "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
@@ -264,7 +265,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = json.loads(Path(args.results).read_text())
     print(
         "| model | method | float % (10k) | fixed % (n) | agreement | secure (n) "
-        "| wraps / inference | online s (pred.) | x all-ReLU | online MiB | offline s | ReLUs "
+        "| fail rate | online s (pred.) | x all-ReLU | online MiB | offline s | ReLUs "
         "| poly |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -280,7 +281,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                   f"| {100 * r['accuracy_fixed_point']:.2f} ({r['test_images']:,}) "
                   f"| {100 * r['float_fixed_agreement']:.2f} % "
                   f"| {100 * r['secure_accuracy']:.0f} % ({r['secure_images']}) "
-                  f"| {r.get('expected_wraps', float('nan')):.4f} "
+                  f"| {r.get('failure_rate', float('nan')):.4f} "
                   f"| {r['online_s']:.3f} ({r['predicted_online_s']:.3f}) | {ratio} "
                   f"| {r['online_bytes'] / MIB:.1f} | {r['offline_s']:.1f} | {r['relu_count']:,} "
                   f"| {r['poly_count']:,} |")  # fmt: skip
@@ -305,9 +306,9 @@ def cmd_repredict(args: argparse.Namespace) -> int:
 
 
 def secure_estimate(r: dict[str, Any]) -> float:
-    """A row's expected secure accuracy: float accuracy (whole test set) less its expected
-    local-truncation failures per inference (each may change a prediction)."""
-    return float(r["accuracy_float"]) - float(r.get("expected_wraps", 0.0))
+    """A row's expected secure accuracy: float accuracy (whole test set) less the share of
+    inferences expected to see a local-truncation failure (each may change a prediction)."""
+    return float(r["accuracy_float"]) - float(r.get("failure_rate", 0.0))
 
 
 def targets(results: dict[str, Any]) -> list[str]:

@@ -4,9 +4,10 @@ A polynomial channel truncates its shares locally twice (the activation input ``
 polynomial sum ``Y``); each truncation of a value ``u`` wraps with probability about
 ``|u| / p`` (docs/protocol.md). This runs the plaintext fixed-point reference on test images
 and reports :attr:`safenet.plan.reference.RangeStats.expected_wraps`, the sum of
-``(|v| + |Y|) / p`` over every polynomial element averaged per image: the figure behind the
-choice of the 48-bit prime for models with polynomial channels, and the one the search
-charges against a member's accuracy.
+``min((|v| + |Y|) / p, 1)`` over every polynomial element averaged per image (the figure
+behind the choice of the 48-bit prime for models with polynomial channels), and
+``failure_rate``, the share of inferences expected to see at least one wrap (what the
+search charges against a member's accuracy).
 
     python scripts/wrap_rates.py [--model default-approx] [--images 500]
 """
@@ -44,7 +45,8 @@ def main() -> None:
                      * int(np.prod(op.shape[1:])) for op in plan.ops
                      if op.kind == "activation" and "coefficients" in op.arrays)  # fmt: skip
         rows.append({"prime_bits": p.bit_length(), "poly_elements": n_poly,
-                     "expected_wraps_per_inference": stats.expected_wraps})  # fmt: skip
+                     "expected_wraps_per_inference": stats.expected_wraps,
+                     "failure_rate": stats.failure_rate})  # fmt: skip
     print(json.dumps({"model": args.model, "images": len(x), "rows": rows}, indent=1))
 
 

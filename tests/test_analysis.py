@@ -77,9 +77,10 @@ def test_bounds_grow_with_the_input_range():
 def test_expected_wraps_sum_the_truncated_magnitudes_over_p():
     plan = compile_model(_approx_net(), (1, 16, 16))
     x = np.random.default_rng(2).normal(size=(8, 1, 16, 16))
+    x[0] *= 1e4  # one input far out of range: its chances cap at 1 per element
     stats = RangeStats()
-    plan.reference(x, stats=stats)
-    p, want = plan.field.p, 0.0
+    plan.reference(x, stats=stats, batch_size=3)
+    p, lam = plan.field.p, np.zeros(8)
     for op in plan.ops:  # recomputed independently: each op's input via a plan prefix
         if op.kind != "activation" or "coefficients" not in op.arrays:
             continue
@@ -94,9 +95,15 @@ def test_expected_wraps_sum_the_truncated_magnitudes_over_p():
         c = (np.repeat(c, len(poly), 0) if len(c) == 1 else c)[poly]
         shape = (1, -1) + (1,) * (v.ndim - 2)
         y = sum(c[:, j].reshape(shape) * xs**j for j in range(c.shape[1]))
-        want += float(np.abs(v).sum() + np.abs(y).sum()) / p
+        for u in (v, y):
+            chance = np.minimum(np.abs(u).astype(np.float64) / p, 1.0)
+            lam += chance.reshape(8, -1).sum(1)
     assert stats.images == 8
-    assert want > 0 and stats.expected_wraps == pytest.approx(want / 8, rel=1e-9)
+    assert lam[0] > 1 and 0 < lam[1:].max() < 1e-2
+    assert stats.expected_wraps == pytest.approx(lam.mean(), rel=1e-9)
+    assert stats.failure_rate == pytest.approx((1 - np.exp(-lam)).mean(), rel=1e-9)
+    assert stats.failure_rate < (1 + 7e-2) / 8  # the blown-up input counts once, not lam[0]
     relu_only = RangeStats()
     compile_model(_small_net(), (1, 6, 6)).reference(x[:, :, :6, :6], stats=relu_only)
-    assert relu_only.expected_wraps == 0.0 and relu_only.images == 8
+    assert relu_only.expected_wraps == 0.0 and relu_only.failure_rate == 0.0
+    assert relu_only.images == 8

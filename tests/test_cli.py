@@ -31,6 +31,7 @@ def test_eval_json_contract(lenet, data_dir, capsys):
     assert report["poly_count"] == 0
     assert report["overflows"] == 0
     assert report["expected_wraps_per_inference"] == 0.0  # all ReLU: nothing truncated locally
+    assert report["secure_failure_rate"] == 0.0
 
 
 def test_eval_bad_model_is_a_clear_error(capsys):

@@ -137,7 +137,7 @@ def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys, monkeypatch):
     assert out["complete"] and 0.0 < out["test_accuracy"] <= 1.0
     assert best.metrics["accuracy"] == out["test_accuracy"]
     has_poly = best.plan().counts()["poly_count"] > 0
-    assert out["expected_wraps"] >= 0.0 and (out["final_expected_wraps"] > 0.0) == has_poly
+    assert out["failure_rate"] >= 0.0 and (out["final_failure_rate"] > 0.0) == has_poly
     assert best.training["finetune"]["epochs"] == 1 and "search" in best.training
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["calibration"].startswith("nominal")
@@ -257,23 +257,26 @@ def test_trials_measure_truncation_failures_and_the_reward_charges_them(tiny_len
     s = _Search(ck.build(), ds, _cfg(steps=2, latency_budget=10.0), Calibration.nominal())
     relu = s.train(_Member({n: [0.0, 2] for n in s.layers}), seed=1)
     poly = s.train(_Member({n: [1.0, 3] for n in s.layers}), seed=1)
-    assert relu.wraps == 0.0  # nothing is truncated locally without polynomial channels
-    assert 0.0 < poly.wraps < 1.0
-    m = _Member({n: [1.0, 3] for n in s.layers}, accuracy=0.9, latency=1.0, wraps=0.25)
+    assert relu.failure_rate == 0.0  # nothing is truncated locally without polynomial channels
+    assert 0.0 < poly.failure_rate < 1.0
+    m = _Member({n: [1.0, 3] for n in s.layers}, accuracy=0.9, latency=1.0,
+                failure_rate=0.25)  # fmt: skip
     assert s.reward(m) == pytest.approx(0.65)  # under a latency budget: secure accuracy
     s.cfg.latency_budget = None
-    s.threshold, m.wraps = 0.8, 0.05
+    s.threshold, m.failure_rate = 0.8, 0.05
     assert s.feasible(m) and s.reward(m) > -1.0
-    m.wraps = 0.15  # 0.9 - 0.15 misses the 0.8 bar although the float accuracy clears it
+    m.failure_rate = 0.15  # 0.9 - 0.15 misses the 0.8 bar although the float accuracy clears it
     assert not s.feasible(m) and s.reward(m) < -1.0
 
 
 def test_a_search_saved_before_a_setting_existed_resumes():
     from dataclasses import asdict
 
-    from safenet.approx.search import _fixed
+    from safenet.approx.search import _fixed, _member
 
     old = asdict(_cfg())
     del old["wrap_images"]  # saved by a version without it: counts as the default
     assert _fixed(old) == _fixed(asdict(_cfg()))
     assert _fixed(old) != _fixed(asdict(_cfg(wrap_images=0)))
+    m = _member({"config": {"a": [0.5, 2]}, "accuracy": 0.9, "wraps": 0.1})  # an older field
+    assert m.accuracy == 0.9 and m.failure_rate == 0.0

@@ -166,6 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "overflows",
             "headroom_bits",
             "expected_wraps_per_inference",
+            "secure_failure_rate",
         ):
             print(f"{k:28s} {report[k]}")
     return 0
@@ -449,16 +450,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _expected_wraps(ck: Any, data_dir: Path | None, images: int = 256) -> float:
-    """Expected local-truncation failures per secure inference of a checkpoint's plan, on
-    its dataset's first test images (a diagnostic: nothing is chosen by it)."""
+def _failure_rate(ck: Any, data_dir: Path | None, images: int = 256) -> float:
+    """Share of a checkpoint's secure inferences expected to see a local-truncation failure,
+    on its dataset's first test images (a diagnostic: nothing is chosen by it)."""
     from safenet.data.torchdata import ImageDataset
     from safenet.plan.reference import RangeStats
 
     ds = ImageDataset(ck.dataset, "test", data_dir, images)
     stats = RangeStats()
     ck.plan().reference(ds.normalize(ds.images).numpy(), stats=stats)
-    return stats.expected_wraps
+    return stats.failure_rate
 
 
 def cmd_approximate(args: argparse.Namespace) -> int:
@@ -503,11 +504,11 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rep["test_accuracy"] = ck.metrics["accuracy"]
         rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
-        rep["final_expected_wraps"] = _expected_wraps(ck, args.data_dir)
-        if rep["final_expected_wraps"] > 0.01:
-            log(f"warning: the final model expects {rep['final_expected_wraps']:.3f} "
-                "local-truncation failures per inference (more than 1 in 100 secure "
-                "predictions may be corrupted)")  # fmt: skip
+        rep["final_failure_rate"] = _failure_rate(ck, args.data_dir)
+        if rep["final_failure_rate"] > 0.01:
+            log(f"warning: {100 * rep['final_failure_rate']:.1f} % of the final model's "
+                "secure inferences are expected to see a local-truncation failure (each "
+                "may change the prediction)")  # fmt: skip
     else:
         if not rep["complete"]:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
@@ -521,8 +522,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     layers = {k: {"ratio": r, "degree": int(d)} for k, (r, d) in rep["config"].items()}
     (args.out / "layers.json").write_text(json.dumps(layers, indent=1))  # for finetune --layers
     keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s", "teacher_online_s",
-            "expected_wraps", "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
-            "final_expected_wraps", "checkpoint")  # fmt: skip
+            "failure_rate", "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
+            "final_failure_rate", "checkpoint")  # fmt: skip
     print(json.dumps({k: report[k] for k in keys if k in report}))
     return 0
 

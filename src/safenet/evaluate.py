@@ -62,6 +62,7 @@ def evaluate_plan(
         "largest_value_bits": int(largest).bit_length(),
         "headroom_bits": plan.field.bits - 1 - int(largest).bit_length(),
         "expected_wraps_per_inference": stats.expected_wraps,
+        "secure_failure_rate": stats.failure_rate,
     }
 
 

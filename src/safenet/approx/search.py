@@ -19,10 +19,10 @@ by how much it misses. With a latency
 budget instead, feasible means within the budget and the reward is accuracy.
 
 The accuracy a member is judged by is its *secure* accuracy estimate: float accuracy minus
-its expected local-truncation failures per inference
-(:attr:`~safenet.plan.reference.RangeStats.expected_wraps`, measured with the plaintext
-fixed-point reference on ``wrap_images`` held-out images). Each failure corrupts one element
-and can change the prediction, so this is what wraps can cost at worst. Without it the search
+the share of inferences expected to see a local-truncation failure
+(:attr:`~safenet.plan.reference.RangeStats.failure_rate`, measured with the plaintext
+fixed-point reference on ``wrap_images`` held-out images). A failure corrupts one element
+and can change the prediction, so this is what failures can cost at worst. Without it the search
 happily picks plans whose polynomial sums come too close to p/2: a ResNet-32 search chose
 degree 3 everywhere, 0.70 expected failures per inference under the 48-bit prime, and got 4
 of 10 secure predictions right (docs/results.md).
@@ -65,7 +65,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -167,23 +167,23 @@ class _Member:
     state_config: dict[str, list[float]] | None = None  # the configuration ``state`` was trained in
     accuracy: float = math.nan
     latency: float = math.nan
-    wraps: float = 0.0  # expected local-truncation failures per inference
+    failure_rate: float = 0.0  # share of inferences with a local-truncation failure
     reward: float = -math.inf
 
     @property
     def secure_accuracy(self) -> float:
         """Float accuracy less what truncation failures can cost at worst."""
-        return self.accuracy - self.wraps
+        return self.accuracy - self.failure_rate
 
 
 class Trial(NamedTuple):
     """What one trial returns: trained weights, held-out accuracy (float), predicted online
-    seconds and expected local-truncation failures per inference of the compiled plan."""
+    seconds and the compiled plan's local-truncation failure rate."""
 
     state: dict[str, torch.Tensor]
     accuracy: float
     latency: float
-    wraps: float
+    failure_rate: float
 
 
 def _specs(config: dict[str, list[float]]) -> dict[str, LayerSpec]:
@@ -294,16 +294,17 @@ class _Search:
         accuracy = self._accuracy(student)
         plan = compile_model(student.eval(), self.shape)
         latency = predict(count(plan), self.cal)["online_s"]
-        return Trial(state, accuracy, float(latency), self.wraps(plan))
+        return Trial(state, accuracy, float(latency), self.failure_rate(plan))
 
-    def wraps(self, plan: Plan) -> float:
-        """Expected local-truncation failures per inference of ``plan`` on held-out images."""
+    def failure_rate(self, plan: Plan) -> float:
+        """Share of ``plan``'s inferences on held-out images expected to see a truncation
+        failure."""
         k = min(self.cfg.wrap_images, len(self.eval_x))
         if k <= 0:
             return 0.0
         stats = RangeStats()
         plan.reference(self.eval_x[:k].numpy(), stats=stats)
-        return stats.expected_wraps
+        return stats.failure_rate
 
     def reward(self, m: _Member) -> float:
         """Higher is better; every infeasible member scores below -1, under every feasible one."""
@@ -386,6 +387,12 @@ class _Search:
                 m.config[n][1] = d
 
 
+def _member(saved: dict[str, Any]) -> _Member:
+    """A member from its saved fields (fields saved by other versions are left out)."""
+    known = {f.name for f in fields(_Member)}
+    return _Member(**{k: v for k, v in saved.items() if k in known})
+
+
 def _fixed(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed search must share with the saved one (budgets may change;
     settings added since a search was saved count as their defaults)."""
@@ -415,7 +422,7 @@ def search(
 
     The report holds the best member's per-layer ``config`` (``[ratio replaced, degree]``),
     its accuracy on the held-out images, predicted online latency, expected truncation
-    failures per inference (``expected_wraps``), the teacher's, the
+    failure rate (``failure_rate``), the teacher's, the
     per-generation history, and ``model``: the best student, trained, ready to save.
     """
     out = Path(out_dir)
@@ -431,7 +438,7 @@ def search(
         saved = torch.load(state_path, weights_only=False)
         if _fixed(saved["config"]) != _fixed(asdict(cfg)):
             raise ValueError(f"{state_path} belongs to a search with other settings")
-        members = [_Member(**m) for m in saved["members"]]
+        members = [_member(m) for m in saved["members"]]
         gen, history = saved["generation"], saved["history"]
         seen = saved.get("images_seen", 0)
         s.rng.setstate(saved["rng"])
@@ -451,21 +458,21 @@ def search(
         level = tree[gen // cfg.generations_per_level]
         seeds = [s.rng.randrange(2**31) for _ in members]  # here, whatever the runner
         trained = runner.map(s.train, list(zip(members, seeds, strict=True)))
-        for m, (state, accuracy, latency, wraps) in zip(members, trained, strict=True):
+        for m, (state, accuracy, latency, fails) in zip(members, trained, strict=True):
             m.state, m.state_config = state, copy.deepcopy(m.config)
-            m.accuracy, m.latency, m.wraps = accuracy, latency, wraps
+            m.accuracy, m.latency, m.failure_rate = accuracy, latency, fails
             m.reward = s.reward(m)
         members.sort(key=lambda m: m.reward, reverse=True)
         best = members[0]
         history.append({"generation": gen, "level_groups": len(level),
                         "best_reward": best.reward, "best_accuracy": best.accuracy,
-                        "best_latency": best.latency, "best_wraps": best.wraps,
+                        "best_latency": best.latency, "best_failure_rate": best.failure_rate,
                         "rewards": [m.reward for m in members]})  # fmt: skip
         seen += per_gen
         spent = time.perf_counter() - t0
         left = spent / (gen + 1 - start_gen) * (total_gens - gen - 1)
         log(f"generation {gen + 1}/{total_gens} ({len(level)} groups): best accuracy "
-            f"{best.accuracy:.4f} ({best.wraps:.3f} expected wraps), predicted online "
+            f"{best.accuracy:.4f} (secure failure rate {best.failure_rate:.4f}), predicted online "
             f"{best.latency:.3f} s "
             f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s); "
             f"{seen / len(s.train_x):.1f} epochs, ~{left / 60:.0f} min left")  # fmt: skip
@@ -487,7 +494,7 @@ def search(
         "config": best.config,
         "accuracy": best.accuracy,
         "predicted_online_s": best.latency,
-        "expected_wraps": best.wraps,
+        "failure_rate": best.failure_rate,
         "teacher_accuracy": s.teacher_acc,
         "teacher_online_s": s.teacher_latency,
         "threshold": s.threshold,

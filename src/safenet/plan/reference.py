@@ -25,21 +25,26 @@ LIMB = 20
 
 @dataclass
 class RangeStats:
-    """Largest magnitude seen per op (before reduction mod p), wrap-around counts, and the
-    expected number of local-truncation failures of the secure protocol.
+    """Largest magnitude seen per op (before reduction mod p), wrap-around counts, and how
+    often the secure protocol's local truncations would fail on these inputs.
 
     The protocol truncates a polynomial channel's shares locally twice, the activation input
     ``v`` and the polynomial sum ``Y`` (docs/protocol.md); truncating a shared value ``u``
-    fails (a huge error in that element) with probability about ``|u| / p``. ``wraps`` sums
-    ``(|v| + |Y|) / p`` over every polynomial element seen, ``images`` counts the inputs, and
-    :attr:`expected_wraps` is the mean per inference: an upper bound on the share of secure
-    predictions such failures can change.
+    fails (a huge error in that element) with probability about ``min(|u| / p, 1)``. Per
+    input, ``lambda`` sums that over every polynomial element: the expected number of failures
+    in its inference. :attr:`expected_wraps` is the mean of ``lambda``, and
+    :attr:`failure_rate` the mean of ``1 - exp(-lambda)``, the chance that an inference sees
+    at least one failure (failures are independent, each rare): an upper bound on the share of
+    secure predictions they can change, and never above 1 even when one input's values blow
+    up.
     """
 
     max_abs: dict[int, int] = field(default_factory=dict)
     overflows: dict[int, int] = field(default_factory=dict)
-    wraps: float = 0.0
+    wraps: float = 0.0  # sum of lambda over the inputs seen
+    failures: float = 0.0  # sum of 1 - exp(-lambda)
     images: int = 0
+    _pending: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def record(self, i: int, exact: torch.Tensor | np.ndarray, half: int) -> None:
         """Note the exact (unreduced) values of op ``i``: int64 tensor or Python-int array."""
@@ -62,14 +67,42 @@ class RangeStats:
         """Expected local-truncation failures per inference (0 before any input)."""
         return self.wraps / self.images if self.images else 0.0
 
+    @property
+    def failure_rate(self) -> float:
+        """Share of inferences expected to see at least one truncation failure."""
+        return self.failures / self.images if self.images else 0.0
+
+    def begin_batch(self, n: int) -> None:
+        """Start counting the failure chances of a batch of ``n`` inputs."""
+        self._pending = np.zeros(n)
+
+    def end_batch(self) -> None:
+        """Add the batch's per-input expected failures to the totals."""
+        if self._pending is None:
+            return
+        lam = self._pending
+        self.wraps += float(lam.sum())
+        self.failures += float((-np.expm1(-lam)).sum())
+        self.images += len(lam)
+        self._pending = None
+
     def record_truncations(self, v: torch.Tensor, y: Exact, p: int) -> None:
-        """Add the failure chances of truncating the shared values ``v`` and ``y`` mod ``p``."""
-        mags = float(v.abs().double().sum()) if v.numel() else 0.0
+        """Add, per input, the failure chances of truncating shared ``v`` and ``y`` mod ``p``
+        (both batched along dim 0). Between :meth:`begin_batch` and :meth:`end_batch` (as a
+        forward pass calls them) the chances add up per input; otherwise this is a batch."""
+        alone = self._pending is None  # called outside a forward pass: its own batch
+        if alone:
+            self.begin_batch(len(v))
+        assert self._pending is not None
+        n = len(self._pending)
+        pv = (v.abs().double() / p).clamp(max=1.0).reshape(n, -1).sum(1).numpy()
         if isinstance(y, np.ndarray):
-            mags += float(np.abs(y).sum()) if y.size else 0.0
-        elif y.numel():
-            mags += float(y.abs().double().sum())
-        self.wraps += mags / p
+            py = np.minimum(np.abs(y).astype(np.float64) / p, 1.0).reshape(n, -1).sum(1)
+        else:
+            py = (y.abs().double() / p).clamp(max=1.0).reshape(n, -1).sum(1).numpy()
+        self._pending += pv + py
+        if alone:
+            self.end_batch()
 
 
 def _centre(v: torch.Tensor, p: int) -> torch.Tensor:
@@ -243,11 +276,13 @@ def apply_op(
 
 def _forward(plan: Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Tensor:
     if stats is not None:
-        stats.images += len(x)
+        stats.begin_batch(len(x))
     vals: list[torch.Tensor] = []
     for i, op in enumerate(plan.ops):
         ins = [vals[j] for j in op.inputs] if op.kind != "input" else [x]
         vals.append(apply_op(op, ins, plan.field.p, stats, i))
+    if stats is not None:
+        stats.end_batch()
     return vals[-1]
 
 
