@@ -130,6 +130,30 @@ def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
     assert math.isfinite(history[-1]["train_loss"])
 
 
+def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(data_dir, monkeypatch):
+    """A finite loss spike that the restored weights repeat on the same batch is the batch's
+    fault (an outlier input), not divergence: skipped, no slow-down, training goes on."""
+    teacher, student, ds = _student(data_dir, ratio=0.5)
+    import safenet.approx.finetune as ft
+
+    real = ft.distillation_loss
+    calls = {"n": 0}
+
+    def outlier(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * 1e4 if calls["n"] in (3, 4) else loss  # step 2, before and after rollback
+
+    monkeypatch.setattr(ft, "distillation_loss", outlier)
+    logs = []
+    cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.01, blend_epochs=0.5)
+    model, history = finetune(student, teacher, ds, ds, cfg, log=logs.append)
+    assert history[-1]["rollbacks"] == 0 and history[-1]["skipped_batches"] == 1, (logs, calls)
+    assert any("batch skipped" in m for m in logs)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(history[-1]["train_loss"])
+
+
 def test_finetune_gives_up_cleanly_when_always_diverging(data_dir, monkeypatch):
     teacher, student, ds = _student(data_dir, ratio=0.5)
     import safenet.approx.finetune as ft

@@ -80,7 +80,7 @@ def run_epochs(
     batch_size: int,
     optimizer: torch.optim.Optimizer,
     lr_fn: Callable[[int], float],
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor | None],
     on_epoch: Callable[[int, dict[str, Any]], None],
     device: str = "cpu",
     seed: int = 0,
@@ -90,7 +90,8 @@ def run_epochs(
     """The loop shared by training and fine-tuning: epochs of SGD steps, eval, callback.
 
     ``on_epoch`` receives the epoch's row; with ``evaluate_after`` it already holds
-    ``test_accuracy``, otherwise the callback measures it.
+    ``test_accuracy``, otherwise the callback measures it. A ``loss_fn`` returning None
+    skips the batch (no step).
     """
     steps = math.ceil(len(train_ds) / batch_size)
     for epoch in range(start_epoch, epochs):
@@ -108,6 +109,8 @@ def run_epochs(
                 g["lr"] = lr_fn(step)
             x, y = x.to(device), y.to(device)
             loss = loss_fn(model, x, y, step)
+            if loss is None:
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:

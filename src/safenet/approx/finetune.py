@@ -74,7 +74,10 @@ class DivergenceGuard:
 
     Every ``every`` good steps it snapshots model, optimiser and blend. A non-finite or
     exploding loss restores the snapshot and halves both the learning rate and the speed at
-    which the blend approaches 1, so the next attempt is gentler.
+    which the blend approaches 1, so the next attempt is gentler. When the restored weights
+    give the same batch an exploding but finite loss too, the batch is at fault (an input the
+    polynomials blow up on), not the training: :meth:`forgive` takes the rollback back and
+    the batch is skipped.
     """
 
     def __init__(
@@ -86,7 +89,7 @@ class DivergenceGuard:
         every: int = 50,
     ) -> None:
         self.model, self.opt, self.max_rollbacks, self.every = model, opt, max_rollbacks, every
-        self.rollbacks, self.good = 0, 0
+        self.rollbacks, self.good, self.skipped = 0, 0, 0
         self.lr_scale = 1.0
         self.blend, self.rate = 0.0, 1.0 / max(blend_steps, 1)
         self.avg: float | None = None
@@ -125,6 +128,14 @@ class DivergenceGuard:
         self.lr_scale /= 2
         self.rate /= 2
         set_blend(self.model, self.blend)
+
+    def forgive(self) -> None:
+        """Undo the last rollback's count and slow-down (its weights stay restored): the
+        batch, not the training, was bad; count it as skipped."""
+        self.rollbacks -= 1
+        self.lr_scale *= 2
+        self.rate *= 2
+        self.skipped += 1
 
 
 def prepare(
@@ -189,11 +200,21 @@ def finetune(
     guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks)
     history: list[dict[str, Any]] = []
 
-    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor | None:
         guard.advance()
         with torch.no_grad():
             t = teacher(x)
         loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+        if guard.bad(loss):
+            first = float(loss.detach())
+            guard.rollback()
+            loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+            if guard.bad(loss) and math.isfinite(float(loss.detach())):
+                guard.forgive()
+                log(f"step {step}: loss {first:.3g}, and {float(loss.detach()):.3g} with the "
+                    "last good weights too: batch skipped")  # fmt: skip
+                return None
+            log(f"step {step}: loss {first:.3g}, rolled back, lr x{guard.lr_scale:g}")
         while guard.bad(loss):
             guard.rollback()
             log(
@@ -208,6 +229,7 @@ def finetune(
         row["test_accuracy"] = evaluate(student, test_ds, device=config.device)
         set_blend(student, guard.blend)
         row["rollbacks"], row["blend"] = guard.rollbacks, guard.blend
+        row["skipped_batches"] = guard.skipped
         history.append(row)
         if metrics_path is not None:
             with open(metrics_path, "a") as f:
