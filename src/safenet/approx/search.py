@@ -388,9 +388,13 @@ class _Search:
 
 
 def _member(saved: dict[str, Any]) -> _Member:
-    """A member from its saved fields (fields saved by other versions are left out)."""
+    """A member from its saved fields (fields saved by other versions are left out; the mean
+    expected wraps of an earlier version stand in for the failure rate as 1 - exp(-wraps))."""
     known = {f.name for f in fields(_Member)}
-    return _Member(**{k: v for k, v in saved.items() if k in known})
+    m = _Member(**{k: v for k, v in saved.items() if k in known})
+    if "wraps" in saved and "failure_rate" not in saved:
+        m.failure_rate = -math.expm1(-float(saved["wraps"]))
+    return m
 
 
 def _fixed(config: dict[str, Any]) -> dict[str, Any]:
