@@ -36,7 +36,11 @@ def test_targets_pick_fastest_safenet_within_half_a_point_and_pair_budgets():
     lines = pr.targets(RESULTS)
     assert "r20/safenet-b0.5" in lines[0] and "0.45x all-ReLU" in lines[0]
     assert "r20/delphi-b0.8" in lines[0] and "0.56x" in lines[0]  # 0.45 / 0.80
-    by_budget = {ln.split(" s:")[0]: ln for ln in lines[1:]}
+    at = {ln.split("'s accuracy")[0]: ln for ln in lines if "'s accuracy" in ln}
+    assert "r20/safenet-b0.3 92.50 % at 0.300 s -> 0.97x" in at["r20 at r20/delphi-b0.3"]
+    assert "r20/safenet-b0.3 92.50 % at 0.300 s -> 0.62x" in at["r20 at r20/delphi-b0.5"]
+    assert "r20 at r20/delphi-b0.8" not in at  # no SAFENet plan is as accurate
+    by_budget = {ln.split(" s:")[0]: ln for ln in lines[1:] if "budget" in ln}
     assert "+1.40 pt" in by_budget["r20 budget 0.5"]
     assert "+2.50 pt" in by_budget["r20 budget 0.3"]
 

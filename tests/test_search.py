@@ -269,6 +269,15 @@ def test_trials_measure_truncation_failures_and_the_reward_charges_them(tiny_len
     assert not s.feasible(m) and s.reward(m) < -1.0
 
 
+def test_equal_rewards_rank_the_faster_member_first():
+    from safenet.approx.search import _Member, _rank
+
+    slow = _Member({}, accuracy=0.94, latency=1.04, reward=0.9436)
+    fast = _Member({}, accuracy=0.94, latency=0.75, reward=0.9436)
+    better = _Member({}, accuracy=0.95, latency=1.04, reward=0.95)
+    assert sorted([slow, fast, better], key=_rank, reverse=True) == [better, fast, slow]
+
+
 def test_a_search_saved_before_a_setting_existed_resumes():
     from dataclasses import asdict
 

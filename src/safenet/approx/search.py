@@ -387,6 +387,12 @@ class _Search:
                 m.config[n][1] = d
 
 
+def _rank(m: _Member) -> tuple[float, float]:
+    """Sort key, best last: reward, and at equal reward the lower predicted latency (under a
+    budget the reward is accuracy alone, and two members can tie on held-out images)."""
+    return (m.reward, -m.latency)
+
+
 def _member(saved: dict[str, Any]) -> _Member:
     """A member from its saved fields (fields saved by other versions are left out; the mean
     expected wraps of an earlier version stand in for the failure rate as 1 - exp(-wraps))."""
@@ -466,7 +472,7 @@ def search(
             m.state, m.state_config = state, copy.deepcopy(m.config)
             m.accuracy, m.latency, m.failure_rate = accuracy, latency, fails
             m.reward = s.reward(m)
-        members.sort(key=lambda m: m.reward, reverse=True)
+        members.sort(key=_rank, reverse=True)
         best = members[0]
         history.append({"generation": gen, "level_groups": len(level),
                         "best_reward": best.reward, "best_accuracy": best.accuracy,
@@ -492,7 +498,7 @@ def search(
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             log(f"time budget reached after generation {gen}; rerun to resume")
             break
-    best = max(members, key=lambda m: m.reward)
+    best = max(members, key=_rank)
     return {
         "method": cfg.method,
         "config": best.config,
