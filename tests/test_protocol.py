@@ -61,6 +61,25 @@ def test_local_truncation_error_is_zero_or_one(p, k):
     assert abs((err[ok] == 1).mean() - (1 - 2.0**-k) / 2) < 0.02
 
 
+def test_local_truncation_wraps_with_probability_abs_v_over_p():
+    """The model behind ``RangeStats.failure_rate``: truncating a shared v fails with
+    probability |v| / p (a small prime here, so failures are common enough to count)."""
+    from safenet.field import is_probable_prime
+
+    p = next(q for q in range(2**20 + 1, 2**21, 2) if is_probable_prime(q))
+    rng = np.random.default_rng(7)
+    v = rng.integers(-(2**17), 2**17, 400000)
+    k = 8
+    x = A.to_residues(v, p)
+    c = A.uniform(v.shape, p)
+    s = A.sub(x, c, p)
+    t = A.add(A.trunc_share(s, k, p, server=True), A.trunc_share(c, k, p, server=False), p)
+    err = np.where(t > p // 2, t - p, t) - np.floor((v + 2 ** (k - 1)) / 2**k).astype(np.int64)
+    failures = int((np.abs(err) > 1).sum())
+    expected = float(np.abs(v).sum()) / p  # about 25,000
+    assert abs(failures - expected) < 0.03 * expected
+
+
 def test_bits_roundtrip():
     v = A.uniform(1000, POLY_PRIME)
     b = A.bits(v, 48)
