@@ -25,6 +25,7 @@ CONFIGS = [
     {"arch": "resnet32", "input_shape": (3, 32, 32), "relu_ratio": 1.0},
     {"arch": "resnet32", "input_shape": (3, 32, 32), "relu_ratio": 0.5},
     {"arch": "resnet32", "input_shape": (3, 32, 32), "relu_ratio": 0.25, "degree": 3},
+    {"arch": "resnet32", "input_shape": (3, 32, 32), "relu_layers": 4},
     {"arch": "minionn", "input_shape": (1, 28, 28), "relu_ratio": 1.0},
     {"model": "default"},
     {"model": "default-approx"},
@@ -39,6 +40,8 @@ def _plan(cfg: dict):
     cfg = dict(cfg)
     arch, shape = cfg.pop("arch"), tuple(cfg.pop("input_shape"))
     name = f"{arch} {'x'.join(map(str, shape))} relu {cfg.get('relu_ratio', 1.0)}"
+    if cfg.get("relu_layers") is not None:
+        name = f"{arch} {'x'.join(map(str, shape))} ReLU in {cfg['relu_layers']} layers"
     if cfg.get("degree", 2) == 3:
         name += " deg 3"
     return random_plan(arch, shape, **cfg), name

@@ -1,6 +1,7 @@
 """The cost model's counts and byte predictions against real sessions (no timing asserted:
 latency accuracy is validated in bench/cost_validate.py and docs/cost-model.md)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -119,3 +120,29 @@ def test_cost_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["network"]["rtt"] == pytest.approx(0.01)
     assert main(["cost", "--arch", "resnet20", "--calibration", str(tmp_path / "no.json")]) == 2
     assert "safenet bench --calibrate" in capsys.readouterr().err
+
+
+def test_gc_evaluation_fit_separates_gates_from_layers():
+    from safenet.approx.cost import _fit_gc_eval
+
+    a, b = 2e-8, 3e-3
+    rows = [(n, k, a * n + b * k) for n, k in ((8e6, 19), (4e6, 19), (3.5e6, 2))]
+    per_and, per_layer = _fit_gc_eval(rows)
+    assert per_and == pytest.approx(a, rel=1e-6) and per_layer == pytest.approx(b, rel=1e-6)
+    one = [(8e6, 19, a * 8e6)]  # a single run cannot separate the two: per AND only
+    assert _fit_gc_eval(one) == (pytest.approx(a), 0.0)
+
+
+def test_relu_layers_plans_keep_whole_layers_and_are_priced_per_layer():
+    plan = random_plan("resnet20", (1, 16, 16), width=2, relu_layers=2)
+    c = count(plan)
+    assert c.relu_layers == 2 and c.act_layers == 19
+    acts = [op for op in plan.ops if op.kind == "activation"]
+    assert acts[0].arrays["relu_mask"].all() and acts[-1].arrays["relu_mask"].all()
+    assert not any(op.arrays["relu_mask"].any() for op in acts[1:-1])
+    cal = Calibration.nominal()
+    base = predict(c, cal)["online_parts_s"]["gc_eval"]
+    cal2 = dataclasses.replace(cal, gc_eval_per_relu_layer=0.01)
+    assert predict(c, cal2)["online_parts_s"]["gc_eval"] == pytest.approx(base + 0.02, abs=1e-4)
+    with pytest.raises(ValueError, match="relu_layers"):
+        random_plan("resnet20", (1, 16, 16), width=2, relu_layers=0)

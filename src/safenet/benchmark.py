@@ -31,8 +31,12 @@ def random_plan(
     num_classes: int = 10,
     width: int | None = None,
     seed: int = 0,
+    relu_layers: int | None = None,
 ) -> Plan:
-    """Compile ``arch`` with random (seeded) weights; ``relu_ratio`` of channels keep ReLU."""
+    """Compile ``arch`` with random (seeded) weights; ``relu_ratio`` of channels keep ReLU.
+
+    With ``relu_layers`` = n instead, whole layers are chosen as Delphi's planner does: the
+    first n - 1 activation layers and the last keep ReLU, every other is polynomial."""
     if not 0.0 <= relu_ratio <= 1.0:
         raise ValueError(f"relu_ratio must be in [0, 1], got {relu_ratio}")
     if degree not in (2, 3):
@@ -50,14 +54,26 @@ def random_plan(
         for _ in range(4):
             model(torch.randn(16, c, h, w))
     model.eval()
-    if relu_ratio < 1.0:
+    if relu_layers is not None:
+        model = surgery.convert(model, torch.randn(4, c, h, w))
+        names = list(surgery.activations(model))
+        if not 1 <= relu_layers <= len(names):
+            raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")
+        keep = set(names[: relu_layers - 1]) | {names[-1]}
+        specs = {n: surgery.LayerSpec(0.0 if n in keep else 1.0, degree) for n in names}
+        surgery.set_layers(model, specs)
+        surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
+        surgery.set_blend(model, 1.0)
+        model.eval()
+    elif relu_ratio < 1.0:
         model = surgery.convert(model, torch.randn(4, c, h, w))
         surgery.set_layers(model, surgery.LayerSpec(1.0 - relu_ratio, degree))
         surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
         surgery.set_blend(model, 1.0)
         model.eval()
     plan = compile_model(model, input_shape)
-    plan.info |= {"arch": arch, "relu_ratio": relu_ratio, "degree": degree, "seed": seed}
+    plan.info |= {"arch": arch, "relu_ratio": relu_ratio, "degree": degree, "seed": seed,
+                  "relu_layers": relu_layers}  # fmt: skip
     return plan
 
 

@@ -85,6 +85,7 @@ class PlanCounts:
     he_out: int = 0  # and back
     he_products: int = 0
     act_layers: int = 0
+    relu_layers: int = 0  # activation layers with at least one ReLU channel
     act_elements: int = 0  # everything reshared online
     input_elements: int = 0
     output_elements: int = 0
@@ -142,6 +143,7 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             c.poly_cts += cts
             c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers sent
             c.act_layers += 1
+            c.relu_layers += 1 if n_relu else 0
             c.act_elements += int(np.prod(op.shape))
         c.layers.append(row)
     return c
@@ -166,6 +168,7 @@ class Calibration:
     ct_reply_bytes: float
     public_key_bytes: float
     local: Network
+    gc_eval_per_relu_layer: float = 0.0  # fixed evaluation cost of a layer with ReLUs
     machine: str = ""
     date: str = ""
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -249,7 +252,7 @@ def predict(
     off_parts, on_parts, off_msgs, rounds = _bytes(c, cal)
     off_b, on_b = sum(off_parts.values()), sum(on_parts.values())
     parts = {
-        "gc_eval": c.ands * cal.gc_eval_per_and,
+        "gc_eval": c.ands * cal.gc_eval_per_and + c.relu_layers * cal.gc_eval_per_relu_layer,
         "gc_encode": c.label_bits * cal.gc_encode_per_bit,
         "linear": c.macs * cal.linear_online_per_mac,
         "poly": c.poly * cal.poly_online_per_element,
@@ -329,12 +332,30 @@ def _prim(rep: dict[str, Any], side: str, name: str, phase: str) -> float:
     return float(rep[side]["primitives"].get(name, {}).get(f"{phase}_s", 0.0))
 
 
+def _fit_gc_eval(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(seconds per AND, seconds per ReLU layer) by least squares over (ANDs, layers, s);
+    per AND alone (layer term 0) when the runs cannot separate the two or the fit is not
+    positive."""
+    a = np.array([[r[0], r[1]] for r in rows])
+    y = np.array([r[2] for r in rows])
+    alone = float(y.sum() / max(a[:, 0].sum(), 1.0))
+    if len(rows) < 2 or np.linalg.matrix_rank(a) < 2:
+        return alone, 0.0
+    (per_and, per_layer), *_ = np.linalg.lstsq(a, y, rcond=None)
+    if per_and <= 0 or per_layer < 0:
+        return alone, 0.0
+    return float(per_and), float(per_layer)
+
+
 def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True) -> Calibration:
     """Measure unit costs with real two-process sessions of random-weight models.
 
     ``configs`` are :func:`safenet.benchmark.random_plan` keyword sets (default: a ResNet-20
-    at 3x32x32, all-ReLU and half polynomial). Each unit cost is the engine's own profiled
-    time for a primitive divided by the plan's count of that unit, summed over the runs.
+    at 3x32x32, all-ReLU, half polynomial, and ReLU in 2 whole layers only). Each unit cost
+    is the engine's own profiled time for a primitive divided by the plan's count of that
+    unit, summed over the runs; garbled-circuit evaluation is fitted by least squares as a
+    cost per AND gate plus a cost per layer with ReLUs (a few large ReLU layers evaluate
+    faster per gate than many small ones), which the third configuration separates.
     """
     from safenet.benchmark import random_plan
     from safenet.crypto.he import ClientKeys, HEContext, HEParams
@@ -343,6 +364,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
     configs = configs or [
         {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 1.0},
         {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 0.5},
+        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_layers": 2},
     ]
     local = measure_loopback()
     tot: dict[str, float] = dict.fromkeys(
@@ -350,6 +372,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
          "he_cts", "he_lin_s", "poly_cts", "he_poly_s", "act", "overhead", "gc_off"), 0.0
     )  # fmt: skip
     sources = []
+    gc_rows: list[tuple[float, float, float]] = []  # (ANDs, ReLU layers, eval seconds)
     ct_sizes: dict[str, list[float]] = {"in": [], "reply": []}
     for cfg in configs:
         cfg = dict(cfg)
@@ -359,9 +382,12 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
         _, rep = run_local(plan, x, decode=False)
         if progress:
             what = f"{plan.info['arch']} relu_ratio {plan.info['relu_ratio']}"
+            if plan.info.get("relu_layers") is not None:
+                what = f"{plan.info['arch']} ReLU in {plan.info['relu_layers']} layers"
             print(f"calibration run {what}: online {rep['online_s']:.2f} s, "
                   f"offline {rep['offline_s']:.2f} s", flush=True)  # fmt: skip
         ev = _prim(rep, "client", "gc.eval", "online")
+        gc_rows.append((float(c.ands), float(c.relu_layers), ev))
         enc = _prim(rep, "server", "gc.encode", "online")
         lin = _prim(rep, "server", "linear.plain", "online")
         pol = _prim(rep, "server", "poly", "online") + _prim(rep, "client", "poly", "online")
@@ -388,6 +414,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
                      ("gc_off", max(gc_off, 0.0))):  # fmt: skip
             tot[k] += v
         sources.append({"arch": plan.info["arch"], "relu_ratio": plan.info["relu_ratio"],
+                        "relu_layers": plan.info.get("relu_layers"),
                         "input_shape": list(plan.input_shape), "online_s": rep["online_s"],
                         "offline_s": rep["offline_s"]})  # fmt: skip
     he = HEContext(HEParams(8192, DELPHI_PRIME))
@@ -396,8 +423,10 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
     ct_reply = sum(b for b, _ in ct_sizes["reply"]) / max(1, sum(n for _, n in ct_sizes["reply"]))
     # linear-layer HE time is charged per plaintext-ciphertext product (the dominant term; the
     # per-ciphertext work is proportional to it for these layouts)
+    per_and, per_layer = _fit_gc_eval(gc_rows)
     return Calibration(
-        gc_eval_per_and=tot["eval"] / max(tot["ands"], 1),
+        gc_eval_per_and=per_and,
+        gc_eval_per_relu_layer=per_layer,
         gc_encode_per_bit=tot["encode"] / max(tot["bits"], 1),
         linear_online_per_mac=tot["linear"] / max(tot["macs"], 1),
         poly_online_per_element=tot["poly_s"] / max(tot["poly"], 1),
