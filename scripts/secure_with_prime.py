@@ -6,7 +6,7 @@ compiles the model over it, runs ``safenet.secure.run_local`` (server and client
 over loopback) on the first test images and prints, per image, the secure and reference
 argmax, the label, the largest logit error in ulp and the online seconds.
 
-    python scripts/secure_with_prime.py --model runs/r32/safenet-b1.10/best.pt --bits 55
+    python scripts/secure_with_prime.py --model runs/r32/safenet-b1.10-nowrap/best.pt --bits 55
 """
 
 from __future__ import annotations

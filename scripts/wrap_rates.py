@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from safenet.checkpoint import load
 from safenet.data.torchdata import ImageDataset
 from safenet.field import DELPHI_PRIME, POLY_PRIME, Field
@@ -41,10 +39,7 @@ def main() -> None:
         plan = compile_model(model, tuple(x.shape[1:]), Field(p=p))
         stats = RangeStats()
         plan.reference(x.numpy(), stats=stats)
-        n_poly = sum(int(np.prod(op.shape)) - int(op.arrays["relu_mask"].sum())
-                     * int(np.prod(op.shape[1:])) for op in plan.ops
-                     if op.kind == "activation" and "coefficients" in op.arrays)  # fmt: skip
-        rows.append({"prime_bits": p.bit_length(), "poly_elements": n_poly,
+        rows.append({"prime_bits": p.bit_length(), "poly_elements": plan.counts()["poly_count"],
                      "expected_wraps_per_inference": stats.expected_wraps,
                      "failure_rate": stats.failure_rate})  # fmt: skip
     print(json.dumps({"model": args.model, "images": len(x), "rows": rows}, indent=1))

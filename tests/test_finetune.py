@@ -107,23 +107,31 @@ def test_guard_rolls_back_and_slows_down(data_dir):
         pytest.fail("the guard should give up after max_rollbacks")
 
 
-def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
-    """A NaN loss mid-run is rolled back; training finishes with finite weights."""
+def _finetune_with_loss(data_dir, monkeypatch, change):
+    """Fine-tune a half-polynomial student whose n-th loss (1-based) is ``change(n, loss)``;
+    returns (model, history, logs)."""
     teacher, student, ds = _student(data_dir, ratio=0.5)
     import safenet.approx.finetune as ft
 
     real = ft.distillation_loss
     calls = {"n": 0}
 
-    def flaky(*args, **kwargs):
+    def changed(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return change(calls["n"], real(*args, **kwargs))
 
-    monkeypatch.setattr(ft, "distillation_loss", flaky)
+    monkeypatch.setattr(ft, "distillation_loss", changed)
     logs = []
     cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.01, blend_epochs=0.5)
     model, history = finetune(student, teacher, ds, ds, cfg, log=logs.append)
+    return model, history, logs
+
+
+def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
+    """A NaN loss mid-run is rolled back; training finishes with finite weights."""
+    model, history, logs = _finetune_with_loss(
+        data_dir, monkeypatch, lambda n, loss: loss * float("nan") if n == 3 else loss
+    )
     assert history[-1]["rollbacks"] == 1
     assert any("rolled back" in m for m in logs)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -133,22 +141,10 @@ def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
 def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(data_dir, monkeypatch):
     """A finite loss spike that the restored weights repeat on the same batch is the batch's
     fault (an outlier input), not divergence: skipped, no slow-down, training goes on."""
-    teacher, student, ds = _student(data_dir, ratio=0.5)
-    import safenet.approx.finetune as ft
-
-    real = ft.distillation_loss
-    calls = {"n": 0}
-
-    def outlier(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * 1e4 if calls["n"] in (3, 4) else loss  # step 2, before and after rollback
-
-    monkeypatch.setattr(ft, "distillation_loss", outlier)
-    logs = []
-    cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.01, blend_epochs=0.5)
-    model, history = finetune(student, teacher, ds, ds, cfg, log=logs.append)
-    assert history[-1]["rollbacks"] == 0 and history[-1]["skipped_batches"] == 1, (logs, calls)
+    model, history, logs = _finetune_with_loss(  # step 2, before and after the rollback
+        data_dir, monkeypatch, lambda n, loss: loss * 1e4 if n in (3, 4) else loss
+    )
+    assert history[-1]["rollbacks"] == 0 and history[-1]["skipped_batches"] == 1, logs
     assert any("batch skipped" in m for m in logs)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(history[-1]["train_loss"])

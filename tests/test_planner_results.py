@@ -49,7 +49,7 @@ def test_a_plan_whose_truncations_fail_does_not_qualify():
     rows = dict(RESULTS)
     rows["r20/safenet-b0.5"] = rows["r20/safenet-b0.5"] | {"failure_rate": 0.2}
     first = pr.targets(rows)[0]
-    assert "no SAFENet model within 0.5 pt" in first or "safenet-b0.5" not in first
+    assert "no SAFENet model within 0.5 pt" in first  # b0.5 drops to 73.4 %, b0.3 is 1.1 pt off
     assert "-18.60 pt" in " ".join(pr.targets(rows))  # 0.934 - 0.2 against Delphi's 0.920
 
 

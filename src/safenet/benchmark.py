@@ -54,20 +54,18 @@ def random_plan(
         for _ in range(4):
             model(torch.randn(16, c, h, w))
     model.eval()
-    if relu_layers is not None:
+    if relu_layers is not None or relu_ratio < 1.0:
         model = surgery.convert(model, torch.randn(4, c, h, w))
-        names = list(surgery.activations(model))
-        if not 1 <= relu_layers <= len(names):
-            raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")
-        keep = set(names[: relu_layers - 1]) | {names[-1]}
-        specs = {n: surgery.LayerSpec(0.0 if n in keep else 1.0, degree) for n in names}
+        specs: dict[str, surgery.LayerSpec] | surgery.LayerSpec
+        if relu_layers is not None:
+            names = list(surgery.activations(model))
+            if not 1 <= relu_layers <= len(names):
+                raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")
+            keep = set(names[: relu_layers - 1]) | {names[-1]}
+            specs = {n: surgery.LayerSpec(0.0 if n in keep else 1.0, degree) for n in names}
+        else:
+            specs = surgery.LayerSpec(1.0 - relu_ratio, degree)
         surgery.set_layers(model, specs)
-        surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
-        surgery.set_blend(model, 1.0)
-        model.eval()
-    elif relu_ratio < 1.0:
-        model = surgery.convert(model, torch.randn(4, c, h, w))
-        surgery.set_layers(model, surgery.LayerSpec(1.0 - relu_ratio, degree))
         surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
         surgery.set_blend(model, 1.0)
         model.eval()

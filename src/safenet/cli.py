@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -450,18 +449,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _failure_rate(ck: Any, data_dir: Path | None, images: int = 256) -> float:
-    """Share of a checkpoint's secure inferences expected to see a local-truncation failure,
-    on its dataset's first test images (a diagnostic: nothing is chosen by it)."""
-    from safenet.data.torchdata import ImageDataset
-    from safenet.plan.reference import RangeStats
-
-    ds = ImageDataset(ck.dataset, "test", data_dir, images)
-    stats = RangeStats()
-    ck.plan().reference(ds.normalize(ds.images).numpy(), stats=stats)
-    return stats.failure_rate
-
-
 def cmd_approximate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -469,6 +456,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     from safenet.approx.runners import make_runner
     from safenet.approx.search import SearchConfig, search
     from safenet.data.torchdata import ImageDataset
+    from safenet.evaluate import evaluate_model
 
     parent = checkpoint.load(args.model)
     if parent.activation is not None:
@@ -504,7 +492,10 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rep["test_accuracy"] = ck.metrics["accuracy"]
         rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
-        rep["final_failure_rate"] = _failure_rate(ck, args.data_dir)
+        # on the first 256 test images; a diagnostic, nothing is chosen by it
+        rep["final_failure_rate"] = evaluate_model(
+            args.out / "best.pt", split="test", limit=256, data_dir=args.data_dir, progress=False
+        )["secure_failure_rate"]
         if rep["final_failure_rate"] > 0.01:
             log(f"warning: {100 * rep['final_failure_rate']:.1f} % of the final model's "
                 "secure inferences are expected to see a local-truncation failure (each "

@@ -381,9 +381,11 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
         x = np.random.default_rng(0).normal(size=plan.input_shape)
         _, rep = run_local(plan, x, decode=False)
         if progress:
-            what = f"{plan.info['arch']} relu_ratio {plan.info['relu_ratio']}"
-            if plan.info.get("relu_layers") is not None:
-                what = f"{plan.info['arch']} ReLU in {plan.info['relu_layers']} layers"
+            n = plan.info.get("relu_layers")
+            kind = (
+                f"ReLU in {n} layers" if n is not None else f"relu_ratio {plan.info['relu_ratio']}"
+            )
+            what = f"{plan.info['arch']} {kind}"
             print(f"calibration run {what}: online {rep['online_s']:.2f} s, "
                   f"offline {rep['offline_s']:.2f} s", flush=True)  # fmt: skip
         ev = _prim(rep, "client", "gc.eval", "online")

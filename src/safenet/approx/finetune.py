@@ -205,22 +205,18 @@ def finetune(
         with torch.no_grad():
             t = teacher(x)
         loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
-        if guard.bad(loss):
-            first = float(loss.detach())
+        first_try = True
+        while guard.bad(loss):
+            bad = float(loss.detach())
             guard.rollback()
             loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
-            if guard.bad(loss) and math.isfinite(float(loss.detach())):
-                guard.forgive()
-                log(f"step {step}: loss {first:.3g}, and {float(loss.detach()):.3g} with the "
+            if first_try and guard.bad(loss) and math.isfinite(float(loss.detach())):
+                guard.forgive()  # the last good weights fail here too: the batch is at fault
+                log(f"step {step}: loss {bad:.3g}, and {float(loss.detach()):.3g} with the "
                     "last good weights too: batch skipped")  # fmt: skip
                 return None
-            log(f"step {step}: loss {first:.3g}, rolled back, lr x{guard.lr_scale:g}")
-        while guard.bad(loss):
-            guard.rollback()
-            log(
-                f"step {step}: loss {float(loss.detach()):.3g}, rolled back, lr x{guard.lr_scale:g}"
-            )
-            loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+            first_try = False
+            log(f"step {step}: loss {bad:.3g}, rolled back, lr x{guard.lr_scale:g}")
         guard.accept(loss)
         return loss
 

@@ -95,12 +95,9 @@ class RangeStats:
             self.begin_batch(len(v))
         assert self._pending is not None
         n = len(self._pending)
-        pv = (v.abs().double() / p).clamp(max=1.0).reshape(n, -1).sum(1).numpy()
-        if isinstance(y, np.ndarray):
-            py = np.minimum(np.abs(y).astype(np.float64) / p, 1.0).reshape(n, -1).sum(1)
-        else:
-            py = (y.abs().double() / p).clamp(max=1.0).reshape(n, -1).sum(1).numpy()
-        self._pending += pv + py
+        for u in (v, y):
+            mags = np.abs(u).astype(np.float64) if isinstance(u, np.ndarray) else u.abs().double()
+            self._pending += np.minimum(np.asarray(mags) / p, 1.0).reshape(n, -1).sum(1)
         if alone:
             self.end_batch()
 
