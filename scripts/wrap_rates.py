@@ -1,13 +1,14 @@
-"""Expected local-truncation wraps per inference of a model, for each candidate prime.
+"""Truncation figures per inference of a model, for each candidate prime.
 
-A polynomial channel truncates its shares locally twice (the activation input ``v`` and the
-polynomial sum ``Y``); each truncation of a value ``u`` wraps with probability about
-``|u| / p`` (docs/protocol.md). This runs the plaintext fixed-point reference on test images
-and reports :attr:`safenet.plan.reference.RangeStats.expected_wraps`, the sum of
-``min((|v| + |Y|) / p, 1)`` over every polynomial element averaged per image (the figure
-behind the choice of the 48-bit prime for models with polynomial channels), and
-``failure_rate``, the share of inferences expected to see at least one wrap (what the
-search charges against a member's accuracy).
+Polynomial channels truncate exactly by opening ``u + R`` with a bounded mask ``R``
+(docs/fixed-point.md): they fail only where some ``|u|`` reaches ``B ~ p/16`` and each
+opening hides ``u`` up to a statistical distance ``|u| / (p - 2B)``. ``truncate`` ops (a
+linear layer fed straight by another) still truncate shares locally and wrap with
+probability about ``|u| / p``. This runs the plaintext fixed-point reference on test images
+and reports, from :class:`safenet.plan.reference.RangeStats`: ``failure_rate`` (the share
+of inferences that may leave the error bound: what the search charges against a member's
+accuracy), ``leak_bound`` (the mean per-inference statistical distance of the openings) and
+``expected_wraps`` (local truncations only).
 
     python scripts/wrap_rates.py [--model default-approx] [--images 500]
 """
@@ -41,7 +42,8 @@ def main() -> None:
         plan.reference(x.numpy(), stats=stats)
         rows.append({"prime_bits": p.bit_length(), "poly_elements": plan.counts()["poly_count"],
                      "expected_wraps_per_inference": stats.expected_wraps,
-                     "failure_rate": stats.failure_rate})  # fmt: skip
+                     "failure_rate": stats.failure_rate,
+                     "leak_bound_per_inference": stats.leak_bound})  # fmt: skip
     print(json.dumps({"model": args.model, "images": len(x), "rows": rows}, indent=1))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from safenet.field import Field
+from safenet.field import Field, trunc_bound
 from safenet.nn.surgery import LayerSpec, calibrate, convert, set_layers
 from safenet.nn.zoo import build_model
 from safenet.plan import Plan, RangeStats, compile_model
@@ -74,13 +74,17 @@ def test_bounds_grow_with_the_input_range():
     assert max(large) > max(small)
 
 
-def test_expected_wraps_sum_the_truncated_magnitudes_over_p():
+def test_failure_and_leak_recomputed_from_the_truncated_magnitudes():
+    """Polynomial channels truncate exactly below B = trunc_bound(p): an input fails only if
+    some truncated value reaches B; the leak bound sums |u| / (p - 2B) (capped at 1)."""
     plan = compile_model(_approx_net(), (1, 16, 16))
+    assert not any(op.kind == "truncate" for op in plan.ops)
     x = np.random.default_rng(2).normal(size=(8, 1, 16, 16))
-    x[0] *= 1e4  # one input far out of range: its chances cap at 1 per element
+    x[0] *= 1e9  # one input far out of range: it fails, and its leak caps at 1
     stats = RangeStats()
     plan.reference(x, stats=stats, batch_size=3)
-    p, lam = plan.field.p, np.zeros(8)
+    p, leak, fail = plan.field.p, np.zeros(8), np.zeros(8, dtype=bool)
+    b = trunc_bound(p)
     for op in plan.ops:  # recomputed independently: each op's input via a plan prefix
         if op.kind != "activation" or "coefficients" not in op.arrays:
             continue
@@ -96,14 +100,39 @@ def test_expected_wraps_sum_the_truncated_magnitudes_over_p():
         shape = (1, -1) + (1,) * (v.ndim - 2)
         y = sum(c[:, j].reshape(shape) * xs**j for j in range(c.shape[1]))
         for u in (v, y):
-            chance = np.minimum(np.abs(u).astype(np.float64) / p, 1.0)
-            lam += chance.reshape(8, -1).sum(1)
+            mags = np.abs(u).reshape(8, -1)
+            fail |= (mags >= b).any(axis=1)
+            leak += np.minimum(mags.astype(np.float64) / (p - 2 * b), 1.0).sum(1)
     assert stats.images == 8
-    assert lam[0] > 1 and 0 < lam[1:].max() < 1e-2
-    assert stats.expected_wraps == pytest.approx(lam.mean(), rel=1e-9)
-    assert stats.failure_rate == pytest.approx((1 - np.exp(-lam)).mean(), rel=1e-9)
-    assert stats.failure_rate < (1 + 7e-2) / 8  # the blown-up input counts once, not lam[0]
+    assert fail.tolist() == [True] + [False] * 7
+    assert 0 < leak[1:].max() < 1e-2
+    assert stats.failure_rate == pytest.approx(fail.mean(), rel=1e-12)
+    assert stats.leak_bound == pytest.approx(np.minimum(leak, 1.0).mean(), rel=1e-9)
+    assert stats.expected_wraps == 0.0  # no truncate op, nothing truncated locally
     relu_only = RangeStats()
     compile_model(_small_net(), (1, 6, 6)).reference(x[:, :, :6, :6], stats=relu_only)
     assert relu_only.expected_wraps == 0.0 and relu_only.failure_rate == 0.0
+    assert relu_only.leak_bound == 0.0
     assert relu_only.images == 8
+
+
+def test_truncate_ops_charge_local_wraps():
+    """A linear layer fed by a value above its input scale (two convs and a pool, no
+    activation between) truncates it locally: each element fails with chance about |v| / p,
+    summed per input (lambda)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.AvgPool2d(2), nn.Conv2d(2, 2, 1), nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    plan = compile_model(net, (1, 4, 4))
+    (t,) = [i for i, op in enumerate(plan.ops) if op.kind == "truncate"]
+    x = np.random.default_rng(4).normal(size=(5, 1, 4, 4))
+    stats = RangeStats()
+    plan.reference(x, stats=stats)
+    prefix = Plan(plan.field, plan.input_shape, plan.ops[: plan.ops[t].inputs[0] + 1])
+    v = np.abs(prefix.reference(x, decode=False).astype(np.float64)).reshape(5, -1)
+    lam = np.minimum(v / plan.field.p, 1.0).sum(1)
+    assert stats.expected_wraps == pytest.approx(lam.mean(), rel=1e-9)
+    assert stats.failure_rate == pytest.approx((1 - np.exp(-lam)).mean(), rel=1e-9)
+    assert stats.leak_bound == 0.0

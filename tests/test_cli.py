@@ -32,6 +32,7 @@ def test_eval_json_contract(lenet, data_dir, capsys):
     assert report["overflows"] == 0
     assert report["expected_wraps_per_inference"] == 0.0  # all ReLU: nothing truncated locally
     assert report["secure_failure_rate"] == 0.0
+    assert report["leak_bound_per_inference"] == 0.0  # nothing is opened outside a circuit
 
 
 def test_eval_bad_model_is_a_clear_error(capsys):

@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
+from safenet.crypto.aes import FixedKeyAES, random_blocks
 from safenet.crypto.gc import (
     FALSE,
     TRUE,
@@ -463,3 +464,20 @@ def test_relu_integer_mask_cost():
     assert relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count == 228
     with pytest.raises(ValueError, match="stat_bits"):
         relu_circuit(DELPHI_PRIME, 9, stat_bits=0)
+
+
+@pytest.mark.parametrize("in_place", [None, False])
+def test_permute_words_in_place_matches_permute(in_place):
+    """``permute_words(x, x)`` is AES of every block, whether the installed ``cryptography``
+    encrypts in place or the copy fallback runs (``_in_place=False``, as on >= 51)."""
+    aes = FixedKeyAES()
+    aes._in_place = in_place
+    blocks = random_blocks((37,), np.random.default_rng(1))
+    want = aes.permute(blocks).reshape(-1)
+    buf = np.zeros(2 * 37 + 2, dtype=np.uint64)
+    buf[: 2 * 37] = blocks.reshape(-1)
+    aes.permute_words(buf, buf, 2 * 37)
+    assert np.array_equal(buf[: 2 * 37], want)
+    out = np.zeros_like(buf)
+    aes.permute_words(blocks.reshape(-1), out, 2 * 37)
+    assert np.array_equal(out[: 2 * 37], want)

@@ -166,6 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "headroom_bits",
             "expected_wraps_per_inference",
             "secure_failure_rate",
+            "leak_bound_per_inference",
         ):
             print(f"{k:28s} {report[k]}")
     return 0
@@ -498,8 +499,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         )["secure_failure_rate"]
         if rep["final_failure_rate"] > 0.01:
             log(f"warning: {100 * rep['final_failure_rate']:.1f} % of the final model's "
-                "secure inferences are expected to see a local-truncation failure (each "
-                "may change the prediction)")  # fmt: skip
+                "secure inferences carry values beyond the exact-truncation bound (about "
+                "p/16; each may change the prediction)")  # fmt: skip
     else:
         if not rep["complete"]:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")

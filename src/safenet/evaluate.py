@@ -63,6 +63,7 @@ def evaluate_plan(
         "headroom_bits": plan.field.bits - 1 - int(largest).bit_length(),
         "expected_wraps_per_inference": stats.expected_wraps,
         "secure_failure_rate": stats.failure_rate,
+        "leak_bound_per_inference": stats.leak_bound,
     }
 
 

@@ -18,7 +18,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Field", "DELPHI_PRIME", "POLY_PRIME", "is_probable_prime", "mod_centered", "mulmod"]
+__all__ = [
+    "Field",
+    "DELPHI_PRIME",
+    "POLY_PRIME",
+    "TRUNC_MARGIN_BITS",
+    "is_probable_prime",
+    "mod_centered",
+    "mulmod",
+    "trunc_bound",
+]
 
 DELPHI_PRIME = 2**41 - 2**37 + 1
 #: the prime for plans with polynomial channels: 2^48 - 2^44 + 1 (= 1 mod 2^44, so BFV
@@ -28,6 +37,16 @@ DELPHI_PRIME = 2**41 - 2**37 + 1
 #: degree-3 sums fit. The protocol's ReLU circuit grows from 200 to 228 AND gates (7,296
 #: bytes of tables) and its online labels from 656 to 768 bytes.
 POLY_PRIME = 2**48 - 2**44 + 1
+
+#: exact truncation of polynomial channels opens ``v + R`` with ``R`` uniform in
+#: ``[B, p - B)``, ``B = 2^(bits(p) - TRUNC_MARGIN_BITS)``: exact for every ``|v| < B``
+TRUNC_MARGIN_BITS = 4
+
+
+def trunc_bound(p: int) -> int:
+    """``B``: the magnitude below which the protocol's truncation of a polynomial channel is
+    exact (``safenet.protocol.arith.open_trunc``); about p/16, so 3 bits below p/2."""
+    return 1 << (p.bit_length() - TRUNC_MARGIN_BITS)
 
 
 def is_probable_prime(n: int) -> bool:

@@ -86,6 +86,7 @@ class PlanCounts:
     he_products: int = 0
     act_layers: int = 0
     relu_layers: int = 0  # activation layers with at least one ReLU channel
+    poly_layers: int = 0  # activation layers with at least one polynomial channel
     act_elements: int = 0  # everything reshared online
     input_elements: int = 0
     output_elements: int = 0
@@ -144,6 +145,7 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers sent
             c.act_layers += 1
             c.relu_layers += 1 if n_relu else 0
+            c.poly_layers += 1 if n_poly else 0
             c.act_elements += int(np.prod(op.shape))
         c.layers.append(row)
     return c
@@ -218,10 +220,10 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
     online = {
         "input": 8.0 * c.input_elements,
         "labels": 16.0 * c.label_bits,  # one 16-byte label per server-share bit
-        "openings": 8.0 * c.poly,
+        "openings": 16.0 * c.poly,  # v + R1 to the client, e back (docs/protocol.md)
         "reshares": 8.0 * c.act_elements,
         "output": 8.0 * c.output_elements,
-        "framing": float(FRAME_BYTES * (2 + 3 * c.act_layers)),
+        "framing": float(FRAME_BYTES * (2 + 3 * c.act_layers + c.poly_layers)),
     }
     offline = {
         "public_key": cal.public_key_bytes,

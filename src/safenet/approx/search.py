@@ -19,13 +19,14 @@ by how much it misses. With a latency
 budget instead, feasible means within the budget and the reward is accuracy.
 
 The accuracy a member is judged by is its *secure* accuracy estimate: float accuracy minus
-the share of inferences expected to see a local-truncation failure
+the share of inferences that may leave the secure protocol's error bound
 (:attr:`~safenet.plan.reference.RangeStats.failure_rate`, measured with the plaintext
-fixed-point reference on ``wrap_images`` held-out images). A failure corrupts one element
-and can change the prediction, so this is what failures can cost at worst. Without it the search
-happily picks plans whose polynomial sums come too close to p/2: a ResNet-32 search chose
-degree 3 everywhere, 0.70 expected failures per inference under the 48-bit prime, and got 4
-of 10 secure predictions right (docs/results.md).
+fixed-point reference on ``wrap_images`` held-out images: a polynomial value at or beyond
+the exact-truncation bound ``B ~ p/16``, or a wrap of a local ``truncate`` op). A failure
+corrupts one element and can change the prediction, so this is what failures can cost at
+worst. Before exact truncation (December 2026) local truncation wrapped with probability
+|u|/p, and without the charge a ResNet-32 search chose degree 3 everywhere, 0.70 expected
+failures per inference, and got 4 of 10 secure predictions right (docs/results.md).
 
 Channels kept as ReLU inside a layer are the teacher's highest-scored ones
 (:func:`~safenet.approx.scoring.score_channels`, computed once); a member whose ratio or
@@ -167,7 +168,7 @@ class _Member:
     state_config: dict[str, list[float]] | None = None  # the configuration ``state`` was trained in
     accuracy: float = math.nan
     latency: float = math.nan
-    failure_rate: float = 0.0  # share of inferences with a local-truncation failure
+    failure_rate: float = 0.0  # share of inferences that may leave the secure error bound
     reward: float = -math.inf
 
     @property

@@ -27,6 +27,7 @@ class FixedKeyAES:
     def __init__(self, key: bytes = FIXED_KEY) -> None:
         self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
         self._buf = bytearray(0)
+        self._in_place: bool | None = None  # whether update_into accepts src is dst
 
     def permute(self, blocks: np.ndarray) -> np.ndarray:
         """AES of every block of ``blocks`` (uint64, shape (..., 2)); a new array."""
@@ -42,13 +43,21 @@ class FixedKeyAES:
         """``dst[:nwords] = pi(src[:nwords])`` on flat uint64 arrays (two words per block).
 
         No copies: AES writes straight into ``dst``, which needs two spare words at its end
-        (the encryptor's output slack). ``src`` may be ``dst``.
+        (the encryptor's output slack). ``src`` may be ``dst``: in place where the installed
+        ``cryptography`` allows it (< 51), through one copy of ``src`` where it does not.
         """
         if dst.size < nwords + 2 or src.size < nwords:
             raise ValueError("buffers too small (dst needs 2 spare words)")
-        written = self._enc.update_into(
-            memoryview(src.view(np.uint8))[: 8 * nwords], memoryview(dst.view(np.uint8))
-        )
+        data = memoryview(src.view(np.uint8))[: 8 * nwords]
+        if self._in_place is False and np.shares_memory(src, dst):
+            data = memoryview(bytes(data))  # cryptography >= 51 refuses overlapping buffers
+        try:
+            written = self._enc.update_into(data, memoryview(dst.view(np.uint8)))
+        except ValueError:
+            if self._in_place is False or not np.shares_memory(src, dst):
+                raise
+            self._in_place = False
+            return self.permute_words(src, dst, nwords)
         assert written == 8 * nwords
 
     def hash(self, x: np.ndarray, tweak: np.ndarray | int) -> np.ndarray:

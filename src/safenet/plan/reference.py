@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from safenet.field import trunc_bound
 from safenet.plan.ir import Op, Plan
 
 EXACT_F64 = 2**53
@@ -25,26 +26,32 @@ LIMB = 20
 
 @dataclass
 class RangeStats:
-    """Largest magnitude seen per op (before reduction mod p), wrap-around counts, and how
-    often the secure protocol's local truncations would fail on these inputs.
+    """Largest magnitude seen per op (before reduction mod p), wrap-around counts, and what
+    the secure protocol's truncations would do on these inputs.
 
-    The protocol truncates a polynomial channel's shares locally twice, the activation input
-    ``v`` and the polynomial sum ``Y`` (docs/protocol.md); truncating a shared value ``u``
-    fails (a huge error in that element) with probability about ``min(|u| / p, 1)``. Per
-    input, ``lambda`` sums that over every polynomial element: the expected number of failures
-    in its inference. :attr:`expected_wraps` is the mean of ``lambda``, and
-    :attr:`failure_rate` the mean of ``1 - exp(-lambda)``, the chance that an inference sees
-    at least one failure (failures are independent, each rare): an upper bound on the share of
-    secure predictions they can change, and never above 1 even when one input's values blow
-    up.
+    * Polynomial channels truncate their input ``v`` and their sum ``Y`` exactly by opening
+      ``u + R`` with ``R`` in ``[B, p - B)`` (``B`` = :func:`safenet.field.trunc_bound`,
+      docs/fixed-point.md): exact whenever ``|u| < B``. An input on which some ``|u|``
+      reaches ``B`` may fail (a huge error in that element): it counts fully in
+      :attr:`failure_rate`. Each opening hides ``u`` up to a statistical distance
+      ``|u| / (p - 2B)``; :attr:`leak_bound` is the mean over inputs of their sum (capped at
+      1 per input), the chance that an inference's openings tell the other party anything.
+    * ``truncate`` ops (a linear layer fed straight by another) truncate shares locally,
+      which fails with probability about ``min(|u| / p, 1)`` per element: per input
+      ``lambda`` sums that; :attr:`expected_wraps` is its mean.
+
+    :attr:`failure_rate` is the mean over inputs of ``1 - (1 - fail) exp(-lambda)``: the
+    share of secure inferences that may leave the stated error bound, an upper bound on the
+    share of secure predictions that differ from the reference.
     """
 
     max_abs: dict[int, int] = field(default_factory=dict)
     overflows: dict[int, int] = field(default_factory=dict)
     wraps: float = 0.0  # sum of lambda over the inputs seen
-    failures: float = 0.0  # sum of 1 - exp(-lambda)
+    failures: float = 0.0  # sum of the per-input failure chances
+    leaks: float = 0.0  # sum of the per-input leak bounds
     images: int = 0
-    _pending: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _pending: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def record(self, i: int, exact: torch.Tensor | np.ndarray, half: int) -> None:
         """Note the exact (unreduced) values of op ``i``: int64 tensor or Python-int array."""
@@ -64,42 +71,63 @@ class RangeStats:
 
     @property
     def expected_wraps(self) -> float:
-        """Expected local-truncation failures per inference (0 before any input)."""
+        """Expected local-truncation failures (``truncate`` ops) per inference."""
         return self.wraps / self.images if self.images else 0.0
 
     @property
     def failure_rate(self) -> float:
-        """Share of inferences expected to see at least one truncation failure."""
+        """Share of inferences that may leave the secure protocol's error bound."""
         return self.failures / self.images if self.images else 0.0
 
+    @property
+    def leak_bound(self) -> float:
+        """Mean per-inference statistical distance of the polynomial channels' openings."""
+        return self.leaks / self.images if self.images else 0.0
+
     def begin_batch(self, n: int) -> None:
-        """Start counting the failure chances of a batch of ``n`` inputs."""
-        self._pending = np.zeros(n)
+        """Start counting the per-input truncation figures of a batch of ``n`` inputs."""
+        self._pending = {k: np.zeros(n) for k in ("lam", "fail", "leak")}
 
     def end_batch(self) -> None:
-        """Add the batch's per-input expected failures to the totals."""
+        """Add the batch's per-input figures to the totals."""
         if self._pending is None:
             return
-        lam = self._pending
+        lam, fail, leak = (self._pending[k] for k in ("lam", "fail", "leak"))
         self.wraps += float(lam.sum())
-        self.failures += float((-np.expm1(-lam)).sum())
+        self.failures += float((1.0 - (1.0 - fail) * np.exp(-lam)).sum())
+        self.leaks += float(np.minimum(leak, 1.0).sum())
         self.images += len(lam)
         self._pending = None
 
-    def record_truncations(self, v: torch.Tensor, y: Exact, p: int) -> None:
-        """Add, per input, the failure chances of truncating shared ``v`` and ``y`` mod ``p``
-        (both batched along dim 0). Between :meth:`begin_batch` and :meth:`end_batch` (as a
-        forward pass calls them) the chances add up per input; otherwise this is a batch."""
+    def _add(self, key: str, per_input: np.ndarray) -> None:
         alone = self._pending is None  # called outside a forward pass: its own batch
         if alone:
-            self.begin_batch(len(v))
+            self.begin_batch(len(per_input))
         assert self._pending is not None
-        n = len(self._pending)
-        for u in (v, y):
-            mags = np.abs(u).astype(np.float64) if isinstance(u, np.ndarray) else u.abs().double()
-            self._pending += np.minimum(np.asarray(mags) / p, 1.0).reshape(n, -1).sum(1)
+        if key == "fail":
+            self._pending[key] = np.maximum(self._pending[key], per_input)
+        else:
+            self._pending[key] += per_input
         if alone:
             self.end_batch()
+
+    def record_truncations(self, v: torch.Tensor, y: Exact, p: int) -> None:
+        """Add, per input, what the exact truncations of a polynomial channel's input ``v``
+        and sum ``y`` (both batched along dim 0) risk and leak."""
+        n, b = len(v), trunc_bound(p)
+        fail, leak = np.zeros(n), np.zeros(n)
+        for u in (v, y):
+            mags = np.abs(u).astype(np.float64) if isinstance(u, np.ndarray) else u.abs().double()
+            mags = np.asarray(mags).reshape(n, -1)
+            fail = np.maximum(fail, (mags >= b).any(axis=1).astype(np.float64))
+            leak += np.minimum(mags / (p - 2 * b), 1.0).sum(axis=1)
+        self._add("fail", fail)
+        self._add("leak", leak)
+
+    def record_local_truncations(self, v: torch.Tensor, p: int) -> None:
+        """Add, per input, the expected wraps of truncating shared ``v`` locally."""
+        mags = v.abs().double().numpy().reshape(len(v), -1)
+        self._add("lam", np.minimum(mags / p, 1.0).sum(axis=1))
 
 
 def _centre(v: torch.Tensor, p: int) -> torch.Tensor:
@@ -259,6 +287,8 @@ def apply_op(
     elif op.kind == "flatten":
         out = ins[0].reshape(ins[0].shape[0], -1)
     elif op.kind == "truncate":
+        if stats is not None:
+            stats.record_local_truncations(ins[0], p)
         out = _round_shift(ins[0], op.attrs["shift"])
     elif op.kind == "activation":
         out = _activation(ins[0], op, p, stats, i)

@@ -11,8 +11,14 @@ Shares are int64 arrays of residues in ``[0, p)``; a value ``v`` is held as
   ``trunc_server(s) + trunc_client(c) = floor(v / 2^k) + delta (mod p)`` with
   ``delta in {0, 1}``, except with probability at most ``B / p`` over the uniform share,
   when the two shares straddle p and the result is off by about ``p / 2^k`` (a *wrap*).
-  The protocol uses it only where no garbled circuit runs (polynomial channels, ``truncate``
-  ops); ReLU channels truncate exactly inside the circuit.
+  The protocol uses it only for ``truncate`` ops (a linear layer fed by another one);
+* :func:`bounded_mask`, :func:`open_trunc` / :func:`mask_trunc` are the exact truncation of
+  polynomial channels: one party opens ``u = v + R`` to the other, with ``R`` uniform in
+  ``[B, p - B)`` (``B`` = :func:`safenet.field.trunc_bound`), so ``u`` is the integer
+  ``v + R`` itself whenever ``|v| < B``: the opener truncates ``u``, the mask holder ``-R``,
+  and the pair is ``round(v / 2^k) + delta``, ``delta in {0, 1}``, with no wrap at all. The
+  price is statistical: ``u`` hides ``v`` up to a distance ``|v| / (p - 2B)`` per element
+  (docs/security.md). ReLU channels truncate exactly inside the garbled circuit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import secrets
 import numba
 import numpy as np
 
+from safenet.field import trunc_bound
+
 #: statistical security parameter of the protocol (bits): HE flooding and integer masks
 STAT_BITS = 40
 
@@ -29,6 +37,9 @@ __all__ = [
     "STAT_BITS",
     "add",
     "bits",
+    "bounded_mask",
+    "mask_trunc",
+    "open_trunc",
     "bits_mod_p",
     "from_bits",
     "mulmod",
@@ -145,6 +156,29 @@ def trunc_share(x: np.ndarray, k: int, p: int, server: bool) -> np.ndarray:
     if server:
         return trunc_server(add(x, 1 << (k - 1), p), k)
     return trunc_client(x, k, p)
+
+
+def bounded_mask(shape: tuple[int, ...] | int, p: int) -> np.ndarray:
+    """Masks for exact truncation: uniform in ``[B, p - B)``, ``B = trunc_bound(p)``.
+
+    ``v + R`` then lies in ``[0, p)`` as an integer for every ``|v| < B``: opening it mod p
+    gives the integer itself, so truncating it cannot wrap.
+    """
+    b = trunc_bound(p)
+    return uniform(shape, p - 2 * b) + b
+
+
+def open_trunc(u: np.ndarray, k: int) -> np.ndarray:
+    """The opener's half of exact truncation: ``floor((u + 2^(k-1)) / 2^k)`` of the opened
+    ``u = v + R`` (a residue in ``[0, p)`` that equals the integer ``v + R``)."""
+    u = np.asarray(u, dtype=np.int64)
+    return (u + (1 << (k - 1))) >> k if k else u
+
+
+def mask_trunc(r: np.ndarray, k: int, p: int) -> np.ndarray:
+    """The mask holder's half of exact truncation: ``-floor(R / 2^k) mod p``. With
+    :func:`open_trunc` the pair sums to ``round(v / 2^k) + delta``, ``delta in {0, 1}``."""
+    return neg(np.asarray(r, dtype=np.int64) >> k, p)
 
 
 def bits(v: np.ndarray, nbits: int) -> np.ndarray:

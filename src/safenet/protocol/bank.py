@@ -35,6 +35,9 @@ import numpy as np
 
 __all__ = ["Bank", "BankError"]
 
+#: material layout; 2: polynomial layers keep the exact-truncation masks
+FORMAT = "safenet-bank/2"
+
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -103,7 +106,7 @@ class Bank:
             f.flush()
             os.fsync(f.fileno())
         manifest = {
-            "format": "safenet-bank/1",
+            "format": FORMAT,
             "fingerprint": self.fingerprint,
             "session_id": sid,
             "created": time.time(),
@@ -151,6 +154,11 @@ class Bank:
         try:
             manifest = json.loads((taken / "manifest.json").read_text())
             npz = taken / "material.npz"
+            if manifest.get("format") != FORMAT:
+                raise BankError(
+                    f"session {sid}: material format {manifest.get('format')!r}, this safenet "
+                    f"reads {FORMAT!r} (preprocess again)"
+                )
             if manifest.get("fingerprint") != self.fingerprint or manifest.get("session_id") != sid:
                 raise BankError(f"session {sid}: manifest does not match this bank")
             if _sha256(npz) != manifest.get("sha256"):

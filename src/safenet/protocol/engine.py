@@ -4,12 +4,15 @@ Invariant that shapes everything: **every client share is known offline.** The c
 share of the input is a random mask ``R_0`` (online it sends ``x - R_0``); a conv/linear
 output's client share is what it decrypts from the HE reply; local ops (sum pools, rescales,
 residual adds, flatten, truncation) act on each share separately; and an activation's output
-is *reshared* online: the client, which learns its share ``z`` only then, sends ``z - R``
-for a fresh offline mask ``R`` and keeps ``R``. So the client does all its work for linear
-and local ops offline, the server online does plaintext arithmetic, and each activation
-layer costs one round trip: the server sends its garbled-circuit input labels (ReLU
-channels) and the opened value ``e`` (polynomial channels) in one message, the client
-answers with the reshare of the whole layer's output.
+is *reshared* online: on ReLU channels the client, which learns its share ``z`` only then,
+sends ``z - R`` for a fresh offline mask ``R`` and keeps ``R``; on polynomial channels its
+share ``R = -floor(R2 / 2^q)`` is fixed offline and it sends the masked sum ``Y_c + R2``
+that the server truncates exactly (:mod:`safenet.protocol.poly`). So the client does all
+its work for linear and local ops offline, the server online does plaintext arithmetic, and
+each activation layer costs one round trip: the server sends its garbled-circuit input
+labels (ReLU channels) and the opening ``v + R1`` (polynomial channels) in one message, the
+client answers with the opened ``e`` of the polynomial channels and the reshare of the
+whole layer's output.
 
 Per op, with ``S`` / ``C`` the server / client shares of the op's output:
 
@@ -17,7 +20,8 @@ Per op, with ``S`` / ``C`` the server / client shares of the op's output:
 ``conv``       offline HE: client sends ``Enc(C_in)``, decrypts ``C = W C_in - T``;
 ``linear``     online ``S = W S_in + b + T`` (:mod:`safenet.protocol.linear`)
 local ops      applied to ``S`` online and to ``C`` offline (:func:`local_op`)
-``truncate``   local probabilistic truncation (:mod:`safenet.protocol.arith`)
+``truncate``   local probabilistic truncation (:mod:`safenet.protocol.arith`); only a
+               linear layer fed straight by another one needs it
 ``activation`` ReLU channels by garbled circuit (:mod:`safenet.protocol.relu`),
                polynomial channels by HE-made tuples (:mod:`safenet.protocol.poly`)
 output         the server sends ``S``; only the client learns ``S + C``.
@@ -293,7 +297,7 @@ class ServerSession(_Party):
         per_ch = np.broadcast_to(coef, (op.shape[0], d + 1)) if len(coef) == 1 else coef
         bshape = (op.shape[0],) + (1,) * (len(op.shape) - 1)
         chan = np.broadcast_to(np.arange(op.shape[0]).reshape(bshape), op.shape)
-        srv = P.PolyServer(self.he, per_ch[chan[~sel]], P.flood_bits(self.he))
+        srv = P.PolyServer(self.he, per_ch[chan[~sel]], P.flood_bits(self.he), op.attrs["shift"])
         cts = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
             replies = srv.respond(cts, pk)
@@ -307,7 +311,7 @@ class ServerSession(_Party):
         Everything else the online phase needs (layer shapes, shifts) comes from the plan."""
         self._advance("ready", "spent")
         relu = {i: r.export_state() for i, r in self.relu.items()}
-        polys = {i: [a_s, *g_s] for i, (a_s, g_s) in self.polys.items()}
+        polys = {i: [r1, *g_s] for i, (r1, g_s) in self.polys.items()}
         arrays = _pack(relu, polys) | {f"T/{i}": t for i, t in self.T.items()}
         self.T, self.relu, self.polys = {}, {}, {}
         return arrays, {}
@@ -374,28 +378,32 @@ class ServerSession(_Party):
             self.trace = S
 
     def _activation_online(self, i: int, op: Op, s: np.ndarray) -> np.ndarray:
-        p, k = self.p, op.attrs["shift"]
+        p = self.p
         sel = _channel_select(op)
         msg_labels = np.zeros((0,), dtype=np.uint64)
-        e = np.zeros(0, dtype=np.int64)
+        w = np.zeros(0, dtype=np.int64)
         out = np.zeros(op.shape, dtype=np.int64)
         if i in self.relu:
             with self.prof.primitive("gc.encode"):
                 msg_labels = self.relu[i].online_labels(s[sel])
             out[sel] = self.relu[i].out_share
             del self.relu[i]
-        if i in self.polys:
-            a_s, g_s = self.polys.pop(i)
+        poly = self.polys.pop(i, None)
+        if poly is not None:
             with self.prof.primitive("poly"):
-                xs = A.trunc_share(s[~sel], k, p, server=True)
-                e = A.sub(xs, a_s, p)
-                y = P.evaluate_share(e, g_s, p)
-                out[~sel] = A.trunc_share(y, op.attrs["poly_shift"], p, server=True)
+                w = P.server_open(s[~sel], poly[0], p)
         self.conn.send_array(msg_labels, label="online.labels")
-        self.conn.send_array(e, label="online.open")
+        self.conn.send_array(w, label="online.open")
+        # the plan says which layers have polynomial channels: only those carry ``e``
+        e = self.conn.recv_array(label="online.poly") if poly is not None else w
         d = self.conn.recv_array(label="online.reshare")
+        _check(e, (len(w),), p, "polynomial opening")
         _check(d, op.shape, p, "reshare")
-        return A.add(out, d, p)
+        out = A.add(out, d, p)
+        if poly is not None:
+            with self.prof.primitive("poly"):
+                out[~sel] = P.server_finish(e, d[~sel], poly[1], op.attrs["poly_shift"], p)
+        return out
 
 
 class ClientSession(_Party):
@@ -453,9 +461,9 @@ class ClientSession(_Party):
                         with self.prof.primitive("gc.recv+ot"):
                             r.recv_offline(conn, ot, c[sel])
                         self.relu[i] = r
-                    if not sel.all():
-                        self._poly_offline(i, op, keys, c[~sel])
                     out = A.uniform(op.shape, p)  # the reshare mask R: our share after the layer
+                    if not sel.all():
+                        out[~sel] = self._poly_offline(i, op, keys, c[~sel])
                     self.masks[i] = out
                 else:
                     raise ValueError(f"unknown op kind {op.kind!r}")
@@ -468,15 +476,18 @@ class ClientSession(_Party):
         if self.keep_trace:
             self.trace = C
 
-    def _poly_offline(self, i: int, op: Op, keys: ClientKeys, c: np.ndarray) -> None:
-        d, k = op.attrs["degree"], op.attrs["shift"]
-        xc = A.trunc_client(c, k, self.p)
+    def _poly_offline(self, i: int, op: Op, keys: ClientKeys, c: np.ndarray) -> np.ndarray:
+        """Tuples for the polynomial channels (share ``c`` of their input); keeps
+        ``[c, a_c, R2, G_0..G_d]`` and returns its output share ``-floor(R2 / 2^q)``."""
+        d, p = op.attrs["degree"], self.p
+        a_c, r2 = A.uniform(len(c), p), A.bounded_mask(len(c), p)
         with self.prof.primitive("he.poly"):
-            cts = P.client_encrypt(keys, xc, d)
+            cts = P.client_encrypt(keys, a_c, d)
         self._send_blobs(cts, "he.poly")
         replies = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
-            self.polys[i] = P.client_decrypt(keys, replies, len(xc), d)
+            self.polys[i] = [c, a_c, r2, *P.client_decrypt(keys, replies, len(c), d)]
+        return A.mask_trunc(r2, op.attrs["poly_shift"], p)
 
     # ---- preprocessing bank -------------------------------------------------------------
     def export_material(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -543,18 +554,19 @@ class ClientSession(_Party):
         p = self.p
         sel = _channel_select(op)
         labels = self.conn.recv_array(label="online.labels")
-        e = self.conn.recv_array(label="online.open")
+        w = self.conn.recv_array(label="online.open")
         out = np.zeros(op.shape, dtype=np.int64)
         if i in self.relu:
             with self.prof.primitive("gc.eval"):
                 out[sel] = self.relu.pop(i).evaluate(labels)
+        reshare = A.sub(out, self.masks.pop(i), p)
         if i in self.polys:
-            g_c = self.polys.pop(i)
-            _check(e, (int((~sel).sum()),), p, "opening")
+            c, a_c, r2, *g_c = self.polys.pop(i)
+            _check(w, c.shape, p, "opening")
             with self.prof.primitive("poly"):
-                y = P.evaluate_share(e, g_c, p)
-                out[~sel] = A.trunc_client(y, op.attrs["poly_shift"], p)
-        self.conn.send_array(A.sub(out, self.masks.pop(i), p), label="online.reshare")
+                e, reshare[~sel] = P.client_step(w, c, a_c, g_c, r2, op.attrs["shift"], p)
+            self.conn.send_array(e, label="online.poly")
+        self.conn.send_array(reshare, label="online.reshare")
 
 
 def _check(a: np.ndarray, shape: tuple[int, ...], p: int, what: str) -> None:

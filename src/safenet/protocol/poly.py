@@ -1,24 +1,36 @@
-"""Polynomial channels: one online message per activation layer, whatever the degree.
+"""Polynomial channels: one online round trip per activation layer, whatever the degree,
+and both truncations exact (no wraps).
 
-An activation's polynomial channels compute ``P(X) = sum_j C_j X^j`` on
-``X = round(v / 2^k)``, where ``v`` is shared (the client's share ``c`` known offline, the
-server's ``s`` online) and the integer coefficients ``C_j`` are the server's secret.
+An activation's polynomial channels compute ``round(P(X) / 2^q)`` with
+``P(X) = sum_j C_j X^j`` on ``X = round(v / 2^k)``, where ``v`` is shared (the client's share
+``c`` known offline, the server's ``s`` online) and the integer coefficients ``C_j`` are the
+server's secret.
 
-Offline (HE, elementwise in BFV slots). Each party truncates its own share of ``v`` locally
-(:mod:`safenet.protocol.arith`), so ``X = X_s + X_c`` (up to the local-truncation error).
-The server draws a uniform ``a_s`` and the pair fixes ``a = a_s + X_c``. With
-``c_{i,m} = C_{i+m} binom(i+m, i)`` and ``G_m = sum_i c_{i,m} a^i``, expanding
-``a^i = sum_l binom(i, l) a_s^(i-l) X_c^l`` gives ``G_m = sum_l h_{l,m} X_c^l`` where
-``h_{l,m}`` is known to the server alone. The client sends ``Enc(X_c^l)`` for
-``l = 1..d``; the server returns ``Enc(sum_{l>=1} h_{l,m} X_c^l - t_m)`` (fresh uniform
-``t_m``, re-randomised and noise-flooded) for ``m = 0..d-1``, keeps
-``[G_m]_s = h_{0,m} + t_m``, and ``G_d = C_d`` stays with the server.
+Offline (HE, elementwise in BFV slots). The server draws ``R1`` uniform in ``[B, p - B)``
+(:func:`safenet.protocol.arith.bounded_mask`) and fixes its share of ``X`` as
+``X_s = -floor(R1 / 2^k)``. The client draws a uniform ``a_c``; the pair fixes
+``a = X_s + a_c``. With ``c_{i,m} = C_{i+m} binom(i+m, i)`` and
+``G_m = sum_i c_{i,m} a^i``, expanding ``a^i = sum_l binom(i, l) X_s^(i-l) a_c^l`` gives
+``G_m = sum_l h_{l,m} a_c^l`` where ``h_{l,m}`` is known to the server alone. The client
+sends ``Enc(a_c^l)`` for ``l = 1..d``; the server returns
+``Enc(sum_{l>=1} h_{l,m} a_c^l - t_m)`` (fresh uniform ``t_m``, re-randomised and
+noise-flooded) for ``m = 0..d-1``, keeps ``[G_m]_s = h_{0,m} + t_m``, and ``G_d = C_d``
+stays with the server. The client also draws ``R2`` in ``[B, p - B)``: its share of the
+layer's output will be ``-floor(R2 / 2^q)``, known offline as the engine requires.
 
-Online the server sends ``e = X_s - a_s`` (uniform to the client, as ``a_s`` is), and
-``P(X) = sum_m e^m G_m`` (since ``X = e + a``), so each party's share is
-``sum_m e^m [G_m]`` computed locally. The client never sees a coefficient, only ``e`` and
-uniformly masked shares; the server sees only ciphertexts. Both halves of the result are
-then truncated locally by ``q = poly_shift``.
+Online (:func:`server_open`, :func:`client_step`, :func:`server_finish`):
+
+1. server -> client ``w = s + R1``. The client reads ``u = w + c = v + R1``, the integer
+   itself when ``|v| < B``, so ``X_c = round(u / 2^k)`` and ``X_c + X_s = X`` (+0 or 1):
+   exact, no wrap.
+2. The client knows ``e = X - a = X_c - a_c`` and its share ``Y_c = sum_m e^m [G_m]_c``
+   of ``Y = P(X)`` (since ``X = e + a``); client -> server ``e`` and ``z = Y_c + R2``.
+3. The server adds ``Y_s = sum_m e^m [G_m]_s`` and gets ``Y + R2`` (an integer again when
+   ``|Y| < B``) and keeps ``round((Y + R2) / 2^q)`` as its share of the output.
+
+The client sees ``w`` (hiding ``v`` up to a statistical distance ``|v| / (p - 2B)``) and
+uniformly masked shares, never a coefficient; the server sees ``e`` (uniform: ``a_c`` is),
+``z`` (``Y`` hidden like ``v``) and ciphertexts.
 """
 
 from __future__ import annotations
@@ -36,8 +48,11 @@ __all__ = [
     "PolyServer",
     "client_decrypt",
     "client_encrypt",
+    "client_step",
     "evaluate_share",
     "flood_bits",
+    "server_finish",
+    "server_open",
 ]
 
 
@@ -57,14 +72,14 @@ def _chunks(n: int, he: HEContext) -> list[slice]:
     return [slice(a, min(n, a + he.slots)) for a in range(0, n, he.slots)]
 
 
-def client_encrypt(keys: ClientKeys, xc: np.ndarray, degree: int) -> list[bytes]:
-    """Encryptions of ``X_c^l`` for ``l = 1..degree`` (ciphertext-major per power)."""
+def client_encrypt(keys: ClientKeys, a_c: np.ndarray, degree: int) -> list[bytes]:
+    """Encryptions of ``a_c^l`` for ``l = 1..degree`` (ciphertext-major per power)."""
     he, p = keys.he, keys.he.params.plain_modulus
     out = []
-    power = np.ones_like(xc)
+    power = np.ones_like(a_c)
     for _ in range(degree):
-        power = A.mulmod(power, xc, p)
-        out += [keys.encrypt(power[s]).to_string() for s in _chunks(len(xc), he)]
+        power = A.mulmod(power, a_c, p)
+        out += [keys.encrypt(power[s]).to_string() for s in _chunks(len(a_c), he)]
     return out
 
 
@@ -75,25 +90,27 @@ class PolyServer:
         he: the session's HE context.
         coef: integer coefficients per element, int64 ``(n, degree + 1)`` (signed).
         flood_bits: noise-flooding width for circuit privacy.
+        shift: ``k``, the truncation of the activation input ``v`` into ``X``.
     """
 
-    def __init__(self, he: HEContext, coef: np.ndarray, flood_bits: int) -> None:
+    def __init__(self, he: HEContext, coef: np.ndarray, flood_bits: int, shift: int) -> None:
         self.he = he
         self.p = he.params.plain_modulus
         self.n, d1 = coef.shape
         self.degree = d1 - 1
         self.coef = A.to_residues(coef, self.p)
         self.flood_bits = flood_bits
+        self.shift = shift
         self._switches = len(he.coeff_primes) - reply_primes(he)
-        self.a_s: np.ndarray | None = None
+        self.r1: np.ndarray | None = None
         self.g_s: list[np.ndarray] | None = None
 
-    def _h(self, a_s: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-        """h_{j,m} = sum_{i=j}^{d-m} C_{i+m} binom(i+m, i) binom(i, j) a_s^(i-j)."""
+    def _h(self, x_s: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        """h_{j,m} = sum_{i=j}^{d-m} C_{i+m} binom(i+m, i) binom(i, j) X_s^(i-j)."""
         p, d = self.p, self.degree
         pw = [np.ones(self.n, dtype=np.int64)]
         for _ in range(d):
-            pw.append(A.mulmod(pw[-1], a_s, p))
+            pw.append(A.mulmod(pw[-1], x_s, p))
         h = {}
         for m in range(d + 1):
             for j in range(d - m + 1):
@@ -106,7 +123,7 @@ class PolyServer:
         return h
 
     def respond(self, ciphertexts: list[bytes], public_key: object) -> list[bytes]:
-        """Answer the client's ``Enc(X_c^l)``; keeps ``a_s`` and the shares ``[G_m]_s``."""
+        """Answer the client's ``Enc(a_c^l)``; keeps ``R1`` and the shares ``[G_m]_s``."""
         he, p, d, n = self.he, self.p, self.degree, self.n
         chunks = _chunks(n, he)
         if len(ciphertexts) != d * len(chunks):
@@ -114,8 +131,8 @@ class PolyServer:
                 f"polynomial layer expects {d * len(chunks)} ciphertexts, got {len(ciphertexts)}"
             )
         cts = [he.ciphertext_from_bytes(b) for b in ciphertexts]
-        a_s = A.uniform(n, p)
-        h = self._h(a_s)
+        r1 = A.bounded_mask(n, p)
+        h = self._h(A.mask_trunc(r1, self.shift, p))
         g_s = []
         replies = []
         for m in range(d):
@@ -139,15 +156,15 @@ class PolyServer:
                     he.evaluator.mod_switch_to_next_inplace(acc)
                 replies.append(acc.to_string())
         g_s.append(self.coef[:, d].copy())  # G_d = C_d, held by the server alone
-        self.a_s, self.g_s = a_s, g_s
+        self.r1, self.g_s = r1, g_s
         return replies
 
     def take(self) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``(a_s, [G_0..G_d]_s)``, once: the material is single-use."""
-        if self.a_s is None or self.g_s is None:
+        """``(R1, [G_0..G_d]_s)``, once: the material is single-use."""
+        if self.r1 is None or self.g_s is None:
             raise RuntimeError("polynomial material already used (or never made)")
-        out = (self.a_s, self.g_s)
-        self.a_s = self.g_s = None
+        out = (self.r1, self.g_s)
+        self.r1 = self.g_s = None
         return out
 
 
@@ -174,3 +191,31 @@ def evaluate_share(e: np.ndarray, g: list[np.ndarray], p: int) -> np.ndarray:
     for m in range(len(g) - 2, -1, -1):
         acc = A.add(A.mulmod(acc, e, p), g[m], p)
     return acc
+
+
+def server_open(s: np.ndarray, r1: np.ndarray, p: int) -> np.ndarray:
+    """Step 1, server: ``w = s + R1``, the opening of ``v + R1`` to the client."""
+    return A.add(s, r1, p)
+
+
+def client_step(
+    w: np.ndarray,
+    c: np.ndarray,
+    a_c: np.ndarray,
+    g_c: list[np.ndarray],
+    r2: np.ndarray,
+    k: int,
+    p: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2, client: from the opening ``w`` and its share ``c`` of ``v``, the pair
+    ``(e, z)`` it sends back; its own output share is ``mask_trunc(R2, q)``, fixed offline."""
+    x_c = A.open_trunc(A.add(w, c, p), k)
+    e = A.sub(x_c, a_c, p)
+    return e, A.add(evaluate_share(e, g_c, p), r2, p)
+
+
+def server_finish(
+    e: np.ndarray, z: np.ndarray, g_s: list[np.ndarray], q: int, p: int
+) -> np.ndarray:
+    """Step 3, server: its share of the output, ``round((Y + R2) / 2^q)``."""
+    return A.open_trunc(A.add(evaluate_share(e, g_s, p), z, p), q)

@@ -506,7 +506,7 @@ class HandshakeError(ProtocolError):
 
 
 PROTOCOL_NAME = "safenet"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: polynomial channels truncate exactly (online.open, online.poly)
 
 
 def handshake(conn: Connection, role: str, fingerprint: str, **extra: Any) -> dict[str, Any]:
