@@ -10,7 +10,8 @@ so neither warms the other's caches. Reports the median online seconds, the onli
 and the new/old ratios, and whether each run matched the reference (``argmax`` for plans
 with polynomial channels, bit-exact for all-ReLU ones).
 
-    python bench/poly_truncation_bench.py [--repeats 3] [--old REV] [--json out.json]
+    python bench/poly_truncation_bench.py [--repeats 3] [--old REV] [--only polynomial]
+                                          [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
     for variant, reps in runs.items():
         row[variant] = {
             "online_s": statistics.median(r["online_s"] for r in reps),
+            "online_s_min": min(r["online_s"] for r in reps),
             "online_s_all": [r["online_s"] for r in reps],
             "online_bytes": reps[0]["online_bytes"],
             "offline_s": statistics.median(r["offline_s"] for r in reps),
@@ -81,15 +83,17 @@ def main() -> None:
     ap.add_argument("--old", default="0fdc005", help="git revision of the old arithmetic")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="write the full report here")
+    ap.add_argument("--only", default="", help="run the configurations whose label has this")
     args = ap.parse_args()
+    configs = [c for c in CONFIGS if args.only in c[0]]
     with tempfile.TemporaryDirectory() as tmp:
         wt = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(wt),
                         args.old], check=True)  # fmt: skip
         try:
-            runs = {c[0]: {"old": [], "new": []} for c in CONFIGS}
+            runs = {c[0]: {"old": [], "new": []} for c in configs}
             for rep in range(args.repeats):
-                for label, *cfg in CONFIGS:
+                for label, *cfg in configs:
                     for variant, src in (("old", wt / "src"), ("new", ROOT / "src")):
                         r = one_run(src, *cfg)
                         runs[label][variant].append(r)

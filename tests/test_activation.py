@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from safenet.nn.activation import ChannelActivation, fit_relu_polynomial
+from safenet.nn.activation import ChannelActivation, fit_relu_polynomial, range_penalty
 
 MASK = torch.tensor([True, False, True, False, False])
 
@@ -284,3 +284,31 @@ def test_gradients_scale_with_blend_and_per_channel():
     assert torch.all(grad[MASK] == 0)
     expected = 0.5 * torch.stack([x[:, 1].pow(k).sum() for k in range(3)])
     torch.testing.assert_close(grad[1], expected)
+
+
+def test_range_penalty_counts_only_polynomial_inputs_beyond_the_fitted_range():
+    mask = torch.tensor([True, False, False])
+    act = ChannelActivation(3, degree=3, relu_mask=mask)
+    act.fit(torch.linspace(-2, 2, 300).reshape(100, 3))  # polynomial channels fitted on |x| <= 2
+    bound = float(act.input_bound)
+    assert 1.9 < bound <= 2.0
+    act.train()
+    inside = torch.full((4, 3), bound * 0.9)
+    inside[:, 0] = 100.0  # a ReLU channel far out: not the polynomial's business
+    act(inside)
+    assert float(range_penalty(act)) == 0.0
+    outside = inside.clone()
+    outside[0, 1] = 3 * bound  # one polynomial input at three times its range
+    act(outside)
+    assert float(range_penalty(act)) == pytest.approx(4.0 / 4)  # (3 - 1)^2, batch mean
+    act.eval()
+    act(outside)
+    assert range_penalty(act) == 0.0  # only in training
+
+
+def test_checkpoints_from_before_input_bound_still_load():
+    act = ChannelActivation(3, degree=2, relu_mask=torch.tensor([True, False, False]))
+    state = {k: v for k, v in act.state_dict().items() if k != "input_bound"}
+    fresh = ChannelActivation(3, degree=2, relu_mask=torch.tensor([True, False, False]))
+    fresh.load_state_dict(state)  # strict: the missing bound defaults to 0 (no penalty)
+    assert float(fresh.input_bound) == 0.0

@@ -1,5 +1,6 @@
 """Fine-tuning approximated models: distillation, blend schedule, divergence recovery."""
 
+import copy
 import math
 
 import pytest
@@ -107,7 +108,7 @@ def test_guard_rolls_back_and_slows_down(data_dir):
         pytest.fail("the guard should give up after max_rollbacks")
 
 
-def _finetune_with_loss(data_dir, monkeypatch, change):
+def _finetune_with_loss(data_dir, monkeypatch, change, save=None):
     """Fine-tune a half-polynomial student whose n-th loss (1-based) is ``change(n, loss)``;
     returns (model, history, logs)."""
     teacher, student, ds = _student(data_dir, ratio=0.5)
@@ -123,7 +124,7 @@ def _finetune_with_loss(data_dir, monkeypatch, change):
     monkeypatch.setattr(ft, "distillation_loss", changed)
     logs = []
     cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.01, blend_epochs=0.5)
-    model, history = finetune(student, teacher, ds, ds, cfg, log=logs.append)
+    model, history = finetune(student, teacher, ds, ds, cfg, save=save, log=logs.append)
     return model, history, logs
 
 
@@ -138,6 +139,39 @@ def test_finetune_recovers_from_a_poisoned_step(data_dir, monkeypatch):
     assert math.isfinite(history[-1]["train_loss"])
 
 
+def test_a_finetune_slowed_by_rollbacks_still_saves_a_servable_model(data_dir, monkeypatch):
+    """Rollbacks halve the blend ramp, but the blend still reaches 1 by the deadline (the
+    last fifth of training is at blend 1); what is saved and scored is the model as served
+    (blend 1), and it compiles."""
+    from safenet.plan.compiler import compile_model
+
+    saved = []
+
+    def save(model, history):
+        saved.append([float(a.blend) for a in activations(model).values()])
+        compile_model(model.eval(), (1, 28, 28))  # refuses a blend below 1
+        model.train()
+
+    nan_at = (3, 5)  # step 3, then step 4 after the retry of step 3
+    model, history, logs = _finetune_with_loss(
+        data_dir, monkeypatch, lambda n, loss: loss * float("nan") if n in nan_at else loss, save
+    )
+    assert history[-1]["rollbacks"] == 2 and history[-1]["blend"] == 1.0
+    assert saved and all(b == 1.0 for blends in saved for b in blends)
+    assert all(float(a.blend) == 1.0 for a in activations(model).values())
+
+
+def test_the_blend_ramp_meets_its_deadline_after_a_rollback(data_dir):
+    _, student, _ = _student(data_dir, ratio=0.5)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    guard = DivergenceGuard(student, opt, blend_steps=10, max_rollbacks=3, every=2, deadline=12)
+    blends = [guard.advance() for _ in range(4)]
+    guard.rollback()  # back to the snapshot at blend 0, ramp at half speed
+    blends += [guard.advance() for _ in range(8)]
+    assert blends[-1] == 1.0 and all(b <= 1.0 for b in blends)
+    assert blends[4] < blends[3]  # slower after the rollback until the deadline forces it
+
+
 def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(data_dir, monkeypatch):
     """A finite loss spike that the restored weights repeat on the same batch is the batch's
     fault (an outlier input), not divergence: skipped, no slow-down, training goes on."""
@@ -148,6 +182,22 @@ def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(data_
     assert any("batch skipped" in m for m in logs)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(history[-1]["train_loss"])
+
+
+def test_a_skipped_batch_leaves_no_trace_in_batch_norm_statistics():
+    """The retry of a skipped batch ran forward in training mode: its exploding activations
+    must not stay in the running statistics that evaluation uses."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = DivergenceGuard(model, opt, blend_steps=10, max_rollbacks=3)
+    before = copy.deepcopy(model[1].state_dict())
+    model.train()
+    model(torch.randn(8, 1, 6, 6) * 1e6)  # the bad batch
+    guard.rollback()
+    model(torch.randn(8, 1, 6, 6) * 1e6)  # the retry, bad again: the batch is skipped
+    guard.forgive()
+    after = model[1].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_finetune_gives_up_cleanly_when_always_diverging(data_dir, monkeypatch):

@@ -21,10 +21,8 @@ import pytest
 import torch
 
 from safenet.benchmark import random_plan
-from safenet.field import trunc_bound
 from safenet.nn import surgery
 from safenet.plan.compiler import compile_model
-from safenet.plan.reference import apply_op
 from safenet.protocol.engine import ClientSession, MaterialSpent, ServerModel, ServerSession
 from safenet.protocol.session import client_session, encode_input, server_session
 from safenet.protocol.transport import (
@@ -35,6 +33,7 @@ from safenet.protocol.transport import (
     TransportError,
     connection_pair,
 )
+from safenet.protocol.verify import check_trace
 
 
 def _secure(plan, x, keep_trace=False):
@@ -78,44 +77,13 @@ def test_all_relu_zoo_models_match_the_reference_exactly(arch, shape, width):
 
 
 def _check_op_by_op(plan, srv, cli, xi):
-    """Every op, on the inputs the secure run actually had, against the reference op."""
-    p = plan.field.p
-    vals = []
-    for s, c in zip(srv.trace, cli.trace, strict=True):
-        v = np.mod(s + c, p)
-        vals.append(np.where(v > p // 2, v - p, v))
-    poly_checked = 0
-    for i, op in enumerate(plan.ops):
-        ins = [torch.from_numpy(vals[j])[None] for j in op.inputs] or [torch.from_numpy(xi)[None]]
-        ref = apply_op(op, ins, p)[0].numpy()
-        got = vals[i]
-        if op.kind == "truncate":  # local truncation: the carry may add one
-            assert set(np.unique(got - ref).tolist()) <= {0, 1}, f"op {i} {op.name}"
-            continue
-        if op.kind != "activation" or op.arrays["relu_mask"].all():
-            assert (got == ref).all(), f"op {i} {op.kind} {op.name}"
-            continue
-        mask = op.arrays["relu_mask"].astype(bool)
-        assert (got[mask] == ref[mask]).all(), f"ReLU channels of op {i}"
-        k, q, d = op.attrs["shift"], op.attrs["poly_shift"], op.attrs["degree"]
-        X = ((ins[0][0].numpy()[~mask]).astype(object) + (1 << (k - 1))) >> k
-        coef = op.arrays["coefficients"].astype(object)
-        coef = np.repeat(coef, len(mask), 0) if len(coef) == 1 else coef
-        cshape = (-1,) + (1,) * (len(op.shape) - 1)
-        c = [coef[~mask, j].reshape(cshape) for j in range(d + 1)]
-        step = np.abs(sum(c[j] * ((X + 1) ** j - X**j) for j in range(d + 1)))
-        bound = (step + (1 << q) - 1) // (1 << q) + 1
-        err = np.abs(got[~mask].astype(object) - ref[~mask].astype(object))
-        # both truncations are exact while the truncated values stay below B: no misses
-        v = np.abs(ins[0][0].numpy()[~mask].astype(object))
-        y = np.abs(sum(c[j] * X**j for j in range(d + 1)))
-        assert max(v.max(), y.max()) < trunc_bound(p)
-        misses = int((err > bound).sum())
-        assert misses == 0, (
-            f"polynomial channels of op {i}: {misses} elements beyond the bound, worst {err.max()}"
-        )
-        poly_checked += err.size
-    return poly_checked
+    """Every op, on the inputs the secure run actually had, against the reference op: no
+    element beyond the stated bound, and (exact truncation) no value at or above B."""
+    found = check_trace(plan, srv.trace, cli.trace, xi)
+    assert found.ops == len(plan.ops)
+    assert found.beyond_bound == 0
+    assert found.ok, f"{found.misses} elements beyond the bound: {found.failed_ops}"
+    return found.poly_elements
 
 
 @pytest.mark.parametrize("degree", [2, 3])

@@ -76,6 +76,7 @@ def _specs(args: argparse.Namespace) -> object:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from safenet import checkpoint
     from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
+    from safenet.evaluate import secure_check
 
     cfg = FinetuneConfig(
         epochs=args.epochs,
@@ -85,6 +86,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         kd_weight=args.kd_weight,
         blend_epochs=args.blend_epochs,
         clip=args.clip,
+        range_weight=args.range_weight,
         seed=args.seed,
         limit=args.limit,
         eval_limit=args.eval_limit,
@@ -101,7 +103,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.per_channel,
         args.data_dir,
     )
-    print(json.dumps({"checkpoint": str(args.out), **ck.metrics}))
+    check, warning = secure_check(args.out, args.data_dir)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(json.dumps({"checkpoint": str(args.out), **ck.metrics, **check}))
     return 0
 
 
@@ -457,7 +462,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     from safenet.approx.runners import make_runner
     from safenet.approx.search import SearchConfig, search
     from safenet.data.torchdata import ImageDataset
-    from safenet.evaluate import evaluate_model
+    from safenet.evaluate import secure_check
 
     parent = checkpoint.load(args.model)
     if parent.activation is not None:
@@ -494,13 +499,10 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         rep["test_accuracy"] = ck.metrics["accuracy"]
         rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
         # on the first 256 test images; a diagnostic, nothing is chosen by it
-        rep["final_failure_rate"] = evaluate_model(
-            args.out / "best.pt", split="test", limit=256, data_dir=args.data_dir, progress=False
-        )["secure_failure_rate"]
-        if rep["final_failure_rate"] > 0.01:
-            log(f"warning: {100 * rep['final_failure_rate']:.1f} % of the final model's "
-                "secure inferences carry values beyond the exact-truncation bound (about "
-                "p/16; each may change the prediction)")  # fmt: skip
+        check, warning = secure_check(args.out / "best.pt", args.data_dir)
+        rep["final_failure_rate"] = check["secure_failure_rate"]
+        if warning:
+            log(warning)
     else:
         if not rep["complete"]:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
@@ -570,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-weight", type=float, default=0.9)
     p.add_argument("--blend-epochs", type=float, default=1.0)
     p.add_argument("--clip", type=float, default=2.0)
+    p.add_argument(
+        "--range-weight",
+        type=float,
+        default=1.0,
+        help="penalty on polynomial inputs beyond their fitted range (0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--eval-limit", type=int, default=None)

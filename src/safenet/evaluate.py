@@ -101,3 +101,30 @@ def evaluate_model(
         "fingerprint": plan.fingerprint(),
     }
     return report
+
+
+def secure_check(
+    model_ref: str | Path, data_dir: str | Path | None = None, limit: int = 256
+) -> tuple[dict[str, Any], str | None]:
+    """Can this checkpoint be served as trained? The fixed-point figures that decide it on
+    the first ``limit`` test images, and a warning (``None`` when all is well).
+
+    A float accuracy says nothing about values that leave the field (``overflows``) or pass
+    the polynomial channels' exact-truncation bound (``secure_failure_rate``): both make
+    secure predictions differ from the float ones. Run after every fine-tune.
+    """
+    rep = evaluate_model(model_ref, split="test", limit=limit, data_dir=data_dir, progress=False)
+    keys = ("secure_failure_rate", "overflows", "headroom_bits", "agreement",
+            "leak_bound_per_inference")  # fmt: skip
+    out = {k: rep[k] for k in keys}
+    if rep["overflows"] or rep["secure_failure_rate"] > 0.01:
+        return out, (
+            f"warning: on {rep['images']} test images the fixed-point model overflows "
+            f"{rep['overflows']} times (headroom {rep['headroom_bits']} bits) and "
+            f"{100 * rep['secure_failure_rate']:.1f} % of secure inferences carry values "
+            "beyond the exact-truncation bound (p/16): secure predictions will differ from "
+            "the float ones (fixed-point agreement "
+            f"{100 * rep['agreement']:.1f} %). Replace fewer channels, use degree 2, or "
+            "fine-tune longer"
+        )
+    return out, None

@@ -170,6 +170,8 @@ def train(
     total, warm = config.epochs * steps, int(config.warmup_epochs * steps)
     metrics_path = out.with_name(out.name + ".metrics.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not history:
+        metrics_path.unlink(missing_ok=True)  # a new run: no rows of an earlier one
 
     def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, _step: int) -> torch.Tensor:
         return F.cross_entropy(m(x), y)

@@ -25,6 +25,7 @@ from torch import nn
 from safenet.approx.scoring import score_channels
 from safenet.checkpoint import Checkpoint
 from safenet.data import ImageDataset
+from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
 from safenet.training import evaluate, lr_at, run_epochs
 
@@ -45,6 +46,9 @@ class FinetuneConfig:
     kd_weight: float = 0.9
     blend_epochs: float = 1.0
     clip: float = 2.0
+    #: weight of :func:`safenet.nn.activation.range_penalty` (pre-activations of polynomial
+    #: channels beyond their fitted range; keeps degree 3 from blowing up); 0 turns it off
+    range_weight: float = 1.0
     max_rollbacks: int = 8
     seed: int = 0
     limit: int | None = None
@@ -74,7 +78,8 @@ class DivergenceGuard:
 
     Every ``every`` good steps it snapshots model, optimiser and blend. A non-finite or
     exploding loss restores the snapshot and halves both the learning rate and the speed at
-    which the blend approaches 1, so the next attempt is gentler. When the restored weights
+    which the blend approaches 1, so the next attempt is gentler (but the blend still
+    reaches 1 by ``deadline``, when one is given). When the restored weights
     give the same batch an exploding but finite loss too, the batch is at fault (an input the
     polynomials blow up on), not the training: :meth:`forgive` takes the rollback back and
     the batch is skipped.
@@ -87,9 +92,11 @@ class DivergenceGuard:
         blend_steps: int,
         max_rollbacks: int,
         every: int = 50,
+        deadline: int | None = None,
     ) -> None:
         self.model, self.opt, self.max_rollbacks, self.every = model, opt, max_rollbacks, every
-        self.rollbacks, self.good, self.skipped = 0, 0, 0
+        self.deadline = deadline
+        self.rollbacks, self.good, self.skipped, self.steps = 0, 0, 0, 0
         self.lr_scale = 1.0
         self.blend, self.rate = 0.0, 1.0 / max(blend_steps, 1)
         self.avg: float | None = None
@@ -99,8 +106,14 @@ class DivergenceGuard:
         self.state = copy.deepcopy((self.model.state_dict(), self.opt.state_dict(), self.blend))
 
     def advance(self) -> float:
-        """Move the blend one step towards 1 and apply it; returns the new blend."""
-        self.blend = min(1.0, self.blend + self.rate)
+        """Move the blend one step towards 1 and apply it; returns the new blend. However
+        rollbacks slowed the ramp, it reaches 1 by step ``deadline``: the model must be
+        trained as it will be served."""
+        self.steps += 1
+        rate = self.rate
+        if self.deadline is not None:
+            rate = max(rate, (1.0 - self.blend) / max(self.deadline - self.steps + 1, 1))
+        self.blend = min(1.0, self.blend + rate)
         set_blend(self.model, self.blend)
         return self.blend
 
@@ -131,7 +144,10 @@ class DivergenceGuard:
 
     def forgive(self) -> None:
         """Undo the last rollback's count and slow-down (its weights stay restored): the
-        batch, not the training, was bad; count it as skipped."""
+        batch, not the training, was bad; count it as skipped. The retry's forward pass on
+        that batch has updated batch-norm running statistics: they are restored too, or
+        one exploding batch poisons every later evaluation."""
+        self.model.load_state_dict(copy.deepcopy(self.state[0]))
         self.rollbacks -= 1
         self.lr_scale *= 2
         self.rate *= 2
@@ -179,7 +195,8 @@ def finetune(
     """Fine-tune ``student`` against ``teacher`` by distillation; returns (model, history).
 
     The blend ramps from 0 (pure ReLU) to 1 (pure polynomial on replaced channels) over the
-    first ``blend_epochs``; evaluation always uses blend 1, the model that will be served.
+    first ``blend_epochs``; evaluation and ``save`` always see blend 1, the model that will be
+    served, even where divergence rollbacks kept the training blend below 1.
     """
     torch.manual_seed(config.seed)
     teacher = teacher.eval().to(config.device)
@@ -197,19 +214,27 @@ def finetune(
     )
     steps = math.ceil(len(train_ds) / config.batch_size)
     total, blend_steps = config.epochs * steps, max(int(config.blend_epochs * steps), 1)
-    guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks)
+    # snapshots ten times per blend ramp (at most every 50 steps): a rollback late in a short
+    # ramp must not throw the whole ramp away
+    every = max(1, min(50, blend_steps // 10))
+    deadline = max(blend_steps, int(0.8 * total))  # the last fifth trains at blend 1
+    guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks, every, deadline)
     history: list[dict[str, Any]] = []
+
+    def _loss(m: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+        return loss + config.range_weight * range_penalty(m) if config.range_weight else loss
 
     def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor | None:
         guard.advance()
         with torch.no_grad():
             t = teacher(x)
-        loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+        loss = _loss(m, x, t, y)
         first_try = True
         while guard.bad(loss):
             bad = float(loss.detach())
             guard.rollback()
-            loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
+            loss = _loss(m, x, t, y)
             if first_try and guard.bad(loss) and math.isfinite(float(loss.detach())):
                 guard.forgive()  # the last good weights fail here too: the batch is at fault
                 log(f"step {step}: loss {bad:.3g}, and {float(loss.detach()):.3g} with the "
@@ -221,9 +246,9 @@ def finetune(
         return loss
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+        # measured and saved as it will be served (blend 1), whatever the training blend
         set_blend(student, 1.0)
         row["test_accuracy"] = evaluate(student, test_ds, device=config.device)
-        set_blend(student, guard.blend)
         row["rollbacks"], row["blend"] = guard.rollbacks, guard.blend
         row["skipped_batches"] = guard.skipped
         history.append(row)
@@ -236,6 +261,7 @@ def finetune(
         )
         if save is not None:
             save(student, history)
+        set_blend(student, guard.blend)
 
     run_epochs(
         student,
@@ -254,6 +280,11 @@ def finetune(
         evaluate_after=False,
     )
     set_blend(student, 1.0)
+    if guard.blend < 1.0:
+        log(f"note: training reached blend {guard.blend:.2f} only (each divergence "
+            "rollback halves the ramp); the model is saved and scored as served, fully "
+            "polynomial (blend 1): more --epochs or a larger --blend-epochs let training "
+            "get there")  # fmt: skip
     return student.eval(), history
 
 
@@ -314,6 +345,8 @@ def finetune_checkpoint(
         )
         ck.save(out)
 
+    metrics = out.with_name(out.name + ".metrics.jsonl")
+    metrics.unlink(missing_ok=True)  # a new run: no rows of an earlier one
     log(f"parent accuracy {base_acc:.4f} on {len(test_ds)} test images")
     finetune(
         student,
@@ -322,7 +355,7 @@ def finetune_checkpoint(
         test_ds,
         config,
         save,
-        out.with_name(out.name + ".metrics.jsonl"),
+        metrics,
         log,
     )
     from safenet.checkpoint import load

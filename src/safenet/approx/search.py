@@ -78,6 +78,7 @@ from safenet.approx.finetune import FinetuneConfig, distillation_loss
 from safenet.approx.runners import Runner, SequentialRunner
 from safenet.approx.scoring import score_channels
 from safenet.data.torchdata import ImageDataset
+from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
 from safenet.plan.compiler import compile_model
 from safenet.plan.ir import Plan
@@ -236,8 +237,9 @@ class _Search:
             student.load_state_dict(m.state)
         elif m.state is not None:  # configuration changed since: keep weights, refit activations
             own = student.state_dict()
-            keep = {k: v for k, v in m.state.items() if k in own and ".coefficients" not in k
-                    and ".relu_mask" not in k and own[k].shape == v.shape}  # fmt: skip
+            refit = (".coefficients", ".relu_mask", ".input_bound")  # calibrate's, kept
+            keep = {k: v for k, v in m.state.items() if k in own and own[k].shape == v.shape
+                    and not k.endswith(refit)}  # fmt: skip
             student.load_state_dict(keep, strict=False)
         set_blend(student, 1.0)
         return student
@@ -281,6 +283,7 @@ class _Search:
             with torch.no_grad():
                 t = self.teacher(x)
             loss = distillation_loss(student(x), t, y, _KD.temperature, _KD.kd_weight)
+            loss = loss + _KD.range_weight * range_penalty(student)
             if not torch.isfinite(loss):  # diverged: back to the last good weights, stop
                 student.load_state_dict(good)
                 break

@@ -1,6 +1,6 @@
 """PyTorch side: the model zoo, the channel-wise approximated activation, model surgery."""
 
-from safenet.nn.activation import ChannelActivation, fit_relu_polynomial
+from safenet.nn.activation import ChannelActivation, fit_relu_polynomial, range_penalty
 from safenet.nn.surgery import (
     LayerSpec,
     activation_config,
@@ -26,6 +26,7 @@ __all__ = [
     "convert",
     "fit_relu_polynomial",
     "keep_mask",
+    "range_penalty",
     "set_blend",
     "set_layers",
 ]

@@ -8,11 +8,13 @@ polynomial on the others.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ChannelActivation", "fit_relu_polynomial"]
+__all__ = ["ChannelActivation", "fit_relu_polynomial", "range_penalty"]
 
 
 def fit_relu_polynomial(samples: np.ndarray | torch.Tensor, degree: int) -> np.ndarray:
@@ -40,6 +42,13 @@ class ChannelActivation(nn.Module):
     ``coefficients`` has shape (groups, degree + 1), constant term first. ``blend`` in
     [0, 1] mixes ReLU into the polynomial channels, ``(1 - blend) * relu + blend * poly``;
     fine-tuning raises it from 0 to 1 and inference always uses 1.
+
+    ``input_bound`` is the largest |pre-activation| the polynomial was fitted on
+    (:meth:`fit`). Beyond it a polynomial no longer follows ReLU and, layer after layer,
+    can blow up (a cube of a cube...): in training mode ``range_excess`` holds
+    ``sum (|x| / input_bound - 1)_+^2`` over the polynomial channels per image (batch mean),
+    which fine-tuning adds to its loss (:func:`range_penalty`) to keep the network inside the
+    range where the fixed-point protocol is exact.
     """
 
     def __init__(
@@ -64,6 +73,9 @@ class ChannelActivation(nn.Module):
             )
         self.register_buffer("relu_mask", mask.clone().bool())
         self.register_buffer("blend", torch.tensor(1.0))
+        # the largest |pre-activation| the polynomial was fitted on (0: not fitted yet)
+        self.register_buffer("input_bound", torch.tensor(0.0))
+        self.range_excess: torch.Tensor | None = None
         groups = num_channels if per_channel else 1
         init = torch.zeros(groups, degree + 1)
         init[:, :3] = torch.tensor([0.1992, 0.5002, 0.1997])  # Delphi's quadratic, until fitted
@@ -96,8 +108,13 @@ class ChannelActivation(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         relu = torch.relu(x)
+        self.range_excess = None
         if bool(self.relu_mask.all()):
             return relu
+        if self.training and float(self.input_bound) > 0:
+            xp = x[:, ~self.relu_mask]
+            over = torch.relu(xp.abs() / self.input_bound - 1.0)
+            self.range_excess = over.pow(2).flatten(1).sum(1).mean()
         poly = self.polynomial(x)
         if float(self.blend) < 1.0:
             poly = torch.lerp(relu, poly, self.blend)
@@ -119,6 +136,13 @@ class ChannelActivation(nn.Module):
             chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
             coef = fit_relu_polynomial(chosen, self.degree)[None]
         self.coefficients.copy_(torch.from_numpy(coef).to(self.coefficients))
+        chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
+        self.input_bound.fill_(float(chosen.abs().max()))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # checkpoints written before input_bound existed: no bound, no range penalty
+        state_dict.setdefault(prefix + "input_bound", torch.tensor(0.0))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def config(self) -> dict:
         """The layer's activation configuration (JSON-serialisable), for checkpoints/plans."""
@@ -136,3 +160,11 @@ def _reset(module: ChannelActivation, relu_mask: torch.Tensor, degree: int) -> N
     module.degree = degree
     module.relu_mask.copy_(fresh.relu_mask)
     module.coefficients = nn.Parameter(fresh.coefficients.to(module.coefficients))
+
+
+def range_penalty(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the ``range_excess`` of every :class:`ChannelActivation` of ``model`` from its
+    last training-mode forward pass (0 when no polynomial left its fitted range)."""
+    terms = [m.range_excess for m in model.modules()
+             if isinstance(m, ChannelActivation) and m.range_excess is not None]  # fmt: skip
+    return sum(terms[1:], terms[0]) if terms else 0.0
