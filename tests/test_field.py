@@ -317,3 +317,14 @@ def test_mulmod_random_int64_operands_below_p_in_magnitude():
     )
     assert np.abs(a).max() < p and np.abs(b).max() < p
     _check_mulmod(a, b, p)
+
+
+def test_poly_frac_bits_is_validated_and_left_out_of_fingerprints_when_unset():
+    from safenet.field import POLY_PRIME
+
+    assert "poly_frac_bits" not in Field(p=POLY_PRIME).to_dict()  # older plans keep their hash
+    f = Field(p=POLY_PRIME, poly_frac_bits=6)
+    assert f.to_dict()["poly_frac_bits"] == 6 and f.poly_bits == 6
+    assert Field().poly_bits == Field().frac_bits
+    with pytest.raises(ValueError, match="poly_frac_bits"):
+        Field(poly_frac_bits=9)  # more than frac_bits

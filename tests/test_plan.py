@@ -120,7 +120,8 @@ def _naive_activation(x: np.ndarray, op, p: int) -> np.ndarray:
         else:
             row = coef[ch] if coef.shape[0] > 1 else coef[0]
             assert len(row) == degree + 1
-            poly = sum(int(row[j]) * big_x**j for j in range(degree + 1))
+            xp = _round_shift(int(x[idx]), op.attrs.get("poly_in_shift", k))
+            poly = sum(int(row[j]) * xp**j for j in range(degree + 1))
             y = _round_shift(_centre(poly, p), q)
         out[idx] = _centre(y, p)
     return out
@@ -411,14 +412,16 @@ def test_channel_activation_polynomials_match_naive(per_channel):
     for op, (deg, kept) in zip(acts, [(2, 2), (3, 1)], strict=True):
         assert int(op.arrays["relu_mask"].sum()) == kept
         assert op.arrays["coefficients"].shape[1] == deg + 1
-        assert op.attrs["poly_shift"] == (deg - 1) * f.frac_bits + f.coef_bits
+        assert op.attrs["poly_shift"] == deg * f.poly_bits + f.coef_bits - f.frac_bits
         assert op.arrays["coefficients"].shape[0] == (
             len(op.arrays["relu_mask"]) if per_channel else 1
         )
-    # the coefficients follow C_j = round(c_j * 2^(coef_bits + (d - j) * frac_bits))
+    # a degree-3 model: polynomial inputs at 6 bits by default (POLY_SUM_BITS), so the
+    # coefficients follow C_j = round(c_j * 2^(coef_bits + (d - j) * 6))
+    assert f.poly_bits == 6 and acts[1].poly_input_shift() == acts[1].attrs["shift"] + 2
     act2 = gm.get_submodule("act2")
     c = act2.coefficients.detach().double().numpy()
-    want = np.rint(c * 2.0 ** np.array([8 + (3 - j) * 8 for j in range(4)])).astype(np.int64)
+    want = np.rint(c * 2.0 ** np.array([8 + (3 - j) * 6 for j in range(4)])).astype(np.int64)
     np.testing.assert_array_equal(acts[1].arrays["coefficients"], want)
     assert plan.counts() == {"relu_count": 2 * 36 + 1, "poly_count": 1 * 36 + 3}
 

@@ -115,11 +115,14 @@ def _field(args: argparse.Namespace, model: object) -> object:
     from safenet.field import Field
     from safenet.plan.compiler import default_field
 
+    default = default_field(model)  # type: ignore[arg-type]
+    poly_bits = args.poly_frac_bits
     return Field(
-        p=args.prime or default_field(model).p,  # type: ignore[arg-type]
+        p=args.prime or default.p,
         frac_bits=args.frac_bits,
         weight_bits=args.weight_bits,
         coef_bits=args.coef_bits,
+        poly_frac_bits=default.poly_frac_bits if poly_bits is None else poly_bits,
     )
 
 
@@ -138,6 +141,12 @@ def _add_field(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frac-bits", type=int, default=d.frac_bits)
     g.add_argument("--weight-bits", type=int, default=d.weight_bits)
     g.add_argument("--coef-bits", type=int, default=d.coef_bits)
+    g.add_argument(
+        "--poly-frac-bits",
+        type=int,
+        default=None,
+        help="fractional bits of polynomial inputs (default: per model, see default_field)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -84,12 +84,17 @@ class Field:
         weight_bits: fractional bits of weights; a linear layer's output scale is its
             input scale plus ``weight_bits`` (more when an average pool is folded in).
         coef_bits: fractional bits of polynomial coefficients.
+        poly_frac_bits: fractional bits of a polynomial channel's input ``X`` (default
+            ``frac_bits``). Fewer bits make the polynomial's sum ``d`` times fewer bits
+            smaller, and its opening hides it that much better (docs/fixed-point.md): the
+            lever for degree 3. ReLU channels and linear layers keep ``frac_bits``.
     """
 
     p: int = DELPHI_PRIME
     frac_bits: int = 8
     weight_bits: int = 9
     coef_bits: int = 8
+    poly_frac_bits: int | None = None
 
     def __post_init__(self) -> None:
         if not (2**20 < self.p < 2**62) or not is_probable_prime(self.p):
@@ -98,6 +103,16 @@ class Field:
             v = getattr(self, name)
             if not 0 <= v <= 30:
                 raise ValueError(f"{name} must be in [0, 30], got {v}")
+        if self.poly_frac_bits is not None and not 0 <= self.poly_frac_bits <= self.frac_bits:
+            raise ValueError(
+                f"poly_frac_bits must be in [0, frac_bits = {self.frac_bits}], "
+                f"got {self.poly_frac_bits}"
+            )
+
+    @property
+    def poly_bits(self) -> int:
+        """Fractional bits of polynomial inputs: ``poly_frac_bits``, else ``frac_bits``."""
+        return self.frac_bits if self.poly_frac_bits is None else self.poly_frac_bits
 
     @property
     def half(self) -> int:
@@ -123,7 +138,8 @@ class Field:
         return mod_centered(np.asarray(v, dtype=np.int64), self.p).astype(np.float64) / 2.0**s
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The parameters (``poly_frac_bits`` only when set: older fingerprints stay valid)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def mod_centered(v: np.ndarray, p: int) -> np.ndarray:

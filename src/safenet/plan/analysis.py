@@ -91,7 +91,8 @@ def static_bounds(plan: Plan, input_bound: float) -> list[float]:
                 coef = np.abs(op.arrays["coefficients"].astype(np.float64))
                 if len(coef) == 1:
                     coef = np.repeat(coef, len(mask), 0)
-                m = np.maximum(np.abs(xl), np.abs(xh))
+                kp = op.poly_input_shift()
+                m = np.maximum(np.abs(_shift(ins[0][0], kp)), np.abs(_shift(ins[0][1], kp)))
                 y = sum(coef[:, j] * m**j for j in range(coef.shape[1]))
                 bounds_y = float(np.max(np.where(mask, 0.0, y)))
                 yo = _shift(y, op.attrs["poly_shift"])

@@ -206,14 +206,16 @@ class _Lowering:
             degree = act.degree
             c = act.coefficients.detach().double().numpy()
             scales = np.array(
-                [2.0 ** (f.coef_bits + (degree - j) * f.frac_bits) for j in range(degree + 1)]
+                [2.0 ** (f.coef_bits + (degree - j) * f.poly_bits) for j in range(degree + 1)]
             )
             coef = np.rint(c * scales).astype(np.int64)
         attrs = {
             "shift": src.scale - f.frac_bits,
             "degree": degree,
-            "poly_shift": (degree - 1) * f.frac_bits + f.coef_bits if degree else 0,
+            "poly_shift": degree * f.poly_bits + f.coef_bits - f.frac_bits if degree else 0,
         }
+        if degree and f.poly_bits != f.frac_bits:
+            attrs["poly_in_shift"] = src.scale - f.poly_bits
         arrays = {"relu_mask": mask}
         if coef is not None and not mask.all():
             coef = coef.copy()
@@ -221,6 +223,7 @@ class _Lowering:
         elif degree:
             attrs["degree"] = 0
             attrs["poly_shift"] = 0
+            attrs.pop("poly_in_shift", None)
         return self.emit(
             Op("activation", [v.op], shape, f.frac_bits, attrs, arrays, name=_label(node))
         )
@@ -400,10 +403,26 @@ def has_polynomial_channels(model: nn.Module) -> bool:
     )
 
 
+#: default cap on the fractional bits of a polynomial sum (``degree * poly_bits + coef_bits``)
+POLY_SUM_BITS = 26
+
+
 def default_field(model: nn.Module) -> Field:
     """The default field for ``model``: Delphi's 41-bit prime for all-ReLU models, the
-    48-bit :data:`~safenet.field.POLY_PRIME` when polynomial channels need the headroom."""
-    return Field(p=POLY_PRIME) if has_polynomial_channels(model) else Field()
+    48-bit :data:`~safenet.field.POLY_PRIME` when polynomial channels need the headroom.
+
+    With polynomial channels the sum carries ``degree * poly_bits + coef_bits`` fractional
+    bits, and the opening of that sum hides it up to ``|sum| / p``: polynomial inputs get
+    as many of ``frac_bits`` as keep it within :data:`POLY_SUM_BITS` (8 for degree 2, 6 for
+    degree 3; docs/fixed-point.md measures what that costs and saves).
+    """
+    degrees = [m.degree for m in model.modules()
+               if isinstance(m, ChannelActivation) and not bool(m.relu_mask.all())]  # fmt: skip
+    if not degrees:
+        return Field()
+    d = Field()
+    bits = min(d.frac_bits, (POLY_SUM_BITS - d.coef_bits) // max(degrees))
+    return Field(p=POLY_PRIME, poly_frac_bits=None if bits == d.frac_bits else bits)
 
 
 def compile_model(

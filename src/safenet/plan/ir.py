@@ -17,8 +17,10 @@ secure protocol does with each, are:
 Activation semantics (what :meth:`Plan.reference` and the protocol compute): with
 ``k = shift``, ``X = floor((v + 2^(k-1)) / 2^k)`` (round half up; exact in the circuit);
 ReLU channels output ``max(X, 0)``; polynomial channels output
-``floor((sum_j C_j X^j + 2^(q-1)) / 2^q)`` with ``q = poly_shift``, where the integer
-coefficients ``C_j = round(c_j * 2^(coef_bits + (d - j) * frac_bits))``.
+``floor((sum_j C_j X_p^j + 2^(q-1)) / 2^q)`` with ``q = poly_shift``, where ``X_p`` is ``v``
+round-shifted by ``poly_in_shift`` (:meth:`Op.poly_input_shift`: ``shift`` unless the field
+sets ``poly_frac_bits``) and the integer coefficients are
+``C_j = round(c_j * 2^(coef_bits + (d - j) * poly_bits))``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class Op:
     attrs: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     name: str = ""
+
+    def poly_input_shift(self) -> int:
+        """An activation's truncation of ``v`` into the polynomial input ``X_p``."""
+        return int(self.attrs.get("poly_in_shift", self.attrs["shift"]))
 
     def meta(self) -> dict[str, Any]:
         return {

@@ -243,7 +243,9 @@ def _activation(v: torch.Tensor, op: Op, p: int, stats: RangeStats | None, i: in
     keep = mask.view([1, -1] + [1] * (v.dim() - 2))
     out = torch.clamp(x, min=0)
     if not bool(mask.all()):
-        exact = _poly(x, torch.from_numpy(op.arrays["coefficients"]))
+        kp = op.poly_input_shift()
+        xp = x if kp == op.attrs["shift"] else _round_shift(v, kp)
+        exact = _poly(xp, torch.from_numpy(op.arrays["coefficients"]))
         if stats is not None:  # only the polynomial channels' sums are truncated by the protocol
             poly_only = (
                 exact[:, ~mask.numpy()] if isinstance(exact, np.ndarray) else exact[:, ~mask]

@@ -297,7 +297,9 @@ class ServerSession(_Party):
         per_ch = np.broadcast_to(coef, (op.shape[0], d + 1)) if len(coef) == 1 else coef
         bshape = (op.shape[0],) + (1,) * (len(op.shape) - 1)
         chan = np.broadcast_to(np.arange(op.shape[0]).reshape(bshape), op.shape)
-        srv = P.PolyServer(self.he, per_ch[chan[~sel]], P.flood_bits(self.he), op.attrs["shift"])
+        srv = P.PolyServer(
+            self.he, per_ch[chan[~sel]], P.flood_bits(self.he), op.poly_input_shift()
+        )
         cts = self._recv_blobs("he.poly")
         with self.prof.primitive("he.poly"):
             replies = srv.respond(cts, pk)
@@ -564,7 +566,7 @@ class ClientSession(_Party):
             c, a_c, r2, *g_c = self.polys.pop(i)
             _check(w, c.shape, p, "opening")
             with self.prof.primitive("poly"):
-                e, reshare[~sel] = P.client_step(w, c, a_c, g_c, r2, op.attrs["shift"], p)
+                e, reshare[~sel] = P.client_step(w, c, a_c, g_c, r2, op.poly_input_shift(), p)
             self.conn.send_array(e, label="online.poly")
         self.conn.send_array(reshare, label="online.reshare")
 

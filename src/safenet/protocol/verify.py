@@ -53,7 +53,7 @@ def _poly_check(
     if not (got[mask] == ref[mask]).all():
         out.misses += int((got[mask] != ref[mask]).sum())
         out.failed_ops.append(f"{op.name} (ReLU channels)")
-    k, q, d = op.attrs["shift"], op.attrs["poly_shift"], op.attrs["degree"]
+    k, q, d = op.poly_input_shift(), op.attrs["poly_shift"], op.attrs["degree"]
     v = x_in[~mask].astype(object)
     X = (v + (1 << (k - 1))) >> k
     coef = op.arrays["coefficients"].astype(object)
