@@ -27,8 +27,10 @@ from safenet.protocol import poly as P
 
 def run_once(he, keys, n, degree, rng, k=12, q=16):
     p = he.params.plain_modulus
-    v = rng.integers(-(2**23), 2**23, n)  # activation inputs at scale 2^k above X
-    coef = rng.integers(-(2**20), 2**20, (n, degree + 1))
+    # activation inputs at scale 2^k above X; every sum below B = trunc_bound(p) for both
+    # primes (2^37 for the 41-bit one), where the exact truncation promises its bound
+    v = rng.integers(-(2**20), 2**20, n)
+    coef = rng.integers(-(2**12), 2**12, (n, degree + 1))
     c = A.uniform(n, p)  # the client's share of v, known offline
     s = A.sub(A.to_residues(v, p), c, p)
     a_c, r2 = A.uniform(n, p), A.bounded_mask(n, p)
