@@ -466,18 +466,36 @@ def test_relu_integer_mask_cost():
         relu_circuit(DELPHI_PRIME, 9, stat_bits=0)
 
 
-@pytest.mark.parametrize("in_place", [None, False])
+class _RefusesOverlap:
+    """An encryptor that, like cryptography >= 51, refuses overlapping buffers."""
+
+    def __init__(self, enc):
+        self.enc = enc
+
+    def update_into(self, data, buf):
+        if np.shares_memory(np.asarray(data), np.asarray(buf)):
+            raise ValueError("data and buf must not overlap")
+        return self.enc.update_into(data, buf)
+
+
+@pytest.mark.parametrize("in_place", [None, False, "refused"])
 def test_permute_words_in_place_matches_permute(in_place):
     """``permute_words(x, x)`` is AES of every block, whether the installed ``cryptography``
-    encrypts in place or the copy fallback runs (``_in_place=False``, as on >= 51)."""
+    encrypts in place, refuses to (as >= 51 does: the first call finds out and copies), or
+    the copy fallback is already known to be needed (``_in_place=False``)."""
     aes = FixedKeyAES()
-    aes._in_place = in_place
+    if in_place == "refused":
+        aes._enc = _RefusesOverlap(aes._enc)
+    else:
+        aes._in_place = in_place
     blocks = random_blocks((37,), np.random.default_rng(1))
     want = aes.permute(blocks).reshape(-1)
     buf = np.zeros(2 * 37 + 2, dtype=np.uint64)
     buf[: 2 * 37] = blocks.reshape(-1)
     aes.permute_words(buf, buf, 2 * 37)
     assert np.array_equal(buf[: 2 * 37], want)
+    if in_place == "refused":
+        assert aes._in_place is False  # found out on the first overlapping call
     out = np.zeros_like(buf)
     aes.permute_words(blocks.reshape(-1), out, 2 * 37)
     assert np.array_equal(out[: 2 * 37], want)

@@ -1071,3 +1071,18 @@ def test_view_with_size_and_conv_chain_compile():
     ]  # fmt: skip
     x = torch.randn(3, 1, 6, 6)
     np.testing.assert_allclose(plan.reference(x.numpy()), m(x).detach().numpy(), atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "arch, shape",
+    [("resnet20", (3, 16, 16)), ("resnet32", (3, 16, 16)), ("resnet56", (1, 8, 8)),
+     ("vgg16", (3, 32, 32)), ("minionn", (1, 28, 28)), ("lenet5", (1, 28, 28))],
+)  # fmt: skip
+def test_zoo_models_need_no_local_truncation(arch, shape):
+    """Every zoo architecture lowers without a ``truncate`` op (each linear layer feeds an
+    activation, which truncates exactly), so no secure inference of theirs can wrap."""
+    from safenet.benchmark import random_plan
+
+    plan = random_plan(arch, shape, width=2, relu_ratio=0.5)
+    assert [op.name for op in plan.ops if op.kind == "truncate"] == []
+    assert plan.counts()["poly_count"] > 0

@@ -112,17 +112,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _field(args: argparse.Namespace, model: object) -> object:
     """The Field from the command line; the prime defaults per model (see default_field)."""
-    from safenet.field import Field
     from safenet.plan.compiler import default_field
 
-    default = default_field(model)  # type: ignore[arg-type]
-    poly_bits = args.poly_frac_bits
-    return Field(
-        p=args.prime or default.p,
+    return default_field(
+        model,  # type: ignore[arg-type]
+        p=args.prime,
         frac_bits=args.frac_bits,
         weight_bits=args.weight_bits,
         coef_bits=args.coef_bits,
-        poly_frac_bits=default.poly_frac_bits if poly_bits is None else poly_bits,
+        poly_frac_bits=args.poly_frac_bits,
     )
 
 

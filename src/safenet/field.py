@@ -108,6 +108,8 @@ class Field:
                 f"poly_frac_bits must be in [0, frac_bits = {self.frac_bits}], "
                 f"got {self.poly_frac_bits}"
             )
+        if self.poly_frac_bits == self.frac_bits:  # one spelling per field (fingerprints)
+            object.__setattr__(self, "poly_frac_bits", None)
 
     @property
     def poly_bits(self) -> int:

@@ -49,15 +49,16 @@ class FixedKeyAES:
         if dst.size < nwords + 2 or src.size < nwords:
             raise ValueError("buffers too small (dst needs 2 spare words)")
         data = memoryview(src.view(np.uint8))[: 8 * nwords]
+        out = memoryview(dst.view(np.uint8))
         if self._in_place is False and np.shares_memory(src, dst):
             data = memoryview(bytes(data))  # cryptography >= 51 refuses overlapping buffers
         try:
-            written = self._enc.update_into(data, memoryview(dst.view(np.uint8)))
-        except ValueError:
-            if self._in_place is False or not np.shares_memory(src, dst):
+            written = self._enc.update_into(data, out)
+        except ValueError:  # the first overlapping call on such a version: copy from now on
+            if self._in_place is not None or not np.shares_memory(src, dst):
                 raise
             self._in_place = False
-            return self.permute_words(src, dst, nwords)
+            written = self._enc.update_into(memoryview(bytes(data)), out)
         assert written == 8 * nwords
 
     def hash(self, x: np.ndarray, tweak: np.ndarray | int) -> np.ndarray:

@@ -130,13 +130,12 @@ class ChannelActivation(nn.Module):
         (all channels if none are replaced).
         """
         x = preactivations.detach().transpose(0, 1).reshape(self.num_channels, -1)
+        chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
         if self.per_channel:
             coef = np.stack([fit_relu_polynomial(x[c], self.degree) for c in range(len(x))])
         else:
-            chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
             coef = fit_relu_polynomial(chosen, self.degree)[None]
         self.coefficients.copy_(torch.from_numpy(coef).to(self.coefficients))
-        chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
         self.input_bound.fill_(float(chosen.abs().max()))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
@@ -165,6 +164,5 @@ def _reset(module: ChannelActivation, relu_mask: torch.Tensor, degree: int) -> N
 def range_penalty(model: nn.Module) -> torch.Tensor | float:
     """Sum of the ``range_excess`` of every :class:`ChannelActivation` of ``model`` from its
     last training-mode forward pass (0 when no polynomial left its fitted range)."""
-    terms = [m.range_excess for m in model.modules()
-             if isinstance(m, ChannelActivation) and m.range_excess is not None]  # fmt: skip
-    return sum(terms[1:], terms[0]) if terms else 0.0
+    terms = [m.range_excess for m in model.modules() if isinstance(m, ChannelActivation)]
+    return sum((t for t in terms if t is not None), 0.0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -396,33 +396,38 @@ class _Lowering:
             )
 
 
+def _poly_degrees(model: nn.Module) -> list[int]:
+    """Degrees of the activations of ``model`` that replace ReLU on some channel."""
+    return [m.degree for m in model.modules()
+            if isinstance(m, ChannelActivation) and not bool(m.relu_mask.all())]  # fmt: skip
+
+
 def has_polynomial_channels(model: nn.Module) -> bool:
     """Whether any activation of ``model`` replaces ReLU by a polynomial on some channel."""
-    return any(
-        isinstance(m, ChannelActivation) and not bool(m.relu_mask.all()) for m in model.modules()
-    )
+    return bool(_poly_degrees(model))
 
 
 #: default cap on the fractional bits of a polynomial sum (``degree * poly_bits + coef_bits``)
 POLY_SUM_BITS = 26
 
 
-def default_field(model: nn.Module) -> Field:
-    """The default field for ``model``: Delphi's 41-bit prime for all-ReLU models, the
-    48-bit :data:`~safenet.field.POLY_PRIME` when polynomial channels need the headroom.
+def default_field(model: nn.Module, **given: Any) -> Field:
+    """The default field for ``model``, with the parameters in ``given`` (``None`` = default)
+    as set: Delphi's 41-bit prime for all-ReLU models, the 48-bit
+    :data:`~safenet.field.POLY_PRIME` when polynomial channels need the headroom.
 
     With polynomial channels the sum carries ``degree * poly_bits + coef_bits`` fractional
     bits, and the opening of that sum hides it up to ``|sum| / p``: polynomial inputs get
     as many of ``frac_bits`` as keep it within :data:`POLY_SUM_BITS` (8 for degree 2, 6 for
-    degree 3; docs/fixed-point.md measures what that costs and saves).
+    degree 3 at the default bits; docs/fixed-point.md measures what that costs and saves).
     """
-    degrees = [m.degree for m in model.modules()
-               if isinstance(m, ChannelActivation) and not bool(m.relu_mask.all())]  # fmt: skip
-    if not degrees:
-        return Field()
-    d = Field()
-    bits = min(d.frac_bits, (POLY_SUM_BITS - d.coef_bits) // max(degrees))
-    return Field(p=POLY_PRIME, poly_frac_bits=None if bits == d.frac_bits else bits)
+    given = {k: v for k, v in given.items() if v is not None}
+    degrees = _poly_degrees(model)
+    base = Field(**({"p": POLY_PRIME} if degrees else {}) | given)
+    if not degrees or "poly_frac_bits" in given:
+        return base
+    bits = min(base.frac_bits, (POLY_SUM_BITS - base.coef_bits) // max(degrees))
+    return replace(base, poly_frac_bits=None if bits == base.frac_bits else max(bits, 0))
 
 
 def compile_model(

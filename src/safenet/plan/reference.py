@@ -93,6 +93,7 @@ class RangeStats:
         if self._pending is None:
             return
         lam, fail, leak = (self._pending[k] for k in ("lam", "fail", "leak"))
+        fail = np.minimum(fail, 1.0)  # counts of failing ops: an input fails once
         self.wraps += float(lam.sum())
         self.failures += float((1.0 - (1.0 - fail) * np.exp(-lam)).sum())
         self.leaks += float(np.minimum(leak, 1.0).sum())
@@ -104,10 +105,7 @@ class RangeStats:
         if alone:
             self.begin_batch(len(per_input))
         assert self._pending is not None
-        if key == "fail":
-            self._pending[key] = np.maximum(self._pending[key], per_input)
-        else:
-            self._pending[key] += per_input
+        self._pending[key] += per_input
         if alone:
             self.end_batch()
 
@@ -119,7 +117,7 @@ class RangeStats:
         for u in (v, y):
             mags = np.abs(u).astype(np.float64) if isinstance(u, np.ndarray) else u.abs().double()
             mags = np.asarray(mags).reshape(n, -1)
-            fail = np.maximum(fail, (mags >= b).any(axis=1).astype(np.float64))
+            fail += (mags >= b).any(axis=1)
             leak += np.minimum(mags / (p - 2 * b), 1.0).sum(axis=1)
         self._add("fail", fail)
         self._add("leak", leak)

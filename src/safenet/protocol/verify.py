@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from safenet.field import trunc_bound
+from safenet.field import mod_centered, trunc_bound
 from safenet.plan.ir import Op, Plan
 from safenet.plan.reference import apply_op
 
-__all__ = ["TraceCheck", "check_trace"]
+__all__ = ["TraceCheck", "check_trace", "poly_error_bound"]
 
 
 @dataclass
@@ -41,9 +41,11 @@ class TraceCheck:
         return self.misses == 0
 
 
-def _centred(v: np.ndarray, p: int) -> np.ndarray:
-    v = np.mod(v, p)
-    return np.where(v > p // 2, v - p, v)
+def poly_error_bound(x: np.ndarray, coef: list[np.ndarray], q: int) -> np.ndarray:
+    """Per element, the stated bound ``ceil(|P(X+1) - P(X)| / 2^q) + 1`` of a polynomial
+    channel (object arrays: ``x`` the inputs ``X``, ``coef[j]`` broadcastable to them)."""
+    step = np.abs(sum(c * ((x + 1) ** j - x**j) for j, c in enumerate(coef)))
+    return (step + (1 << q) - 1) // (1 << q) + 1
 
 
 def _poly_check(
@@ -59,8 +61,7 @@ def _poly_check(
     coef = op.arrays["coefficients"].astype(object)
     coef = np.repeat(coef, len(mask), 0) if len(coef) == 1 else coef
     c = [coef[~mask, j].reshape((-1,) + (1,) * (len(op.shape) - 1)) for j in range(d + 1)]
-    step = np.abs(sum(c[j] * ((X + 1) ** j - X**j) for j in range(d + 1)))
-    bound = (step + (1 << q) - 1) // (1 << q) + 1
+    bound = poly_error_bound(X, c, q)
     err = np.abs(got[~mask].astype(object) - ref[~mask].astype(object))
     y = sum(c[j] * X**j for j in range(d + 1))
     b = trunc_bound(p)
@@ -81,7 +82,7 @@ def check_trace(
     ``x`` is the encoded input (:func:`safenet.protocol.engine.encode_input`).
     """
     p = plan.field.p
-    vals = [_centred(s + c, p) for s, c in zip(server_trace, client_trace, strict=True)]
+    vals = [mod_centered(s + c, p) for s, c in zip(server_trace, client_trace, strict=True)]
     out = TraceCheck()
     for i, op in enumerate(plan.ops):
         ins = [torch.from_numpy(vals[j])[None] for j in op.inputs] or [torch.from_numpy(x)[None]]
@@ -89,7 +90,7 @@ def check_trace(
         got = vals[i]
         out.ops += 1
         if op.kind == "truncate":  # local truncation: the carry may add one
-            bad = int(((got - ref) != 0).sum() - ((got - ref) == 1).sum())
+            bad = int((~np.isin(got - ref, (0, 1))).sum())
         elif op.kind == "activation" and not op.arrays["relu_mask"].all():
             _poly_check(op, ins[0][0].numpy(), got, ref, p, out)
             continue
