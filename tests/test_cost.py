@@ -3,6 +3,7 @@ latency accuracy is validated in bench/cost_validate.py and docs/cost-model.md).
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -36,11 +37,12 @@ def test_counts_match_the_plan(half_plan):
     assert {"relu_count": c.relu, "poly_count": c.poly} == half_plan.counts()
     p = half_plan.field.p
     ands = 0
+    stat = STAT_BITS + 2 + math.ceil(math.log2(c.relu))  # 2^-42 over the session's ReLU masks
     for _, op in half_plan.activations():
         n = int(op.arrays["relu_mask"].sum()) * int(
             np.prod(op.shape[1:]) if len(op.shape) > 1 else 1
         )
-        ands += relu_circuit(p, op.attrs["shift"], STAT_BITS).and_count * n
+        ands += relu_circuit(p, op.attrs["shift"], stat).and_count * n
     assert c.ands == ands and c.label_bits == c.relu * p.bit_length()
     conv = half_plan.ops[1]
     assert conv.kind == "conv"

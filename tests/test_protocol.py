@@ -1,10 +1,12 @@
 """The secure protocol's building blocks: share arithmetic, polynomial tuples, the garbled ReLU
 layer between two parties."""
 
+import math
+
 import numpy as np
 import pytest
 
-from safenet.crypto.he import ClientKeys, HEContext, HEParams
+from safenet.crypto.he import ClientKeys, HEContext, HEError, HEParams
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.field import DELPHI_PRIME, POLY_PRIME, is_probable_prime, trunc_bound
 from safenet.protocol import arith as A
@@ -101,9 +103,10 @@ def _poly_layer(he, keys, v, coef, k, q):
     n, d = coef.shape[0], coef.shape[1] - 1
     c = A.uniform(n, p)  # the client's share of v, known offline
     s = A.sub(A.to_residues(v, p), c, p)
-    srv = P.PolyServer(he, coef, flood_bits=P.flood_bits(he), shift=k)
+    rp = P.reply_params(he, d * -(-n // he.slots), d)
+    srv = P.PolyServer(he, coef, rp, shift=k)
     a_c, r2 = A.uniform(n, p), A.bounded_mask(n, p)
-    replies = srv.respond(P.client_encrypt(keys, a_c, d), keys.public_key)
+    replies = srv.respond(P.client_encrypt(keys, a_c, d, rp), keys.public_key)
     g_c = P.client_decrypt(keys, replies, n, d)
     r1, g_s = srv.take()
     w = P.server_open(s, r1, p)
@@ -182,9 +185,41 @@ def test_exact_truncation_never_wraps_where_local_truncation_does():
 
 def test_power_tuple_reply_count_is_checked(he_keys):
     he, keys = he_keys
-    srv = P.PolyServer(he, np.ones((10, 3), dtype=np.int64), flood_bits=40, shift=8)
-    with pytest.raises(ValueError, match="expects 2 ciphertexts"):
-        srv.respond(P.client_encrypt(keys, np.ones(10, dtype=np.int64), 1), keys.public_key)
+    rp = P.reply_params(he, 2, 2)
+    srv = P.PolyServer(he, np.ones((10, 3), dtype=np.int64), rp, shift=8)
+    want = 2 * rp.digits
+    with pytest.raises(ValueError, match=f"expects {want} ciphertexts"):
+        srv.respond(P.client_encrypt(keys, np.ones(10, dtype=np.int64), 1, rp), keys.public_key)
+
+
+def test_polynomial_ciphertexts_get_the_form_checks(he_keys):
+    """A ciphertext of the wrong level, a plaintext-sized blob or garbage is refused with a
+    clear HEError before any product (the flooding bound assumes fresh full-level ones)."""
+    he, keys = he_keys
+    rp = P.reply_params(he, 1, 1)
+    srv = P.PolyServer(he, np.ones((10, 2), dtype=np.int64), rp, shift=8)
+    good = P.client_encrypt(keys, np.ones(10, dtype=np.int64), 1, rp)
+    low = keys.encrypt(np.ones(10, dtype=np.int64))
+    he.evaluator.mod_switch_to_next_inplace(low)
+    for bad, why in [(low.to_string(), "coefficient primes"), (b"\x00" * 100, "malformed"),
+                     (b"x" * (he.max_ciphertext_bytes + 1), "too large")]:  # fmt: skip
+        with pytest.raises(HEError, match=why):
+            srv.respond([bad, *good[1:]], keys.public_key)
+
+
+def test_polynomial_replies_meet_the_session_bound():
+    """Every flooded coefficient of the session's polynomial replies gets 42 + log2(count)
+    bits beyond the reply noise, and the digit split keeps the decryption budget."""
+    he = HEContext(HEParams(8192, POLY_PRIME))
+    for replies, degree in [(1, 2), (40, 3), (5000, 3)]:
+        rp = P.reply_params(he, replies, degree)
+        noise = math.log2(degree * rp.digits * 8192 * 22) + rp.base_bits
+        assert rp.flood_bits >= noise + 42 + math.log2(8192 * replies)
+        assert rp.digits * rp.base_bits >= POLY_PRIME.bit_length()
+        q = sum(math.log2(x) for x in he.coeff_primes)
+        assert q - math.log2(POLY_PRIME) - rp.flood_bits - 2 >= 20
+    # full-size plaintexts cannot: about 2^123 of flood against a 174-bit modulus
+    assert P.reply_params(he, 40, 3).digits >= 2
 
 
 # ---- the garbled ReLU layer between two parties ------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from safenet.protocol.transport import (
     HEADER,
+    KIND_ERROR,
     MAGIC,
     VERSION,
     Connection,
@@ -101,9 +102,33 @@ def test_oversized_frame_is_refused_before_reading_it():
     raw.sendall(HEADER.pack(MAGIC, VERSION, 0, 1, 1 << 40) + b"x")
     with pytest.raises(ProtocolError, match="limit 1000"):
         conn.recv("x")
-    a, _b = connection_pair(max_message=10)
-    with pytest.raises(ProtocolError, match="exceeds"):
-        a.send(bytes(11), "big")
+    # a receiver that knows the exact size takes it even above max_message, and nothing more
+    a, b = connection_pair(max_message=10)
+    a.send(bytes(11), "big")
+    assert b.recv("big", max_bytes=11) == bytes(11)
+    a.send(bytes(12), "big")
+    with pytest.raises(ProtocolError, match="limit 11"):
+        b.recv("big", max_bytes=11)
+
+
+def test_json_and_error_frames_have_small_caps():
+    """A JSON frame above 64 KiB or an error frame above 4 KiB is refused unread, and error
+    text is made printable before anyone logs it (no forged log lines)."""
+    raw, conn = _raw_pair()
+    raw.sendall(HEADER.pack(MAGIC, VERSION, 0, 1, (64 << 10) + 1) + b"x")
+    with pytest.raises(ProtocolError, match="limit 65536"):
+        conn.recv_json("x")
+    raw, conn = _raw_pair()
+    raw.sendall(HEADER.pack(MAGIC, VERSION, KIND_ERROR, 5, 1 << 30) + b"error")
+    with pytest.raises(PeerError, match="error frame of 1073741824 bytes"):
+        conn.recv("x")
+    raw, conn = _raw_pair()
+    text = b"bad\n2026-12-05 INFO served 10.0.0.1 \x1b[31m" + b"y" * 1000
+    raw.sendall(HEADER.pack(MAGIC, VERSION, KIND_ERROR, 5, len(text)) + b"error" + text)
+    with pytest.raises(PeerError) as err:
+        conn.recv("x")
+    msg = str(err.value)
+    assert "\n" not in msg and "\x1b" not in msg and "\\n2026" in msg and len(msg) < 400
 
 
 def test_silence_times_out():

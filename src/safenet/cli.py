@@ -261,26 +261,38 @@ def _plan_for(model_name: str) -> object:
 
 
 def _tls(args: argparse.Namespace, server: bool) -> object:
+    """The TLSConfig the --tls-* flags ask for, None for plaintext (no TLS flag at all).
+
+    Fails closed: a flag given without what it needs is a ValueError, never plaintext.
+    """
     from safenet.protocol.tls import TLSConfig
 
+    mutual = server and args.require_client_cert
+    if mutual and not (args.tls_cert and args.tls_ca):
+        raise ValueError("--require-client-cert needs --tls-cert and --tls-ca (the clients' CA)")
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert (the certificate of that key)")
+    if server and args.tls_ca and not args.tls_cert:
+        raise ValueError("--tls-ca needs --tls-cert on the server (a TLS server needs a cert)")
     if not (args.tls_cert or args.tls_ca):
         return None
     return TLSConfig(
-        certfile=args.tls_cert,
-        keyfile=args.tls_key,
-        cafile=args.tls_ca,
-        require_client_cert=bool(server and args.require_client_cert),
+        certfile=args.tls_cert, keyfile=args.tls_key, cafile=args.tls_ca, require_client_cert=mutual
     )
 
 
 def _add_tls(p: argparse.ArgumentParser, server: bool) -> None:
-    g = p.add_argument_group("TLS (optional)")
+    """--tls-cert/--tls-key/--tls-ca (and, on a server, --require-client-cert)."""
+    g = p.add_argument_group("TLS (optional; a flag without what it needs is an error)")
     g.add_argument("--tls-cert", type=Path, help="certificate (PEM) of this end")
     g.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
-    g.add_argument("--tls-ca", type=Path, help="CA certificate(s) to verify the peer with")
+    peer = "client certificates (checked when one is sent)" if server else "the server"
+    g.add_argument("--tls-ca", type=Path, help=f"CA certificate(s) to verify {peer} with")
     if server:
         g.add_argument(
-            "--require-client-cert", action="store_true", help="mutual TLS: clients need a cert"
+            "--require-client-cert",
+            action="store_true",
+            help="mutual TLS: clients need a cert from --tls-ca (needs --tls-cert, --tls-ca)",
         )
 
 

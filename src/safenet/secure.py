@@ -218,7 +218,11 @@ def serve(
     another thread, ``shutdown`` and close the ``listener`` it was given.
     """
     model = ServerModel(plan, config)
-    store = Bank(bank, model.fingerprint, "server") if bank is not None else None
+    store = None
+    if bank is not None:
+        store = Bank(bank, model.fingerprint, "server", version=model.version)
+        if stale := store.discard_stale():
+            log.warning("discarded %d banked sessions made for another model version", stale)
     lst = listener or listen(host, port)
     if on_ready is not None:
         on_ready(lst.getsockname()[1])

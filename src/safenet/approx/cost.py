@@ -98,10 +98,11 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
     from safenet.crypto.gc import relu_circuit
     from safenet.crypto.he import HEContext, HEParams
     from safenet.protocol.linear import LinearPacking
-    from safenet.protocol.relu import STAT_BITS
+    from safenet.protocol.statistical import relu_stat_bits
 
     p = plan.field.p
     he = HEContext(HEParams(poly_degree, p))
+    stat_bits = relu_stat_bits(plan)
     c = PlanCounts(
         input_elements=int(np.prod(plan.input_shape)),
         output_elements=int(np.prod(plan.output.shape)),
@@ -129,7 +130,7 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             n_poly = (len(mask) - int(mask.sum())) * per
             ands = mbits = obits = 0
             if n_relu:
-                circ = relu_circuit(p, op.attrs["shift"], STAT_BITS)
+                circ = relu_circuit(p, op.attrs["shift"], stat_bits)
                 ands = circ.and_count * n_relu
                 mbits = len(circ.inputs["server_mask"]) * n_relu
                 obits = circ.n_outputs * n_relu

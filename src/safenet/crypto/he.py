@@ -118,6 +118,36 @@ class HEContext:
         """A fresh public-key encryption of zero (re-randomisation, empty sums)."""
         return seal.Encryptor(self.context, public_key).encrypt_zero()
 
+    @property
+    def max_ciphertext_bytes(self) -> int:
+        """Most bytes a serialised ciphertext of size 2 can take (uncompressed, all primes,
+        plus SEAL's header): a receiver refuses larger frames before reading them."""
+        return 2 * 8 * self.slots * len(self.coeff_primes) + 4096
+
+    @property
+    def max_public_key_bytes(self) -> int:
+        """Most bytes a serialised public key can take (it also has the special prime)."""
+        return 2 * 8 * self.slots * (len(self.coeff_primes) + 1) + 4096
+
+    def load_ciphertext(self, data: bytes, primes: int, what: str) -> seal.Ciphertext:
+        """Load serialised ``data`` from a peer and check its form: size 2, not NTT, at the
+        level of ``primes`` coefficient primes, not transparent (a clear :class:`HEError`
+        otherwise). The flooding bounds assume exactly such ciphertexts."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise HEError(f"{what}: expected bytes, got {type(data).__name__}")
+        if len(data) > self.max_ciphertext_bytes:
+            raise HEError(f"{what}: {len(data)} bytes is too large for a ciphertext")
+        ct = self.ciphertext_from_bytes(bytes(data))
+        if ct.size() != 2 or ct.is_ntt_form() or ct.coeff_modulus_size() != primes:
+            raise HEError(
+                f"{what}: expected a size-2 ciphertext at {primes} coefficient primes, got "
+                f"size {ct.size()} at {ct.coeff_modulus_size()} primes"
+                + (" in NTT form" if ct.is_ntt_form() else "")
+            )
+        if ct.is_transparent():
+            raise HEError(f"{what}: transparent ciphertext (not an encryption)")
+        return ct
+
     def ciphertext_from_bytes(self, data: bytes) -> seal.Ciphertext:
         """Load and validate a serialised ciphertext (a clear error if it is not one)."""
         ct = seal.Ciphertext()
@@ -129,6 +159,8 @@ class HEContext:
 
     def public_key_from_bytes(self, data: bytes) -> seal.PublicKey:
         """Load and validate a serialised public key."""
+        if len(data) > self.max_public_key_bytes:
+            raise HEError(f"public key of {len(data)} bytes is too large for these parameters")
         fd, path = tempfile.mkstemp(suffix=".pk")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -2,7 +2,11 @@
 
 A party stores the material of a finished offline phase (its masks, shares, garbled-circuit
 inputs, polynomial tuples) under a session id both parties agree on, then later runs only the
-online phase with it. Layout, under ``root/<role>-<public plan fingerprint[:16]>/``:
+online phase with it. The server's material is tied to the model it was made with: its
+manifest records the model version (a hash of the full plan: weights, coefficients, field)
+and a bank opened for another version refuses it (material made with old weights would give
+wrong outputs that depend on the weight difference). Layout, under
+``root/<role>-<public plan fingerprint[:16]>/`` (mode 0700):
 
 ``<id>/material.npz`` + ``<id>/manifest.json``   a ready session (SHA-256 of the npz inside)
 ``tmp-<id>/``                                     being written (never read)
@@ -35,10 +39,11 @@ import numpy as np
 
 __all__ = ["Bank", "BankError"]
 
-#: material layout; 2: polynomial layers keep the exact-truncation masks
-FORMAT = "safenet-bank/2"
+#: material layout; 2: polynomial layers keep the exact-truncation masks; 3: ReLU masks as
+#: wide as the session needs, manifests carry the model version
+FORMAT = "safenet-bank/3"
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class BankError(RuntimeError):
@@ -62,14 +67,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Bank:
-    """One party's store of preprocessed sessions for one public plan."""
+    """One party's store of preprocessed sessions for one public plan.
 
-    def __init__(self, root: str | Path, fingerprint: str, role: str) -> None:
+    Args:
+        root: the bank's folder (created private, mode 0700).
+        fingerprint: the public plan's fingerprint.
+        role: ``"client"`` or ``"server"``.
+        version: the model version whose material this bank holds and accepts (the
+            server's; None accepts any, for a client, which never sees the weights).
+    """
+
+    def __init__(
+        self, root: str | Path, fingerprint: str, role: str, version: str | None = None
+    ) -> None:
         if role not in ("client", "server"):
             raise ValueError("role must be 'client' or 'server'")
+        Path(root).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir = Path(root) / f"{role}-{fingerprint[:16]}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         self.fingerprint = fingerprint
+        self.version = version
         with self._lock():  # a put or take in progress elsewhere holds it: not a leftover
             for leftover in [*self.dir.glob("tmp-*"), *self.dir.glob("consumed-*")]:
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -85,7 +102,7 @@ class Bank:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _check_id(self, session_id: str) -> str:
-        if not isinstance(session_id, str) or not _ID.match(session_id):
+        if not isinstance(session_id, str) or not _ID.fullmatch(session_id):
             raise BankError(f"not a session id: {session_id!r}")
         return session_id
 
@@ -99,7 +116,7 @@ class Bank:
         if final.exists():
             raise BankError(f"session {sid} already in the bank")
         tmp = self.dir / f"tmp-{sid}"
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)
         npz = tmp / "material.npz"
         with open(npz, "wb") as f:
             np.savez(f, **arrays)
@@ -108,6 +125,7 @@ class Bank:
         manifest = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
+            "model_version": self.version,
             "session_id": sid,
             "created": time.time(),
             "sha256": _sha256(npz),
@@ -124,9 +142,28 @@ class Bank:
     def ids(self) -> list[str]:
         """Ready sessions, oldest first."""
         ready = [
-            p for p in self.dir.iterdir() if _ID.match(p.name) and (p / "manifest.json").exists()
+            p
+            for p in self.dir.iterdir()
+            if _ID.fullmatch(p.name) and (p / "manifest.json").exists()
         ]
         return [p.name for p in sorted(ready, key=lambda p: p.stat().st_mtime)]
+
+    def discard_stale(self) -> int:
+        """Delete ready sessions made for another model version (never usable: see the
+        module docstring); returns how many. A no-op for a bank without a version."""
+        if self.version is None:
+            return 0
+        gone = 0
+        with self._lock():
+            for sid in self.ids():
+                try:
+                    made = json.loads((self.dir / sid / "manifest.json").read_text())
+                except (OSError, ValueError):
+                    made = {}
+                if made.get("model_version") != self.version:
+                    shutil.rmtree(self.dir / sid, ignore_errors=True)
+                    gone += 1
+        return gone
 
     def __len__(self) -> int:
         return len(self.ids())
@@ -161,6 +198,11 @@ class Bank:
                 )
             if manifest.get("fingerprint") != self.fingerprint or manifest.get("session_id") != sid:
                 raise BankError(f"session {sid}: manifest does not match this bank")
+            if self.version is not None and manifest.get("model_version") != self.version:
+                raise BankError(
+                    f"session {sid} was made for model version {manifest.get('model_version')}"
+                    f", this server runs {self.version} (retrained?): preprocess again"
+                )
             if _sha256(npz) != manifest.get("sha256"):
                 raise BankError(f"session {sid}: material fails its SHA-256 check (corrupted)")
             with np.load(npz, allow_pickle=False) as z:

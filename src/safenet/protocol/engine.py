@@ -33,6 +33,7 @@ tweak range; its main thread meanwhile answers the client's HE requests.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +52,8 @@ from safenet.protocol import linear as L
 from safenet.protocol import poly as P
 from safenet.protocol.profile import Profile
 from safenet.protocol.relu import ReluClient, ReluServer
-from safenet.protocol.transport import Connection, ProtocolError
+from safenet.protocol.statistical import SessionBudget, poly_replies, relu_elements, relu_stat_bits
+from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
 __all__ = [
     "ClientSession",
@@ -60,6 +62,7 @@ __all__ = [
     "ServerSession",
     "SessionConfig",
     "local_op",
+    "model_version",
 ]
 
 LOCAL_KINDS = ("sumpool", "rescale", "add", "flatten", "truncate")
@@ -90,19 +93,32 @@ def _channel_select(op: Op) -> np.ndarray:
     return np.broadcast_to(mask.reshape(bshape), op.shape)
 
 
-def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int]]:
-    """``{op index: (shift, ReLU elements, tweak base)}`` of every activation with ReLU
-    channels: the session's garblings share one Delta, so each gets the next tweak range."""
+def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int, int]]:
+    """``{op index: (shift, ReLU elements, tweak base, mask bits)}`` of every activation with
+    ReLU channels: the session's garblings share one Delta, so each gets the next tweak
+    range; the mask width is the session's (:func:`.statistical.relu_stat_bits`)."""
     from safenet.crypto.gc import relu_circuit
-    from safenet.protocol.arith import STAT_BITS
 
+    stat_bits = relu_stat_bits(plan)
     out, tweak = {}, 0
     for i, op in plan.activations():
         n = int(_channel_select(op).sum())
         if n:
-            out[i] = (op.attrs["shift"], n, tweak)
-            tweak += relu_circuit(plan.field.p, op.attrs["shift"], STAT_BITS).and_count * n
+            out[i] = (op.attrs["shift"], n, tweak, stat_bits)
+            tweak += relu_circuit(plan.field.p, op.attrs["shift"], stat_bits).and_count * n
     return out
+
+
+def model_version(plan: Plan) -> str:
+    """16 hex digits naming a full plan (weights, coefficients, field): retraining the same
+    architecture with the same ReLU masks keeps the public fingerprint but not this."""
+    return hashlib.sha256(f"safenet-model-version:{plan.fingerprint()}".encode()).hexdigest()[:16]
+
+
+def poly_reply_params(plan: Plan, he: HEContext) -> P.ReplyParams:
+    """The session's polynomial reply parameters, from the public plan and HE parameters."""
+    degrees = [op.attrs.get("degree", 0) for _, op in plan.activations()]
+    return P.reply_params(he, poly_replies(plan, he.slots), max(degrees, default=0))
 
 
 def _pack(
@@ -163,6 +179,9 @@ class ServerModel:
         self.plan = plan
         self.public = plan.public()
         self.fingerprint = self.public.fingerprint()
+        #: which weights answer: a short hash of the full plan, told to clients in the
+        #: handshake and recorded with banked material (which it must match)
+        self.version = model_version(plan)
         self.config = config or SessionConfig()
         self.he = HEContext(self.config.he_params(plan.field.p))
         self.linear: dict[int, L.ServerLinear] = {}
@@ -170,6 +189,17 @@ class ServerModel:
             if op.kind in ("conv", "linear"):
                 in_shape = plan.ops[op.inputs[0]].shape
                 self.linear[i] = L.ServerLinear(op, in_shape, self.he)
+        #: the session's statistical terms (:mod:`safenet.protocol.statistical`)
+        self.budget = SessionBudget(
+            poly_degree=self.config.poly_degree,
+            linear_replies=sum(lin.packing.n_out for lin in self.linear.values()),
+            poly_replies=poly_replies(plan, self.he.slots),
+            relu_elements=relu_elements(plan),
+        )
+        for lin in self.linear.values():
+            lin.check_flood(self.budget.linear_bits)
+        #: digits and flood of the polynomial replies (public: the client derives the same)
+        self.poly_params = poly_reply_params(plan, self.he)
 
 
 class _Party:
@@ -210,11 +240,13 @@ class _Party:
         for b in blobs:
             self.conn.send(b, label=label)
 
-    def _recv_blobs(self, label: str, limit: int = 1 << 16) -> list[bytes]:
+    def _recv_blobs(self, label: str, expected: int, max_bytes: int) -> list[bytes]:
+        """``expected`` frames of at most ``max_bytes`` each; an announced count or size that
+        differs is refused before anything is read (a peer cannot make us buffer more)."""
         n = self.conn.recv_json(label=label)
-        if not isinstance(n, int) or not 0 <= n <= limit:
-            raise ProtocolError(f"{label}: bad ciphertext count {n!r}")
-        return [self.conn.recv(label=label) for _ in range(n)]
+        if n != expected or not isinstance(n, int):
+            raise ProtocolError(f"{label}: expected {expected} ciphertexts, peer announced {n!r}")
+        return [self.conn.recv(label=label, max_bytes=max_bytes) for _ in range(n)]
 
 
 class ServerSession(_Party):
@@ -224,12 +256,14 @@ class ServerSession(_Party):
         super().__init__(model.plan, conn, keep_trace)
         self.model = model
         self.he = model.he
+        self._ct_bytes = model.he.max_ciphertext_bytes
 
     # ---- offline ------------------------------------------------------------------------
     def _offline(self) -> None:
         conn, p = self.conn, self.p
         with self.prof.primitive("he.keys"):
-            pk = self.he.public_key_from_bytes(conn.recv(label="he.pk"))
+            data = conn.recv(label="he.pk", max_bytes=self.he.max_public_key_bytes)
+            pk = self.he.public_key_from_bytes(data)
         delta = random_blocks((1,))[0]
         delta[0] |= np.uint64(1)
         with self.prof.primitive("ot"):
@@ -237,8 +271,8 @@ class ServerSession(_Party):
             ot.setup()
         # ReLU layers, garbled in a worker thread while HE runs here
         relus = {
-            i: ReluServer(p, shift, n, delta, tweak)
-            for i, (shift, n, tweak) in relu_layers(self.plan).items()
+            i: ReluServer(p, shift, n, delta, tweak, bits)
+            for i, (shift, n, tweak, bits) in relu_layers(self.plan).items()
         }
         done = {i: threading.Event() for i in relus}
         stop = threading.Event()  # set when this thread fails: the worker quits early
@@ -269,9 +303,10 @@ class ServerSession(_Party):
             for i, op in enumerate(self.plan.ops):
                 with self.prof.layer(i):
                     if op.kind in ("conv", "linear"):
-                        cts = self._recv_blobs("he.linear")
+                        lin = self.model.linear[i]
+                        cts = self._recv_blobs("he.linear", lin.packing.n_in, self._ct_bytes)
                         with self.prof.primitive("he.linear"):
-                            replies, self.T[i] = self.model.linear[i].respond(cts, pk)
+                            replies, self.T[i] = lin.respond(cts, pk)
                         self._send_blobs(replies, "he.linear")
                     elif op.kind == "activation":
                         if i in relus:
@@ -298,9 +333,9 @@ class ServerSession(_Party):
         bshape = (op.shape[0],) + (1,) * (len(op.shape) - 1)
         chan = np.broadcast_to(np.arange(op.shape[0]).reshape(bshape), op.shape)
         srv = P.PolyServer(
-            self.he, per_ch[chan[~sel]], P.flood_bits(self.he), op.poly_input_shift()
+            self.he, per_ch[chan[~sel]], self.model.poly_params, op.poly_input_shift()
         )
-        cts = self._recv_blobs("he.poly")
+        cts = self._recv_blobs("he.poly", srv.expected_ciphertexts, self._ct_bytes)
         with self.prof.primitive("he.poly"):
             replies = srv.respond(cts, pk)
         self._send_blobs(replies, "he.poly")
@@ -332,8 +367,8 @@ class ServerSession(_Party):
         sess.T = {int(i): st[""] for i, st in _unpack(arrays, "T").items()}
         states = _unpack(arrays, "relu")
         sess.relu = {
-            i: ReluServer.from_state(p, shift, n, states[i])
-            for i, (shift, n, _) in relu_layers(model.plan).items()
+            i: ReluServer.from_state(p, shift, n, states[i], bits)
+            for i, (shift, n, _, bits) in relu_layers(model.plan).items()
         }
         polys = {i: _poly_list(parts) for i, parts in _unpack(arrays, "poly").items()}
         sess.polys = {i: (lst[0], lst[1:]) for i, lst in polys.items()}
@@ -359,7 +394,7 @@ class ServerSession(_Party):
             with self.prof.layer(i):
                 ins = [S[j] for j in op.inputs]
                 if op.kind == "input":
-                    x = conn.recv_array(label="online.input")
+                    x = conn.recv_array("online.input", array_bytes(op.shape, np.int64))
                     _check(x, op.shape, p, "input")
                     out = x
                 elif op.kind in ("conv", "linear"):
@@ -397,8 +432,11 @@ class ServerSession(_Party):
         self.conn.send_array(msg_labels, label="online.labels")
         self.conn.send_array(w, label="online.open")
         # the plan says which layers have polynomial channels: only those carry ``e``
-        e = self.conn.recv_array(label="online.poly") if poly is not None else w
-        d = self.conn.recv_array(label="online.reshare")
+        if poly is not None:
+            e = self.conn.recv_array("online.poly", array_bytes(w.shape, np.int64))
+        else:
+            e = w
+        d = self.conn.recv_array("online.reshare", array_bytes(op.shape, np.int64))
         _check(e, (len(w),), p, "polynomial opening")
         _check(d, op.shape, p, "reshare")
         out = A.add(out, d, p)
@@ -434,6 +472,7 @@ class ClientSession(_Party):
             ot = OTReceiver(conn)
             ot.setup()
         C: list[np.ndarray] = []
+        self._poly_params = poly_reply_params(plan, keys.he)
         self.relu: dict[int, ReluClient] = {}
         self.polys: dict[int, list[np.ndarray]] = {}
         self.masks: dict[int, np.ndarray] = {}
@@ -450,7 +489,9 @@ class ClientSession(_Party):
                     with self.prof.primitive("he.linear"):
                         cts = L.client_encrypt(packing, keys, ins[0])
                     self._send_blobs(cts, "he.linear")
-                    replies = self._recv_blobs("he.linear")
+                    replies = self._recv_blobs(
+                        "he.linear", packing.n_out, keys.he.max_ciphertext_bytes
+                    )
                     with self.prof.primitive("he.linear"):
                         out = L.client_decrypt(packing, keys, replies)
                 elif op.kind in LOCAL_KINDS:
@@ -484,9 +525,10 @@ class ClientSession(_Party):
         d, p = op.attrs["degree"], self.p
         a_c, r2 = A.uniform(len(c), p), A.bounded_mask(len(c), p)
         with self.prof.primitive("he.poly"):
-            cts = P.client_encrypt(keys, a_c, d)
+            cts = P.client_encrypt(keys, a_c, d, self._poly_params)
         self._send_blobs(cts, "he.poly")
-        replies = self._recv_blobs("he.poly")
+        n_replies = d * -(-len(c) // keys.he.slots)
+        replies = self._recv_blobs("he.poly", n_replies, keys.he.max_ciphertext_bytes)
         with self.prof.primitive("he.poly"):
             self.polys[i] = [c, a_c, r2, *P.client_decrypt(keys, replies, len(c), d)]
         return A.mask_trunc(r2, op.attrs["poly_shift"], p)
@@ -547,7 +589,7 @@ class ClientSession(_Party):
                     conn.send_array(A.sub(x, self.masks.pop(i), p), label="online.input")
                 elif op.kind == "activation":
                     self._activation_online(i, op)
-        s = conn.recv_array(label="online.output")
+        s = conn.recv_array("online.output", array_bytes(self.plan.output.shape, np.int64))
         _check(s, self.plan.output.shape, p, "output")
         y = A.add(s, self.C_out, p)
         return mod_centered(y, p)
@@ -555,8 +597,12 @@ class ClientSession(_Party):
     def _activation_online(self, i: int, op: Op) -> None:
         p = self.p
         sel = _channel_select(op)
-        labels = self.conn.recv_array(label="online.labels")
-        w = self.conn.recv_array(label="online.open")
+        n_relu = int(sel.sum()) if i in self.relu else 0
+        labels = self.conn.recv_array(
+            "online.labels", array_bytes((p.bit_length(), n_relu, 2), np.uint64)
+        )
+        n_open = int((~sel).sum()) if i in self.polys else 0
+        w = self.conn.recv_array("online.open", array_bytes((n_open,), np.int64))
         out = np.zeros(op.shape, dtype=np.int64)
         if i in self.relu:
             with self.prof.primitive("gc.eval"):

@@ -31,8 +31,10 @@ public-key encryption of zero (:func:`~safenet.crypto.he.rerandomize`) and flood
 uniform noise of ``flood_bits`` bits (:func:`~safenet.crypto.he.flood`). The only
 weight-dependent noise is ``sum_b (e_b + eps_b) * K_b`` (``e_b``: the client's own encryption
 noise, |e| <= 21 for SEAL's centred binomial sampler; ``eps_b``: BFV rounding, <= 1/2):
-the server checks that ``2^flood_bits >= 2^40 * N * n_out * 22 * max_g sum_b |K_bg|_1``, so
-the whole reply is within statistical distance 2^-40 of one that does not depend on W.
+the server checks that ``2^flood_bits >= 2^b * 22 * max_g sum_b |K_bg|_1`` with ``b`` the bits
+each coefficient needs for 2^-40 over the whole session (:mod:`safenet.protocol.statistical`:
+``42 + log2`` of the session's linear reply coefficients), so all replies of a session are
+within statistical distance 2^-42 of replies that do not depend on W.
 ``flood_bits`` is a public constant (``FLOOD_BITS`` = 90), not derived from the weights,
 so the noise level the client observes says nothing about them. After flooding the reply
 is switched down to ``reply_primes`` coefficient primes (public post-processing) to halve
@@ -247,23 +249,8 @@ class LinearPacking:
         return np.asarray(coeffs, dtype=np.int64)[ct, pos]
 
     def check_ciphertext(self, data: bytes, primes: int, what: str) -> seal.Ciphertext:
-        """Load serialised ``data`` and check it is a size-2, non-NTT ciphertext at the
-        level of ``primes`` coefficient primes (a clear :class:`HEError` otherwise)."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise HEError(f"{what}: expected bytes, got {type(data).__name__}")
-        limit = 2 * 8 * self.n * len(self.he.coeff_primes) + 4096
-        if len(data) > limit:
-            raise HEError(f"{what}: {len(data)} bytes is too large for a ciphertext")
-        ct = self.he.ciphertext_from_bytes(bytes(data))
-        if ct.size() != 2 or ct.is_ntt_form() or ct.coeff_modulus_size() != primes:
-            raise HEError(
-                f"{what}: expected a size-2 ciphertext at {primes} coefficient primes, got "
-                f"size {ct.size()} at {ct.coeff_modulus_size()} primes"
-                + (" in NTT form" if ct.is_ntt_form() else "")
-            )
-        if ct.is_transparent():
-            raise HEError(f"{what}: transparent ciphertext (not an encryption)")
-        return ct
+        """Load a peer's ciphertext and check its form (:meth:`HEContext.load_ciphertext`)."""
+        return self.he.load_ciphertext(data, primes, what)
 
 
 def _blocks(cv: int, co: int, m: int, reply_size: float = 1.0) -> tuple[int, int, int, int]:
@@ -383,20 +370,24 @@ class ServerLinear:
         # the weight-dependent noise and the flood that hides it (module docstring)
         bound = ENC_NOISE_MAX * max(float(l1.max(initial=0.0)), 1.0)
         self.noise_bits = math.ceil(math.log2(bound))
-        self.required_flood_bits = (
-            self.noise_bits + math.ceil(math.log2(pk.n * pk.n_out)) + STAT_BITS
-        )
-        if self.flood_bits < self.required_flood_bits:
-            raise ValueError(
-                f"op {op.name!r}: weight-dependent noise up to 2^{self.noise_bits} needs "
-                f"flood_bits >= {self.required_flood_bits} (got {self.flood_bits})"
-            )
+        self.name = op.name
+        self.check_flood(STAT_BITS + math.ceil(math.log2(pk.n * pk.n_out)))
         q_bits = sum(math.log2(q) for q in he.coeff_primes)
         budget = q_bits - math.log2(p) - self.flood_bits - 2
         if budget < BUDGET_MARGIN:
             raise HEError(
                 f"flood_bits={self.flood_bits} leaves about {budget:.0f} bits of noise budget "
                 f"with a {p.bit_length()}-bit plaintext modulus (need {BUDGET_MARGIN})"
+            )
+
+    def check_flood(self, element_bits: int) -> None:
+        """Refuse a flood that does not exceed the weight-dependent noise by ``element_bits``
+        (the security each reply coefficient needs: :mod:`safenet.protocol.statistical`)."""
+        self.required_flood_bits = self.noise_bits + int(element_bits)
+        if self.flood_bits < self.required_flood_bits:
+            raise ValueError(
+                f"op {self.name!r}: weight-dependent noise up to 2^{self.noise_bits} needs "
+                f"flood_bits >= {self.required_flood_bits} (got {self.flood_bits})"
             )
 
     @property

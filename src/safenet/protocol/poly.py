@@ -35,14 +35,17 @@ uniformly masked shares, never a coefficient; the server sees ``e`` (uniform: ``
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from math import comb
 
 import numpy as np
 
-from safenet.crypto.he import ClientKeys, HEContext, flood, rerandomize
+from safenet.crypto.he import ClientKeys, HEContext, HEError, flood, rerandomize
+from safenet.field import mod_centered
 from safenet.protocol import arith as A
-from safenet.protocol.arith import STAT_BITS
-from safenet.protocol.linear import reply_primes
+from safenet.protocol.linear import BUDGET_MARGIN, ENC_NOISE_MAX, reply_primes
+from safenet.protocol.statistical import element_bits
 
 __all__ = [
     "PolyServer",
@@ -50,36 +53,83 @@ __all__ = [
     "client_encrypt",
     "client_step",
     "evaluate_share",
-    "flood_bits",
+    "ReplyParams",
+    "reply_params",
     "server_finish",
     "server_open",
 ]
 
 
-def flood_bits(he: HEContext) -> int:
-    """Flood width for polynomial replies, from public parameters only.
+@dataclass(frozen=True)
+class ReplyParams:
+    """Public parameters of a session's polynomial replies (both parties derive them).
 
-    A reply's noise before flooding is at most ``d * N * p/2 * B`` (``d <= 3`` products with
-    batch-encoded plaintexts, whose coefficients are full-size, of fresh ciphertexts with
-    noise ``B < 2^6``): below ``2^(log2 N + bits(p) + 7)``. Flooding with ``2^STAT_BITS``
-    times that hides it statistically.
+    Attributes:
+        digits: ``D``, signed digits each plaintext coefficient is split into.
+        base_bits: ``b``, each digit's base (``2^b``); ``D * b >= bits(p)``.
+        flood_bits: flood width of every reply.
     """
-    n_bits = he.params.poly_degree.bit_length() - 1
-    return STAT_BITS + n_bits + he.params.plain_modulus.bit_length() + 7
+
+    digits: int
+    base_bits: int
+    flood_bits: int
+
+
+def reply_params(he: HEContext, session_replies: int, degree: int) -> ReplyParams:
+    """The fewest digits whose flood still leaves ``BUDGET_MARGIN`` bits of noise budget.
+
+    A reply sums ``degree * D`` products of a fresh ciphertext (noise at most
+    ``ENC_NOISE_MAX``, symmetric encryption with SEAL's exact scaling) with a digit
+    plaintext (coefficients below ``2^b`` once SEAL centres them): its noise is below
+    ``degree * D * N * ENC_NOISE_MAX * 2^b``. The flood exceeds that by
+    :func:`~safenet.protocol.statistical.element_bits` of the session's ``N *
+    session_replies`` reply coefficients, so all of them together stay within ``2^-42``.
+    Full-size plaintexts (``D = 1``) would need about 123 + log2(replies) bits under the
+    48-bit prime, past the 174-bit modulus of N = 8192; two or three digits fit.
+    """
+    n, p_bits = he.params.poly_degree, he.params.plain_modulus.bit_length()
+    hide = element_bits(n * max(1, int(session_replies)))
+    for digits in range(1, p_bits + 1):
+        base = -(-p_bits // digits)
+        noise = max(1, degree) * digits * n * ENC_NOISE_MAX * 2.0**base
+        bits = math.ceil(math.log2(noise)) + hide
+        if _budget_left(he, bits) >= BUDGET_MARGIN:
+            return ReplyParams(digits, base, bits)
+    raise HEError("no digit split gives polynomial replies enough noise budget")
+
+
+def _budget_left(he: HEContext, flood_bits: int) -> float:
+    q_bits = sum(math.log2(q) for q in he.coeff_primes)
+    return q_bits - math.log2(he.params.plain_modulus) - flood_bits - 2
 
 
 def _chunks(n: int, he: HEContext) -> list[slice]:
     return [slice(a, min(n, a + he.slots)) for a in range(0, n, he.slots)]
 
 
-def client_encrypt(keys: ClientKeys, a_c: np.ndarray, degree: int) -> list[bytes]:
-    """Encryptions of ``a_c^l`` for ``l = 1..degree`` (ciphertext-major per power)."""
+def _signed_digits(coeffs: np.ndarray, base_bits: int, digits: int) -> list[np.ndarray]:
+    """Centred ``coeffs`` as ``sum_k d_k 2^(b k)`` with ``|d_k| <= 2^b`` (the last digit
+    takes what is left)."""
+    c, half, out = coeffs.astype(np.int64), 1 << (base_bits - 1), []
+    for _ in range(digits - 1):
+        d = ((c + half) & ((1 << base_bits) - 1)) - half
+        out.append(d)
+        c = (c - d) >> base_bits
+    out.append(c)
+    return out
+
+
+def client_encrypt(keys: ClientKeys, a_c: np.ndarray, degree: int, rp: ReplyParams) -> list[bytes]:
+    """Encryptions of ``2^(b k) a_c^l`` for ``l = 1..degree``, ``k < D`` (power, then digit,
+    then chunk)."""
     he, p = keys.he, keys.he.params.plain_modulus
     out = []
     power = np.ones_like(a_c)
     for _ in range(degree):
         power = A.mulmod(power, a_c, p)
-        out += [keys.encrypt(power[s]).to_string() for s in _chunks(len(a_c), he)]
+        for k in range(rp.digits):
+            scaled = A.mulmod(power, pow(2, rp.base_bits * k, p), p)
+            out += [keys.encrypt(scaled[s]).to_string() for s in _chunks(len(a_c), he)]
     return out
 
 
@@ -89,21 +139,28 @@ class PolyServer:
     Args:
         he: the session's HE context.
         coef: integer coefficients per element, int64 ``(n, degree + 1)`` (signed).
-        flood_bits: noise-flooding width for circuit privacy.
+        rp: the session's reply parameters (:func:`reply_params`): digits and flood.
         shift: ``k``, the truncation of the activation input ``v`` into ``X``.
     """
 
-    def __init__(self, he: HEContext, coef: np.ndarray, flood_bits: int, shift: int) -> None:
+    def __init__(self, he: HEContext, coef: np.ndarray, rp: ReplyParams, shift: int) -> None:
         self.he = he
         self.p = he.params.plain_modulus
         self.n, d1 = coef.shape
         self.degree = d1 - 1
         self.coef = A.to_residues(coef, self.p)
-        self.flood_bits = flood_bits
+        if _budget_left(he, rp.flood_bits) < BUDGET_MARGIN:
+            raise HEError(f"a {rp.flood_bits}-bit flood leaves too little noise budget")
+        self.rp = rp
         self.shift = shift
         self._switches = len(he.coeff_primes) - reply_primes(he)
         self.r1: np.ndarray | None = None
         self.g_s: list[np.ndarray] | None = None
+
+    @property
+    def expected_ciphertexts(self) -> int:
+        """Ciphertexts the client sends for this layer (powers x digits x chunks)."""
+        return self.degree * self.rp.digits * len(_chunks(self.n, self.he))
 
     def _h(self, x_s: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
         """h_{j,m} = sum_{i=j}^{d-m} C_{i+m} binom(i+m, i) binom(i, j) X_s^(i-j)."""
@@ -123,41 +180,50 @@ class PolyServer:
         return h
 
     def respond(self, ciphertexts: list[bytes], public_key: object) -> list[bytes]:
-        """Answer the client's ``Enc(a_c^l)``; keeps ``R1`` and the shares ``[G_m]_s``."""
+        """Answer the client's ``Enc(2^(b k) a_c^l)``; keeps ``R1`` and the shares
+        ``[G_m]_s``. Raises ValueError for a wrong count, HEError for a malformed one."""
         he, p, d, n = self.he, self.p, self.degree, self.n
-        chunks = _chunks(n, he)
-        if len(ciphertexts) != d * len(chunks):
+        if len(ciphertexts) != self.expected_ciphertexts:
             raise ValueError(
-                f"polynomial layer expects {d * len(chunks)} ciphertexts, got {len(ciphertexts)}"
+                f"polynomial layer expects {self.expected_ciphertexts} ciphertexts, "
+                f"got {len(ciphertexts)}"
             )
-        cts = [he.ciphertext_from_bytes(b) for b in ciphertexts]
+        full = len(he.coeff_primes)
+        cts = [he.load_ciphertext(b, full, f"poly input {i}") for i, b in enumerate(ciphertexts)]
         r1 = A.bounded_mask(n, p)
         h = self._h(A.mask_trunc(r1, self.shift, p))
-        g_s = []
-        replies = []
+        g_s, replies = [], []
         for m in range(d):
             t = A.uniform(n, p)
             g_s.append(A.add(h[0, m], t, p))
-            for ci, s in enumerate(chunks):
-                acc = None
-                for j in range(1, d - m + 1):
-                    hj = h[j, m][s]
-                    if not hj.any():  # SEAL refuses a product with the zero plaintext
-                        continue
-                    term = he.evaluator.multiply_plain(
-                        cts[(j - 1) * len(chunks) + ci], he.encode(hj)
-                    )
-                    acc = term if acc is None else he.evaluator.add(acc, term)
+            for ci, s in enumerate(_chunks(n, he)):
+                acc = self._inner(cts, h, m, ci, s)
                 if acc is None:
                     acc = he.encrypt_zero(public_key)
                 he.evaluator.sub_plain_inplace(acc, he.encode(t[s]))
-                acc = flood(he, rerandomize(he, acc, public_key), self.flood_bits)
+                acc = flood(he, rerandomize(he, acc, public_key), self.rp.flood_bits)
                 for _ in range(self._switches):  # public post-processing: smaller replies
                     he.evaluator.mod_switch_to_next_inplace(acc)
                 replies.append(acc.to_string())
         g_s.append(self.coef[:, d].copy())  # G_d = C_d, held by the server alone
         self.r1, self.g_s = r1, g_s
         return replies
+
+    def _inner(self, cts: list, h: dict, m: int, ci: int, s: slice) -> object:
+        """``Enc(sum_{j>=1} h_{j,m} a_c^j)`` on chunk ``ci``: each ``h`` plaintext split into
+        signed digits, digit ``k`` times the client's ``Enc(2^(b k) a_c^j)`` (None if all
+        digits are zero)."""
+        he, rp, nc = self.he, self.rp, len(_chunks(self.n, self.he))
+        acc = None
+        for j in range(1, self.degree - m + 1):
+            coeffs = mod_centered(he.plain_to_coeffs(he.encode(h[j, m][s])), self.p)
+            for k, dig in enumerate(_signed_digits(coeffs, rp.base_bits, rp.digits)):
+                if not dig.any():  # SEAL refuses a product with the zero plaintext
+                    continue
+                ct = cts[((j - 1) * rp.digits + k) * nc + ci]
+                term = he.evaluator.multiply_plain(ct, he.plain_from_coeffs(dig))
+                acc = term if acc is None else he.evaluator.add(acc, term)
+        return acc
 
     def take(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """``(R1, [G_0..G_d]_s)``, once: the material is single-use."""
@@ -178,7 +244,8 @@ def client_decrypt(keys: ClientKeys, replies: list[bytes], n: int, degree: int) 
     for m in range(degree):
         g = np.empty(n, dtype=np.int64)
         for ci, s in enumerate(chunks):
-            ct = he.ciphertext_from_bytes(replies[m * len(chunks) + ci])
+            k = m * len(chunks) + ci
+            ct = he.load_ciphertext(replies[k], reply_primes(he), f"polynomial reply {k}")
             g[s] = keys.decrypt(ct)[: s.stop - s.start].astype(np.int64)
         out.append(g)
     out.append(np.zeros(n, dtype=np.int64))

@@ -6,9 +6,11 @@ mask ``r`` and the decode bits, and hands the client the labels of the client's 
 (known offline) by correlated OT. Online it sends only the labels of its own share
 ``s + 2^(k-1)`` (the round-half-up offset), ``bits(p)`` labels of 16 bytes per ReLU; the
 client evaluates and decodes the integer ``z = max(round(v / 2^k), 0) + r + 1``. The mask
-``r`` is a uniform integer :data:`STAT_BITS` bits wider than the ReLU output (integer
-masking: ``z`` hides the output up to statistical distance 2^-40, and the circuit needs no
-reduction mod p); the client's share is ``z mod p``, the server's ``-(r + 1) mod p``.
+``r`` is a uniform integer ``stat_bits`` wider than the ReLU output (integer masking: ``z``
+hides the output up to statistical distance ``2^-stat_bits``, and the circuit needs no
+reduction mod p); the client's share is ``z mod p``, the server's ``-(r + 1) mod p``. The
+engine sets ``stat_bits`` per session (:func:`safenet.protocol.statistical.relu_stat_bits`:
+``42 + log2`` of the session's ReLU elements) so that all masks together stay within 2^-42.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from safenet.crypto.gc.garble import Garbled, encode_labels
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
 from safenet.protocol.arith import STAT_BITS
-from safenet.protocol.transport import Connection, ProtocolError
+from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
 __all__ = ["STAT_BITS", "ReluClient", "ReluServer"]
 
@@ -29,9 +31,17 @@ __all__ = ["STAT_BITS", "ReluClient", "ReluServer"]
 class ReluServer:
     """The garbler's half of one activation layer's ReLU channels (``n`` elements)."""
 
-    def __init__(self, p: int, shift: int, n: int, delta: np.ndarray, tweak_base: int) -> None:
+    def __init__(
+        self,
+        p: int,
+        shift: int,
+        n: int,
+        delta: np.ndarray,
+        tweak_base: int,
+        stat_bits: int = STAT_BITS,
+    ) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift, STAT_BITS)
+        self.circuit: Circuit = relu_circuit(p, shift, stat_bits)
         self.tweak_base = tweak_base
         self.delta = delta
         self._garbled: Garbled | None = None
@@ -84,9 +94,11 @@ class ReluServer:
         return {"zero": zero, "delta": delta, "out": self.out_share}
 
     @classmethod
-    def from_state(cls, p: int, shift: int, n: int, state: dict[str, np.ndarray]) -> ReluServer:
+    def from_state(
+        cls, p: int, shift: int, n: int, state: dict[str, np.ndarray], stat_bits: int = STAT_BITS
+    ) -> ReluServer:
         """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, state["delta"], 0)
+        obj = cls(p, shift, n, state["delta"], 0, stat_bits)
         if state["zero"].shape != (p.bit_length(), n, 2):
             raise ValueError("stored ReLU labels do not match the layer")
         obj._stored = (state["zero"], state["delta"])
@@ -97,9 +109,11 @@ class ReluServer:
 class ReluClient:
     """The evaluator's half of one activation layer's ReLU channels."""
 
-    def __init__(self, p: int, shift: int, n: int, tweak_base: int) -> None:
+    def __init__(
+        self, p: int, shift: int, n: int, tweak_base: int, stat_bits: int = STAT_BITS
+    ) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift, STAT_BITS)
+        self.circuit: Circuit = relu_circuit(p, shift, stat_bits)
         self.tweak_base = tweak_base
         self._material: dict[str, np.ndarray] | None = None
 
@@ -110,13 +124,13 @@ class ReluClient:
     def recv_offline(self, conn: Connection, ot: OTReceiver, c: np.ndarray) -> None:
         """Receive tables, mask labels, decode bits; get own-share labels by OT."""
         nbits, n = self.p.bit_length(), self.n
-        tables = conn.recv_array(label="gc.tables")
         want = (self.circuit.and_count, n, 2, 2)
+        tables = conn.recv_array("gc.tables", array_bytes(want, np.uint64))
         if tables.shape != want or tables.dtype != np.uint64:
             raise ProtocolError(f"bad garbled tables {tables.dtype} {tables.shape}, want {want}")
-        mask = conn.recv_array(label="gc.mask")
-        dec = conn.recv_array(label="gc.decode")
         mbits = len(self.circuit.inputs["server_mask"])
+        mask = conn.recv_array("gc.mask", array_bytes((mbits, n, 2), np.uint64))
+        dec = conn.recv_array("gc.decode", array_bytes((self.circuit.n_outputs, n), np.uint8))
         if mask.shape != (mbits, n, 2) or mask.dtype != np.uint64:
             raise ProtocolError(f"bad mask labels {mask.dtype} {mask.shape}")
         if dec.shape != (self.circuit.n_outputs, n) or dec.dtype != np.uint8:
@@ -134,10 +148,16 @@ class ReluClient:
 
     @classmethod
     def from_state(
-        cls, p: int, shift: int, n: int, tweak_base: int, state: dict[str, np.ndarray]
+        cls,
+        p: int,
+        shift: int,
+        n: int,
+        tweak_base: int,
+        stat_bits: int,
+        state: dict[str, np.ndarray],
     ) -> ReluClient:
         """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, tweak_base)
+        obj = cls(p, shift, n, tweak_base, stat_bits)
         want = {"tables": (obj.circuit.and_count, n, 2, 2),
                 "client_share": (p.bit_length(), n, 2),
                 "server_mask": (len(obj.circuit.inputs["server_mask"]), n, 2),

@@ -28,7 +28,7 @@ import numpy as np
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank, BankError
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession, SessionConfig
-from safenet.protocol.transport import Connection, ProtocolError, handshake
+from safenet.protocol.transport import Connection, ProtocolError, handshake, printable
 
 __all__ = [
     "client_preprocess",
@@ -57,11 +57,11 @@ def _setup_server(conn: Connection, model: ServerModel) -> dict[str, Any]:
         ok = False
     if not ok:
         conn.send_error("bad session request")
-        raise ProtocolError(f"bad session request {req!r}")
+        raise ProtocolError(f"bad session request {printable(repr(req), 200)}")
     conn.send_json(asdict(model.config), label="session.config")
     if req["fetch_plan"]:
         conn.send(model.public.to_bytes(), label="session.plan")
-    handshake(conn, "server", model.fingerprint)
+    handshake(conn, "server", model.fingerprint, model_version=model.version)
     return req
 
 
@@ -181,8 +181,15 @@ def client_session(
     except (ValueError, OverflowError) as e:
         conn.send_error(f"client input rejected: {e}")
         raise
-    handshake(conn, "client", public.fingerprint())
+    version = handshake(conn, "client", public.fingerprint()).get("model_version")
     if banked is not None:
+        made = banked[1].get("model_version")
+        if made != version:
+            conn.send_error("banked session made for another model version")
+            raise BankError(
+                f"banked session {request['session_id']} was made with model version {made}, "
+                f"the server now runs {version}: preprocess again"
+            )
         sess = ClientSession.from_material(public, conn, *banked, config=config)
         if conn.recv_json(label="bank.ready") != "ready":
             raise ProtocolError("server did not confirm the banked session")
@@ -192,6 +199,7 @@ def client_session(
     y = sess.online(xi)
     rep = sess.report()
     rep["mode"] = request["mode"]
+    rep["model_version"] = version
     rep["total_s"] = round(time.perf_counter() - t0, 6)
     return y, rep, public
 
@@ -210,9 +218,9 @@ def client_preprocess(
     """
     t0 = time.perf_counter()
     public, config = _setup_client(conn, plan, {"mode": "preprocess", "count": int(count)})
-    handshake(conn, "client", public.fingerprint())
+    version = handshake(conn, "client", public.fingerprint()).get("model_version")
     root = Path(bank_root)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     public.save(root / "plan.zip")
     bank = Bank(root, public.fingerprint(), "client")
     reports = []
@@ -220,12 +228,14 @@ def client_preprocess(
         sid = conn.recv_json(label="bank.id")
         sess = ClientSession(public, conn, config)
         sess.offline()
-        bank.put(sid, *sess.export_material())
+        arrays, meta = sess.export_material()
+        bank.put(sid, arrays, meta | {"model_version": version})
         conn.send_json(sid, label="bank.stored")
         reports.append(sess.report())
         if progress is not None:
             progress(k + 1, count)
     return bank, {"mode": "preprocess", "count": count, "sessions": reports,
+                  "model_version": version,
                   "total_s": round(time.perf_counter() - t0, 6)}  # fmt: skip
 
 

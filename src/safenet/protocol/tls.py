@@ -5,7 +5,8 @@
 AEAD ciphers only, and verification on by default. A client without ``cafile`` checks the
 server against the system trust store; switching verification off takes ``insecure=True``.
 A server with ``require_client_cert`` accepts only clients whose certificate chains to
-``cafile`` (mutual TLS).
+``cafile`` (mutual TLS); asking for it without ``cafile`` and ``certfile`` is an error at
+construction, never a silent downgrade. A server issues no session tickets (TLS 1.2/1.3).
 
 :func:`make_self_signed`, :func:`make_ca` and :func:`make_certificate` write short-lived
 EC P-256 certificates for tests and local deployments, so nobody has to drive ``openssl``.
@@ -42,10 +43,11 @@ class TLSConfig:
     A client needs a certificate only when the server sets ``require_client_cert``.
     ``cafile`` is what the other end's certificate must chain to: for a client, the
     server's CA (or its self-signed certificate; None means the system store); for a
-    server, the CA of client certificates. ``server_hostname`` overrides the name a client
-    checks the server certificate against (default: the host it connects to).
-    ``insecure=True`` makes a client accept any server certificate: encryption without
-    authentication, only for debugging.
+    server, the CA of client certificates (checked when sent, demanded with
+    ``require_client_cert``, which needs ``cafile`` and ``certfile``: ValueError otherwise).
+    ``server_hostname`` overrides the name a client checks the server certificate against
+    (default: the host it connects to). ``insecure=True`` makes a client accept any server
+    certificate: encryption without authentication, only for debugging.
     """
 
     certfile: StrPath | None = None
@@ -58,16 +60,20 @@ class TLSConfig:
     def __post_init__(self) -> None:
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("keyfile given without certfile")
+        if self.require_client_cert and self.cafile is None:
+            raise ValueError("require_client_cert needs cafile (the client certificates' CA)")
+        if self.require_client_cert and self.certfile is None:
+            raise ValueError("require_client_cert is a server setting: it needs certfile too")
 
     def server_context(self) -> ssl.SSLContext:
         """The SSL context of a server holding this configuration."""
         if self.certfile is None:
             raise ValueError("a TLS server needs certfile (and keyfile)")
         ctx = _base_context(server=True)
-        ctx.num_tickets = 0  # no session resumption: tickets would be sent for nothing
+        ctx.num_tickets = 0  # TLS 1.3: no tickets (TLS 1.2: OP_NO_TICKET, set in the base)
         self._load_chain(ctx)
         if self.require_client_cert:
-            if self.cafile is None:
+            if self.cafile is None:  # refused in __post_init__; kept against a bypass
                 raise ValueError("require_client_cert needs cafile (the client certificates' CA)")
             _load(ctx.load_verify_locations, "CA file", self.cafile)
             ctx.verify_mode = ssl.CERT_REQUIRED
@@ -100,6 +106,7 @@ def _base_context(*, server: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(_TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_TICKET  # no TLS 1.2 session tickets (no resumption wanted)
     return ctx
 
 

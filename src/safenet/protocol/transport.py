@@ -7,7 +7,11 @@ Every message is one frame:
 ``label`` names the primitive that sent it (``"ot.base"``, ``"gc.tables"``...): the receiver
 checks it, so two parties that disagree on the protocol's step fail at once with a clear
 :class:`ProtocolError` instead of misreading bytes, and counters are kept per phase and label.
-A frame larger than ``max_message`` is refused before anything is allocated. A peer that
+A frame is refused before anything is allocated when it is larger than the receiver allows:
+the exact size where the receiver knows it (``max_bytes`` of :meth:`Connection.recv` and
+friends: ciphertexts, keys, arrays of known shape), 64 KiB for JSON, 4 KiB for an error
+frame, ``max_message`` (256 MiB by default) otherwise. Text from a peer (error frames) is
+made printable and cut short (:func:`printable`) before anyone logs or echoes it. A peer that
 closes mid-frame raises :class:`ConnectionClosed`; silence beyond ``timeout`` raises
 :class:`TransportTimeout`. Nothing here ever waits forever.
 
@@ -41,7 +45,14 @@ VERSION = 2  # 2: array frames pad their header so the data arrives 16-byte alig
 ALIGN = 16
 HEADER = struct.Struct(">2sBBBQ")
 KIND_BYTES, KIND_ARRAY, KIND_ERROR = 0, 1, 2
-DEFAULT_MAX_MESSAGE = 4 << 30
+#: largest frame of a size the receiver cannot predict (e.g. a public plan)
+DEFAULT_MAX_MESSAGE = 256 << 20
+#: largest JSON frame (requests, hellos, counts)
+JSON_MAX = 64 << 10
+#: largest error frame (text)
+ERROR_MAX = 4096
+#: largest frame this end will send (a receiver checks its own, smaller limits)
+SEND_MAX = 1 << 40
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
@@ -196,8 +207,8 @@ class Connection:
         if len(lab) > 255:
             raise ValueError("label longer than 255 bytes")
         length = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-        if length > self.max_message:
-            raise ProtocolError(f"{label}: message of {length} bytes exceeds {self.max_message}")
+        if length > SEND_MAX:
+            raise ProtocolError(f"{label}: message of {length} bytes exceeds {SEND_MAX}")
         if self._last == "recv":
             self.stats.rounds[self.phase] += 1
             self._last = "send"
@@ -237,7 +248,7 @@ class Connection:
     def send_error(self, message: str) -> None:
         """Tell the peer we are giving up (best effort), so it fails fast and clearly."""
         with contextlib.suppress(TransportError, OSError):
-            self._send_frame(KIND_ERROR, "error", [message.encode()[:4096]])
+            self._send_frame(KIND_ERROR, "error", [printable(message).encode()[:ERROR_MAX]])
 
     # ---- receiving ------------------------------------------------------------------------
     def _read_exact(self, n: int, what: str) -> np.ndarray:
@@ -264,7 +275,7 @@ class Connection:
             got += k
         return buf
 
-    def _recv_frame(self, label: str) -> tuple[int, np.ndarray]:
+    def _recv_frame(self, label: str, max_bytes: int | None = None) -> tuple[int, np.ndarray]:
         if self.closed:
             raise ConnectionClosed("connection already closed")
         self._last = "recv"
@@ -279,35 +290,43 @@ class Connection:
         if version != VERSION:
             raise ProtocolError(f"{label}: peer speaks wire version {version}, we speak {VERSION}")
         got_label = self._read_exact(lab_len, f"{label} label").tobytes().decode(errors="replace")
-        if length > self.max_message:
-            raise ProtocolError(f"{label}: peer announced {length} bytes, limit {self.max_message}")
-        payload = self._read_exact(length, label)
         if kind == KIND_ERROR:
-            raise PeerError(f"peer gave up: {payload.tobytes().decode(errors='replace')}")
+            if length > ERROR_MAX:
+                raise PeerError(f"peer gave up with an error frame of {length} bytes (not read)")
+            text = self._read_exact(length, label).tobytes().decode(errors="replace")
+            raise PeerError(f"peer gave up: {printable(text)}")
+        limit = self.max_message if max_bytes is None else max_bytes
+        if length > limit:
+            raise ProtocolError(f"{label}: peer announced {length} bytes, limit {limit}")
+        payload = self._read_exact(length, label)
         if got_label != label:
-            raise ProtocolError(f"expected message {label!r}, peer sent {got_label!r}")
+            raise ProtocolError(f"expected message {label!r}, peer sent {printable(got_label)!r}")
         c = self.stats.counters[(self.phase, label)]
         c.bytes_received += HEADER.size + lab_len + length
         c.messages_received += 1
         return kind, payload
 
-    def recv(self, label: str = "data") -> bytes:
-        """Receive one raw-bytes message with this label."""
-        kind, payload = self._recv_frame(label)
+    def recv(self, label: str = "data", max_bytes: int | None = None) -> bytes:
+        """Receive one raw-bytes message with this label (at most ``max_bytes``, default
+        ``max_message``; a larger announcement is refused before it is read)."""
+        kind, payload = self._recv_frame(label, max_bytes)
         if kind != KIND_BYTES:
             raise ProtocolError(f"{label}: expected bytes, got frame kind {kind}")
         return payload.tobytes()
 
-    def recv_json(self, label: str = "json") -> Any:
-        """Receive a JSON object."""
+    def recv_json(self, label: str = "json", max_bytes: int | None = None) -> Any:
+        """Receive a JSON object (at most ``max_bytes``; default ``JSON_MAX`` or
+        ``max_message`` if smaller)."""
+        limit = min(JSON_MAX, self.max_message) if max_bytes is None else max_bytes
         try:
-            return json.loads(self.recv(label))
+            return json.loads(self.recv(label, limit))
         except (ValueError, RecursionError) as e:  # also over-long integers, deep nesting
             raise ProtocolError(f"{label}: malformed JSON: {e}") from e
 
-    def recv_array(self, label: str = "array") -> np.ndarray:
-        """Receive a numpy array sent with :meth:`send_array` (validated, never unpickled)."""
-        kind, payload = self._recv_frame(label)
+    def recv_array(self, label: str = "array", max_bytes: int | None = None) -> np.ndarray:
+        """Receive a numpy array sent with :meth:`send_array` (validated, never unpickled);
+        ``max_bytes`` as for :meth:`recv` (see :func:`array_bytes`)."""
+        kind, payload = self._recv_frame(label, max_bytes)
         if kind != KIND_ARRAY:
             raise ProtocolError(f"{label}: expected an array, got frame kind {kind}")
         try:
@@ -344,6 +363,19 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def array_bytes(shape: tuple[int, ...], dtype: Any) -> int:
+    """Most payload bytes :meth:`Connection.send_array` uses for an array of this shape and
+    dtype (data plus header): the ``max_bytes`` for a receiver that knows what to expect."""
+    return math.prod(shape) * np.dtype(dtype).itemsize + 3 + 16 + 8 * len(shape) + ALIGN
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Peer-supplied text made safe to log and echo: control and other unprintable
+    characters escaped (no forged log lines or terminal sequences), cut to ``limit``."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return out if len(out) <= limit else out[:limit] + f"... ({len(text)} characters)"
 
 
 def connection_pair(
@@ -506,7 +538,9 @@ class HandshakeError(ProtocolError):
 
 
 PROTOCOL_NAME = "safenet"
-PROTOCOL_VERSION = 2  # 2: polynomial channels truncate exactly (online.open, online.poly)
+#: 2: polynomial channels truncate exactly (online.open, online.poly); 3: statistical bounds
+#: per session (ReLU masks as wide as the session needs, polynomial plaintexts in digits)
+PROTOCOL_VERSION = 3
 
 
 def handshake(conn: Connection, role: str, fingerprint: str, **extra: Any) -> dict[str, Any]:

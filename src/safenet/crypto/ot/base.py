@@ -71,7 +71,7 @@ def base_ot_send(
     sid = secrets.token_bytes(SID_BYTES)
     conn.send(_HELLO.pack(sid, count) + a_pt, label=label)
 
-    data = conn.recv(label=label)
+    data = conn.recv(label=label, max_bytes=count * POINT_BYTES)
     if len(data) != count * POINT_BYTES:
         raise _fail(conn, OTError(f"base OT: expected {count} points, got {len(data)} bytes"))
     t_pt = rbcl.crypto_scalarmult_ristretto255(a, a_pt)  # aA, shared by all OTs
@@ -95,7 +95,7 @@ def base_ot_recv(
     c = np.asarray(choices).astype(np.uint8).reshape(-1)
     if c.size < 1 or np.any(c > 1):
         raise ValueError("choices must be a non-empty array of bits")
-    data = conn.recv(label=label)
+    data = conn.recv(label=label, max_bytes=_HELLO.size + POINT_BYTES)
     if len(data) != _HELLO.size + POINT_BYTES:
         raise _fail(conn, OTError(f"base OT: malformed sender message ({len(data)} bytes)"))
     sid, count = _HELLO.unpack_from(data)

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
 from safenet.crypto.ot.base import OTError, _fail, base_ot_recv, base_ot_send
 from safenet.crypto.ot.bitmatrix import KAPPA, pack_bits, transpose
-from safenet.protocol.transport import Connection
+from safenet.protocol.transport import Connection, array_bytes
 
 TWEAK_DOMAIN = OT_TWEAK_DOMAIN  # OT tweaks live in [TWEAK_DOMAIN, TWEAK_DOMAIN + 2^48)
 MAX_OTS = 1 << 48  # per setup; beyond it tweaks would leave their range
@@ -169,7 +169,7 @@ class OTSender(_Party):
     def _extend(self, kind: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Receive the receiver's u for this call; return q (m, 2) and the tweaks."""
         call, tweaks = self._reserve(m)
-        hdr = self.conn.recv(label=self.label_ext)
+        hdr = self.conn.recv(label=self.label_ext, max_bytes=_CALL.size)
         n_words = -(-m // 64)
         if len(hdr) != _CALL.size or _CALL.unpack(hdr) != (kind, m, call):
             got = _CALL.unpack(hdr) if len(hdr) == _CALL.size else hdr.hex()
@@ -180,7 +180,7 @@ class OTSender(_Party):
                     f"receiver sent (kind, m, call) = {got}"
                 ),
             )
-        u = self.conn.recv_array(label=self.label_ext)
+        u = self.conn.recv_array(self.label_ext, array_bytes((KAPPA, n_words), np.uint64))
         if u.dtype != np.dtype("<u8") or u.shape != (KAPPA, n_words):
             raise _fail(self.conn, OTError(f"OT extension: bad u matrix {u.dtype} {u.shape}"))
         q_rows = _prg_rows(self._seeds, call, n_words)
@@ -281,7 +281,7 @@ class OTReceiver(_Party):
         return transpose(t_rows)[:m], tweaks
 
     def _recv_y(self, shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
-        y = self.conn.recv_array(label=self.label_ext)
+        y = self.conn.recv_array(self.label_ext, max(array_bytes(s, np.uint64) for s in shapes))
         if y.dtype != np.dtype("<u8") or y.shape not in shapes:
             raise _fail(self.conn, OTError(f"OT extension: bad sender reply {y.dtype} {y.shape}"))
         return y

@@ -1,0 +1,121 @@
+"""Statistical security of one session: every statistically hiding mask and noise flood.
+
+Three mechanisms hide secrets only statistically, each element by itself within a distance
+``eps`` of a secret-free view; for a whole session the distances add up (union bound over
+independent draws):
+
+* **linear replies**: c0 of every reply ciphertext of a conv/linear layer is flooded,
+  ``N`` coefficients per ciphertext (:mod:`safenet.protocol.linear`);
+* **polynomial replies**: likewise for the HE tuples of polynomial channels
+  (:mod:`safenet.protocol.poly`);
+* **ReLU output masks**: the client decodes ``y + r`` with an integer mask ``r``
+  (:mod:`safenet.protocol.relu`), one per ReLU element.
+
+The session's budget ``2^-STAT_BITS`` is split evenly over the three (``SPLIT_BITS`` = 2 bits
+each: ``3 * 2^-42 < 2^-40``), and within a mechanism over its elements: an element needs
+``STAT_BITS + SPLIT_BITS + ceil(log2(elements))`` bits (:func:`element_bits`). Every count
+comes from the public plan and parameters, so both parties derive the same circuits and
+floods. The openings of polynomial channels are statistical too but cannot meet this bound
+under SEAL's primes; docs/security.md states their figure separately.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from safenet.plan.ir import Plan
+from safenet.protocol.arith import STAT_BITS
+
+__all__ = [
+    "SPLIT_BITS",
+    "SessionBudget",
+    "element_bits",
+    "poly_replies",
+    "relu_elements",
+    "relu_stat_bits",
+]
+
+#: bits each of the three mechanisms gives up so that their sum stays within 2^-STAT_BITS
+SPLIT_BITS = 2
+
+
+def element_bits(elements: int) -> int:
+    """Security bits one of ``elements`` hiding events needs: its mechanism then stays
+    within ``2^-(STAT_BITS + SPLIT_BITS)`` over the session."""
+    return STAT_BITS + SPLIT_BITS + math.ceil(math.log2(max(1, int(elements))))
+
+
+def _per_channel(op_shape: tuple[int, ...]) -> int:
+    return int(np.prod(op_shape[1:])) if len(op_shape) > 1 else 1
+
+
+def relu_elements(plan: Plan) -> int:
+    """ReLU elements of one inference of ``plan`` (all activation layers)."""
+    total = 0
+    for _, op in plan.activations():
+        total += int(op.arrays["relu_mask"].astype(bool).sum()) * _per_channel(op.shape)
+    return total
+
+
+def relu_stat_bits(plan: Plan) -> int:
+    """Width beyond the ReLU output of each integer output mask of ``plan``'s circuits."""
+    return element_bits(relu_elements(plan))
+
+
+def poly_replies(plan: Plan, slots: int) -> int:
+    """Reply ciphertexts of all polynomial layers of one session (``slots`` per ciphertext)."""
+    total = 0
+    for _, op in plan.activations():
+        mask = op.arrays["relu_mask"].astype(bool)
+        n_poly = int((~mask).sum()) * _per_channel(op.shape)
+        if n_poly:
+            total += -(-n_poly // slots) * int(op.attrs["degree"])
+    return total
+
+
+@dataclass(frozen=True)
+class SessionBudget:
+    """The statistical terms of one session and the bits each element gets.
+
+    Attributes:
+        poly_degree: BFV ring dimension ``N`` (coefficients per ciphertext).
+        linear_replies: reply ciphertexts of all conv/linear layers.
+        poly_replies: reply ciphertexts of all polynomial layers.
+        relu_elements: ReLU elements (one integer mask each).
+    """
+
+    poly_degree: int
+    linear_replies: int
+    poly_replies: int
+    relu_elements: int
+
+    @property
+    def linear_bits(self) -> int:
+        """Bits by which a linear reply's flood must exceed its weight-dependent noise."""
+        return element_bits(self.poly_degree * self.linear_replies)
+
+    @property
+    def poly_bits(self) -> int:
+        """Bits by which a polynomial reply's flood must exceed its noise."""
+        return element_bits(self.poly_degree * self.poly_replies)
+
+    @property
+    def relu_bits(self) -> int:
+        """Width beyond the ReLU output of each integer output mask."""
+        return element_bits(self.relu_elements)
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        """``(mechanism, hidden elements, bits per element)`` per mechanism, for reports."""
+        n = self.poly_degree
+        return [
+            ("linear replies (coefficients)", n * self.linear_replies, self.linear_bits),
+            ("polynomial replies (coefficients)", n * self.poly_replies, self.poly_bits),
+            ("ReLU output masks", self.relu_elements, self.relu_bits),
+        ]
+
+    def total_distance(self) -> float:
+        """Upper bound on the session's statistical distance from a secret-free view."""
+        return sum(k * 2.0**-b for _, k, b in self.rows())
