@@ -1,8 +1,10 @@
-"""The price of exact polynomial truncation: the old (local, wrapping) and the new (bounded
-masks) arithmetic side by side, same machine, same run, interleaved.
+"""An older engine revision against this checkout, side by side, same machine, same run,
+interleaved: the price of a protocol change. Used for exact polynomial truncation (issue
+11: ``--old 0fdc005``, the last commit with local, wrapping truncation) and for the
+per-session statistical bounds (issue 14: ``--old 86d4a9b``, the last commit with 40-bit
+ReLU masks and full-size polynomial plaintexts).
 
-The old arithmetic is the engine at ``--old`` (default ``0fdc005``, the last commit with
-local truncation of polynomial channels), checked out into a temporary git worktree; the
+The old engine is the one at ``--old``, checked out into a temporary git worktree; the
 new one is this checkout. Each repetition runs, for every configuration, one secure
 inference (``safenet.benchmark.run_bench``: server and client as two processes over loopback
 TCP, random weights) with the old code and then with the new, each in a fresh interpreter,
@@ -73,7 +75,11 @@ def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
             "max_abs_error_ulp": max(r["max_abs_error_ulp"] for r in reps),
             "runs": len(reps),
         }
+    for variant, reps in runs.items():
+        row[variant]["offline_bytes"] = reps[0]["offline_bytes"]
     row["online_ratio"] = round(row["new"]["online_s"] / row["old"]["online_s"], 3)
+    row["offline_ratio"] = round(row["new"]["offline_s"] / row["old"]["offline_s"], 3)
+    row["offline_bytes_ratio"] = round(row["new"]["offline_bytes"] / row["old"]["offline_bytes"], 4)
     row["bytes_ratio"] = round(row["new"]["online_bytes"] / row["old"]["online_bytes"], 4)
     return row
 
@@ -104,13 +110,16 @@ def main() -> None:
                            check=False)  # fmt: skip
     rows = [summarise(label, r) for label, r in runs.items()]
     print("| configuration | online s old / new | ratio | online MiB old / new | ratio |"
+          " offline s old / new | ratio | offline MiB ratio |"
           " argmax agrees old / new |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         o, n = r["old"], r["new"]
         print(f"| {r['config']} | {o['online_s']:.3f} / {n['online_s']:.3f} | "
               f"{r['online_ratio']:.3f} | {o['online_bytes'] / 2**20:.2f} / "
               f"{n['online_bytes'] / 2**20:.2f} | {r['bytes_ratio']:.4f} | "
+              f"{o['offline_s']:.2f} / {n['offline_s']:.2f} | {r['offline_ratio']:.3f} | "
+              f"{r['offline_bytes_ratio']:.4f} | "
               f"{o['argmax_agrees']}/{o['runs']} / {n['argmax_agrees']}/{n['runs']} |")  # fmt: skip
     if args.json:
         meta = {"python": platform.python_version(), "machine": platform.machine(),

@@ -299,9 +299,11 @@ def _add_tls(p: argparse.ArgumentParser, server: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from safenet.protocol.engine import model_version
     from safenet.secure import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    tls = _tls(args, server=True)  # a bad TLS flag fails before the model loads
     plan = _plan_for(args.model)
     counts = plan.counts()  # type: ignore[attr-defined]
 
@@ -309,7 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             f"safenet serve: {args.model} on {args.host}:{port} "
             f"({counts['relu_count']} ReLUs, {counts['poly_count']} polynomial activations, "
-            f"public plan {plan.public().fingerprint()[:16]})",  # type: ignore[attr-defined]
+            f"public plan {plan.public().fingerprint()[:16]}, "  # type: ignore[attr-defined]
+            f"model version {model_version(plan)})",  # type: ignore[arg-type]
             flush=True,
         )
 
@@ -317,7 +320,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         plan,  # type: ignore[arg-type]
         args.host,
         args.port,
-        tls=_tls(args, server=True),  # type: ignore[arg-type]
+        tls=tls,  # type: ignore[arg-type]
         max_sessions=args.max_sessions,
         on_ready=ready,
         concurrency=args.concurrency,
@@ -363,7 +366,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 tls=_tls(args, server=False),  # type: ignore[arg-type]
                 progress=lambda done, _total: bar.update(done - bar.n),
             )  # fmt: skip
-        print(json.dumps({"banked": rep["banked"], "total_s": rep["total_s"]}))
+        print(json.dumps({k: rep[k] for k in ("banked", "model_version", "total_s")}))
         return 0
     if args.input is None and args.dataset is None:
         raise ValueError("give --input FILE or --dataset NAME (or --preprocess K)")
@@ -384,6 +387,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "offline_bytes": phase_bytes(traffic, "offline"),
         "online_bytes": phase_bytes(traffic, "online"),
         "mode": rep.get("mode", "full"),
+        "model_version": rep.get("model_version"),
     }
     if args.json:
         print(json.dumps(out | {"report": rep}))
@@ -641,7 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bank", type=Path, default=None, help="folder of the preprocessing bank")
     p.add_argument(
-        "--session-memory", type=float, default=None, help="GiB each session may allocate"
+        "--session-memory",
+        type=float,
+        default=None,
+        help="GiB each forked session may allocate (default: 1 + 1.25x the model's garbled "
+        "tables; 0: no cap)",
     )
     _add_tls(p, server=True)
     p.set_defaults(func=cmd_serve)

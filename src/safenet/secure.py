@@ -180,10 +180,20 @@ def limit_memory(budget: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (base + budget, base + budget))
 
 
+def default_session_memory(plan: Plan) -> int:
+    """The default cap (bytes) on what one forked session may allocate: 1 GiB plus 1.25x the
+    plan's garbled tables, which the server may hold all at once (garbling runs ahead).
+    Measured: a ResNet-32 all-ReLU session (2.0 GiB of tables) runs within 2.5 GiB, a
+    ``default-approx`` one within 0.5 GiB (docs/service.md)."""
+    from safenet.approx.cost import count
+
+    return (1 << 30) + int(1.25 * 32 * count(plan).ands)
+
+
 def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank: Bank | None,
            tls: TLSConfig | None, timeout: float | None, out: Any,
            memory: int | None) -> None:  # fmt: skip
-    if memory is not None:
+    if memory:
         limit_memory(memory)
     out.send(_handle(sock, addr, model, bank, tls, timeout))
     out.close()
@@ -213,11 +223,14 @@ def serve(
     forked process (sharing the prepared model copy-on-write), at most ``concurrency`` at a
     time; a crash of one cannot touch the others. ``bank`` is the folder of the server's
     preprocessing bank (needed for clients that preprocess). ``session_memory`` (bytes) caps
-    what each worker may allocate beyond the shared model (Linux, forked workers only): a
-    session that needs more fails with MemoryError, the others go on. To stop a server running in
+    what each worker may allocate beyond the shared model (Linux, forked workers only;
+    default :func:`default_session_memory`, 0 for no cap): a session that needs more fails
+    with MemoryError, the others go on. To stop a server running in
     another thread, ``shutdown`` and close the ``listener`` it was given.
     """
     model = ServerModel(plan, config)
+    if session_memory is None:
+        session_memory = default_session_memory(plan)
     store = None
     if bank is not None:
         store = Bank(bank, model.fingerprint, "server", version=model.version)
