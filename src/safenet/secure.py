@@ -17,8 +17,10 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import queue
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -302,9 +304,10 @@ def serve(
 
 # ---- local two-process runs ------------------------------------------------------------------
 def _server_proc(
-    plan: Plan, config: SessionConfig | None, port_q: Any, out_q: Any, timeout: float
+    path: str, config: SessionConfig | None, port_q: Any, out_q: Any, timeout: float
 ) -> None:
     try:
+        plan = Plan.load(path)
         lst = listen("127.0.0.1", 0, accept_timeout=timeout)
         port_q.put(lst.getsockname()[1])
         model = ServerModel(plan, config)
@@ -316,13 +319,45 @@ def _server_proc(
         out_q.put(("server-error", traceback.format_exc()))
 
 
-def _client_proc(plan: Plan, x: np.ndarray, port: int, out_q: Any, timeout: float) -> None:
+def _client_proc(path: str, x_path: str, port: int, out_q: Any, timeout: float) -> None:
     try:
+        plan, x = Plan.load(path), np.load(x_path, allow_pickle=False)
         with connect("127.0.0.1", port, timeout=timeout) as conn:
             y, rep, _ = client_session(conn, x, plan, encoded=True)
         out_q.put(("client", (y, rep)))
     except BaseException:
         out_q.put(("client-error", traceback.format_exc()))
+
+
+def _await(q: Any, procs: dict[str, Any], deadline: float) -> Any:
+    """The next item of ``q``; a clear :class:`SecureRunError` as soon as one of ``procs``
+    (the parties we still wait for) has died without sending it, or at the deadline."""
+    while True:
+        with contextlib.suppress(queue.Empty):
+            return q.get(timeout=0.2)
+        dead = {name: p.exitcode for name, p in procs.items() if p.exitcode is not None}
+        if dead:
+            with contextlib.suppress(queue.Empty):  # it may have sent just before exiting
+                return q.get(timeout=1.0)
+            name, code = next(iter(dead.items()))
+            raise SecureRunError(
+                f"the {name} process exited (code {code}) without a result{_hint()}"
+            )
+        if time.monotonic() > deadline:
+            raise SecureRunError(f"no result from the {' and '.join(procs)} in time")
+
+
+def _hint() -> str:
+    """Why a spawned party may die at start: it re-imports the caller's main module."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or str(path).startswith("<"):
+        return (
+            ": run_local starts its parties with 'spawn', which re-imports your main module; "
+            "that fails from standard input or an interactive session: put the call in a "
+            "file under `if __name__ == '__main__':`"
+        )
+    return f": see its traceback above (it re-imports {path}; is the call under a main guard?)"
 
 
 def run_local(
@@ -340,21 +375,41 @@ def run_local(
     (see :func:`merge_reports`). The client process gets only the public plan.
     """
     xi = encode_input(plan, x, encoded)
+    with tempfile.TemporaryDirectory(prefix="safenet-run-") as tmp:
+        # the parties get file paths, not pickled plans: a child that dies at start (e.g. it
+        # cannot re-import the caller's main module) must not block us writing its arguments
+        paths = [str(Path(tmp) / n) for n in ("plan.zip", "public.zip", "x.npy")]
+        plan.save(paths[0])
+        plan.public().save(paths[1])
+        np.save(paths[2], xi)
+        results, wall = _run_parties(paths, config, timeout)
+    y, client_rep = results["client"]
+    report = merge_reports(plan, results["server"], client_rep)
+    report["wall_s"] = round(wall, 3)
+    return _decode(plan, y, decode), report
+
+
+def _run_parties(
+    paths: list[str], config: SessionConfig | None, timeout: float
+) -> tuple[dict[str, Any], float]:
+    """Spawn server and client on the saved plans and input; their results and wall time."""
     ctx = mp.get_context("spawn")
     port_q, out_q = ctx.Queue(), ctx.Queue()
-    srv = ctx.Process(target=_server_proc, args=(plan, config, port_q, out_q, timeout), daemon=True)
+    srv = ctx.Process(target=_server_proc, args=(paths[0], config, port_q, out_q, timeout))
+    srv.daemon = True
     srv.start()
     cli = None
+    deadline = time.monotonic() + timeout
     try:
-        port = port_q.get(timeout=timeout)
+        port = _await(port_q, {"server": srv}, deadline)
         t0 = time.perf_counter()
-        cli = ctx.Process(
-            target=_client_proc, args=(plan.public(), xi, port, out_q, timeout), daemon=True
-        )
+        cli = ctx.Process(target=_client_proc, args=(*paths[1:], port, out_q, timeout))
+        cli.daemon = True
         cli.start()
         results: dict[str, Any] = {}
         while len(results) < 2:
-            kind, payload = out_q.get(timeout=timeout)
+            waiting = {k: p for k, p in (("server", srv), ("client", cli)) if k not in results}
+            kind, payload = _await(out_q, waiting, deadline)
             if kind.endswith("-error"):
                 raise SecureRunError(f"the {kind[:-6]} failed:\n{payload}")
             results[kind] = payload
@@ -365,10 +420,7 @@ def run_local(
                 proc.join(timeout=10)
                 if proc.is_alive():
                     proc.kill()
-    y, client_rep = results["client"]
-    report = merge_reports(plan, results["server"], client_rep)
-    report["wall_s"] = round(wall, 3)
-    return _decode(plan, y, decode), report
+    return results, wall
 
 
 def phase_bytes(traffic: dict[str, Any], phase: str) -> int:

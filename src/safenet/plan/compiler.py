@@ -430,6 +430,22 @@ def default_field(model: nn.Module, **given: Any) -> Field:
     return replace(base, poly_frac_bits=None if bits == base.frac_bits else max(bits, 0))
 
 
+def _check_input_shape(shape: object) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints without the batch dimension, or a clear error."""
+    try:
+        out = tuple(int(v) for v in shape)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        msg = f"input_shape must be a tuple of ints such as (3, 32, 32), got {shape!r}"
+        raise ValueError(msg) from None
+    if len(out) == 4 and out[0] == 1:
+        raise ValueError(
+            f"input_shape is (C, H, W) without the batch dimension; got {out}: pass {out[1:]}"
+        )
+    if not out or min(out) < 1:
+        raise ValueError(f"input_shape must be positive sizes such as (3, 32, 32), got {out}")
+    return out
+
+
 def compile_model(
     model: nn.Module, input_shape: tuple[int, ...] | list[int], field: Field | None = None
 ) -> Plan:
@@ -439,11 +455,20 @@ def compile_model(
     :func:`default_field`. Raises :class:`UnsupportedLayerError` naming the first layer
     that cannot be lowered.
     """
+    input_shape = _check_input_shape(input_shape)
     field = field or default_field(model)
-    input_shape = tuple(int(s) for s in input_shape)
     model = copy.deepcopy(model).eval().double()
+    example = torch.zeros((1, *input_shape), dtype=torch.float64)
+    try:  # the model's own shape error in a sentence, before fx wraps it in 40 lines
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the model does not run on an input of shape {input_shape} (C, H, W; the batch "
+            f"dimension is added here): {str(e).strip().splitlines()[0]}"
+        ) from None
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
-    ShapeProp(gm).propagate(torch.zeros((1, *input_shape), dtype=torch.float64))
+    ShapeProp(gm).propagate(example)
     ops = _Lowering(gm, field).run(input_shape)
     plan = Plan(field, input_shape, ops)
     plan.info = {"architecture": type(model).__name__} | plan.counts()

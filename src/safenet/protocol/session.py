@@ -113,8 +113,12 @@ def encode_input(plan: Plan, x: np.ndarray, encoded: bool = False) -> np.ndarray
     """Check ``x`` against the plan's input shape; reals -> integers at the input scale."""
     x = np.asarray(x)
     if tuple(x.shape) != tuple(plan.input_shape):
+        hint = ""
+        if tuple(x.shape[1:]) == tuple(plan.input_shape):
+            hint = ": one input at a time, without the batch dimension (pass x[0])"
         raise ValueError(
-            f"input shape {tuple(x.shape)} does not match the model's input {plan.input_shape}"
+            f"input shape {tuple(x.shape)} does not match the model's input "
+            f"{tuple(plan.input_shape)}{hint}"
         )
     if encoded:
         if not np.issubdtype(x.dtype, np.integer):

@@ -1,0 +1,55 @@
+"""Errors a user of the Python API can act on (issue 13): shapes given with a batch
+dimension, and a secure run whose spawned party cannot start."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch.nn as nn
+
+import safenet
+from safenet.benchmark import random_plan
+from safenet.protocol.session import encode_input
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 17 * 21, 10))
+
+
+def test_compile_says_the_shape_has_no_batch_dimension():
+    with pytest.raises(ValueError, match=r"without the batch dimension.*pass \(3, 19, 23\)"):
+        safenet.compile(_net(), (1, 3, 19, 23))
+
+
+def test_compile_gives_the_models_own_shape_error_in_a_sentence():
+    with pytest.raises(ValueError, match="to have 3 channels, but got 1") as err:
+        safenet.compile(_net(), (1, 19, 23))
+    assert "\n" not in str(err.value)
+    assert safenet.compile(_net(), (3, 19, 23)).input_shape == (3, 19, 23)
+
+
+def test_a_batched_input_is_named_as_such():
+    plan = random_plan("lenet5", (1, 28, 28), width=2)
+    with pytest.raises(ValueError, match=r"without the batch dimension \(pass x\[0\]\)"):
+        encode_input(plan, np.zeros((1, 1, 28, 28)))
+
+
+def test_run_local_from_stdin_fails_at_once_with_a_sentence(tmp_path):
+    """A script piped to ``python -``: the spawned party cannot re-import ``<stdin>``; the
+    caller hears so in seconds (it used to wait out the whole timeout, or block forever
+    writing the plan to a child that had died)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from safenet.benchmark import random_plan
+        from safenet.secure import run_local
+        plan = random_plan("lenet5", (1, 28, 28), width=2)
+        run_local(plan, np.zeros((1, 28, 28)), timeout=300)
+    """)
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True,
+                         cwd=tmp_path, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and time.perf_counter() - t < 60
+    assert "SecureRunError" in out.stderr and "if __name__ == '__main__'" in out.stderr
