@@ -53,3 +53,11 @@ def test_run_local_from_stdin_fails_at_once_with_a_sentence(tmp_path):
                          cwd=tmp_path, timeout=120)  # fmt: skip
     assert out.returncode != 0 and time.perf_counter() - t < 60
     assert "SecureRunError" in out.stderr and "if __name__ == '__main__'" in out.stderr
+
+
+def test_an_unsupported_layer_is_named_with_its_type_and_what_is_supported():
+    from safenet.plan.ir import UnsupportedLayerError
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 8 * 10, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"MaxPool2d 1; supported: Conv2d"):
+        safenet.compile(net, (3, 19, 23))

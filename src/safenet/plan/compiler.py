@@ -304,7 +304,9 @@ class _Lowering:
         elif isinstance(m, nn.Identity | nn.Dropout):
             self._pass(node, arg)
         else:
-            raise UnsupportedLayerError(f"unsupported layer {name}; supported: {SUPPORTED}")
+            raise UnsupportedLayerError(
+                f"unsupported layer {type(m).__name__} {_label(node)}; supported: {SUPPORTED}"
+            )
 
     def pool(self, node: fx.Node, m: nn.Module, name: str) -> None:
         v = self.value(node.args[0])
