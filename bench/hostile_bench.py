@@ -1298,8 +1298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--session-memory",
         type=float,
-        default=6.0,
-        help="GiB, passed to safenet serve (0: not passed)",
+        default=0.0,
+        help="GiB, passed to safenet serve (0: not passed, the server's default cap applies)",
     )
     ap.add_argument("--soak", type=int, default=300, help="banked inferences in a row")
     ap.add_argument("--soak-concurrency", type=int, default=1)
@@ -1338,7 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="hostile_bench-", dir=args.workdir))
-    mem = f"{args.session_memory:g} GiB" if args.session_memory else "unlimited"
+    mem = f"{args.session_memory:g} GiB" if args.session_memory else "the server's default"
     out: dict[str, Any] = {
         "config": f"{args.model}, server concurrency {args.concurrency}, session memory {mem}, "
         f"{args.honest} honest x {args.per_client}, {args.rounds} attack rounds",
