@@ -499,3 +499,46 @@ def test_permute_words_in_place_matches_permute(in_place):
     out = np.zeros_like(buf)
     aes.permute_words(blocks.reshape(-1), out, 2 * 37)
     assert np.array_equal(out[: 2 * 37], want)
+
+
+@pytest.mark.parametrize("p, k, c", [(DELPHI_PRIME, 9, 6 << 8), (POLY_PRIME, 9, 6 << 8),
+                                     (POLY_PRIME, 12, 1), (DELPHI_PRIME, 9, 0),
+                                     (POLY_PRIME, 17, (1 << 10) - 1)])  # fmt: skip
+def test_clipped_relu_is_exact_at_its_bound(p, k, c):
+    """ReLU6-style clipping: ``min(max(x, 0), c)``, exact on every side of the bound and
+    whatever the hidden carry (values near c, both share orders), garbled and in the clear."""
+    s = 40
+    circuit = relu_circuit(p, k, stat_bits=s, clip=c)
+    rng = np.random.default_rng(c + k)
+    ys = np.repeat(np.arange(max(c - 3, -3), c + 4), 300)
+    v = ys * (1 << k) + rng.integers(0, 1 << k, len(ys))  # every low part, both signs
+    a = rng.integers(0, p, len(ys))
+    b = (v - a) % p
+    nb, wz = p.bit_length(), relu_width(p, k) + s
+    rbits = rng.integers(0, 2, (wz, len(ys)), dtype=np.uint8)
+    r = np.array(_bits_to_pyint(rbits), dtype=object)
+    want = relu_reference(a, b, r, p, k, stat_bits=s, clip=c)
+    assert [int(w) - int(m) - 1 for w, m in zip(want, r, strict=True)] == list(
+        np.clip(np.floor_divide(v, 1 << k), 0, c)
+    )
+    inputs = {"server_share": int_to_bits(a.astype(np.uint64), nb),
+              "client_share": int_to_bits(b.astype(np.uint64), nb),
+              "server_mask": rbits}  # fmt: skip
+    plain = circuit.evaluate_plain(inputs)["z"]
+    assert _bits_to_pyint(plain) == [int(w) for w in want]
+    g = garble(circuit, len(ys))
+    labels = {"server_share": g.encode("server_share", inputs["server_share"]),
+              "server_mask": g.encode("server_mask", rbits)}  # fmt: skip
+    l0, l1 = g.label_pairs("client_share")
+    labels["client_share"] = np.where(inputs["client_share"][..., None].astype(bool), l1, l0)
+    got = _bits_to_pyint(decode(evaluate(circuit, g.take_tables(), labels), g.decode_bits))
+    assert got == [int(w) for w in want]
+
+
+def test_clipped_relu_cost_and_no_op_bound():
+    base = relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count
+    assert base < relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=6 << 8).and_count <= base + 100
+    big = DELPHI_PRIME // 2 >> 9  # no output exceeds it: no clipping stage at all
+    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=big).and_count == base
+    with pytest.raises(ValueError, match="clip needs integer masking"):
+        relu_circuit(DELPHI_PRIME, 9, clip=5)

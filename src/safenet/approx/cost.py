@@ -130,7 +130,7 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             n_poly = (len(mask) - int(mask.sum())) * per
             ands = mbits = obits = 0
             if n_relu:
-                circ = relu_circuit(p, op.attrs["shift"], stat_bits)
+                circ = relu_circuit(p, op.attrs["shift"], stat_bits, op.attrs.get("clip"))
                 ands = circ.and_count * n_relu
                 mbits = len(circ.inputs["server_mask"]) * n_relu
                 obits = circ.n_outputs * n_relu

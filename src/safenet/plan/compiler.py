@@ -1,10 +1,12 @@
 """Lowering a PyTorch model to a Plan: trace with torch.fx, fold batch-norm, quantise.
 
 Supported: Conv2d (any stride/padding/groups, zero padding), Linear, BatchNorm after a conv
-or linear (folded) or alone (a per-channel affine), ReLU in any spelling and
-ChannelActivation, AvgPool2d without padding, AdaptiveAvgPool2d to sizes that divide the
-input, Flatten / torch.flatten / view(N, -1), residual ``+``, Identity and Dropout. Any other
-layer is an :class:`UnsupportedLayerError` naming it.
+or linear (folded) or alone (a per-channel affine), ReLU in any spelling, clipped ReLUs
+(ReLU6, Hardtanh(0, m), relu6, hardtanh, clamp(0, m): an activation op with attribute
+``clip``, the bound at the output scale) and ChannelActivation, AvgPool2d without padding,
+AdaptiveAvgPool2d to sizes that divide the input, Flatten / torch.flatten / view(N, -1),
+residual ``+``, Identity and Dropout. Any other layer is an :class:`UnsupportedLayerError`
+naming it.
 
 Scales: the input is at ``frac_bits``; a linear layer adds its weight bits; an activation
 truncates back to ``frac_bits``. An average pool becomes a sum pool; its 1/k^2 is folded into
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -32,8 +35,10 @@ from safenet.plan.ir import Op, Plan, UnsupportedLayerError
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
+_CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
 SUPPORTED = (
-    "Conv2d, Linear, BatchNorm1d/2d, ReLU, ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, "
+    "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
+    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, "
     "Flatten, Identity, Dropout, residual add"
 )
 
@@ -68,6 +73,31 @@ def _affine_of(m: nn.Module) -> _Affine:
     out = w.shape[0]
     b = m.bias.detach().double() if m.bias is not None else torch.zeros(out, dtype=torch.float64)
     return _Affine(m, w, b)
+
+
+def _clip_args(node: fx.Node) -> tuple[Any, Any]:
+    """``(min, max)`` of a relu6 / hardtanh / clamp call."""
+    t, args, kw = node.target, node.args[1:], node.kwargs
+    if t is F.relu6:
+        return 0.0, 6.0
+    if t is F.hardtanh:
+        lo = args[0] if args else kw.get("min_val", -1.0)
+        return lo, args[1] if len(args) > 1 else kw.get("max_val", 1.0)
+    return (args[0] if args else kw.get("min")), (args[1] if len(args) > 1 else kw.get("max"))
+
+
+def _clip_bound(node: fx.Node, lo: Any, hi: Any) -> float:
+    """The upper bound of a clipped ReLU ``min(max(x, 0), hi)``; anything else is refused."""
+    if not isinstance(lo, int | float) or float(lo) != 0.0:
+        raise UnsupportedLayerError(
+            f"{_label(node)}: only clipped ReLUs (lower bound 0, e.g. ReLU6) are supported, "
+            f"got lower bound {lo!r}"
+        )
+    if not isinstance(hi, int | float) or not float(hi) > 0:
+        raise UnsupportedLayerError(
+            f"{_label(node)}: clip needs a positive upper bound, got {hi!r}"
+        )
+    return float(hi)
 
 
 def _label(node: fx.Node) -> str:
@@ -185,7 +215,9 @@ class _Lowering:
             )
         )
 
-    def activation(self, node: fx.Node, act: ChannelActivation | None) -> _Val:
+    def activation(
+        self, node: fx.Node, act: ChannelActivation | None, clip: float | None = None
+    ) -> _Val:
         v = self.settle(self.value(node.args[0]), f"{_label(node)}.pool")
         src = self.ops[v.op]
         f = self.field
@@ -209,13 +241,15 @@ class _Lowering:
                 [2.0 ** (f.coef_bits + (degree - j) * f.poly_bits) for j in range(degree + 1)]
             )
             coef = np.rint(c * scales).astype(np.int64)
-        attrs = {
+        attrs: dict[str, Any] = {
             "shift": src.scale - f.frac_bits,
             "degree": degree,
             "poly_shift": degree * f.poly_bits + f.coef_bits - f.frac_bits if degree else 0,
         }
         if degree and f.poly_bits != f.frac_bits:
             attrs["poly_in_shift"] = src.scale - f.poly_bits
+        if clip is not None:  # a clipped ReLU: min(max(x, 0), clip) at the output scale
+            attrs["clip"] = int(round(clip * 2**f.frac_bits))
         arrays = {"relu_mask": mask}
         if coef is not None and not mask.all():
             coef = coef.copy()
@@ -291,6 +325,8 @@ class _Lowering:
                 self._affine_input[node] = arg
             else:
                 raise UnsupportedLayerError(f"{name}: BatchNorm1d must follow a Linear layer")
+        elif isinstance(m, nn.Hardtanh):  # nn.ReLU6 included
+            self.env[node] = self.activation(node, None, _clip_bound(node, m.min_val, m.max_val))
         elif isinstance(m, nn.ReLU):
             self.env[node] = self.activation(node, None)
         elif isinstance(m, ChannelActivation):
@@ -362,6 +398,9 @@ class _Lowering:
         t = node.target
         if is_relu(node, self.gm):
             self.env[node] = self.activation(node, None)
+        elif t in _CLIP_FUNCS or (node.op == "call_method" and t == "clamp"):
+            lo, hi = _clip_args(node)
+            self.env[node] = self.activation(node, None, _clip_bound(node, lo, hi))
         elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
             a, b = node.args[:2]
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:

@@ -239,7 +239,7 @@ def _activation(v: torch.Tensor, op: Op, p: int, stats: RangeStats | None, i: in
     x = _round_shift(v, op.attrs["shift"])
     mask = torch.from_numpy(op.arrays["relu_mask"].astype(bool))
     keep = mask.view([1, -1] + [1] * (v.dim() - 2))
-    out = torch.clamp(x, min=0)
+    out = torch.clamp(x, min=0, max=op.attrs.get("clip"))  # clip: ReLU6 and friends
     if not bool(mask.all()):
         kp = op.poly_input_shift()
         xp = x if kp == op.attrs["shift"] else _round_shift(v, kp)

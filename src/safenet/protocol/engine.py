@@ -93,8 +93,8 @@ def _channel_select(op: Op) -> np.ndarray:
     return np.broadcast_to(mask.reshape(bshape), op.shape)
 
 
-def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int, int]]:
-    """``{op index: (shift, ReLU elements, tweak base, mask bits)}`` of every activation with
+def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int, int, int | None]]:
+    """``{op index: (shift, ReLU elements, tweak base, mask bits, clip)}`` of every activation with
     ReLU channels: the session's garblings share one Delta, so each gets the next tweak
     range; the mask width is the session's (:func:`.statistical.relu_stat_bits`)."""
     from safenet.crypto.gc import relu_circuit
@@ -104,8 +104,10 @@ def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int, int]]:
     for i, op in plan.activations():
         n = int(_channel_select(op).sum())
         if n:
-            out[i] = (op.attrs["shift"], n, tweak, stat_bits)
-            tweak += relu_circuit(plan.field.p, op.attrs["shift"], stat_bits).and_count * n
+            clip = op.attrs.get("clip")
+            out[i] = (op.attrs["shift"], n, tweak, stat_bits, clip)
+            circ = relu_circuit(plan.field.p, op.attrs["shift"], stat_bits, clip)
+            tweak += circ.and_count * n
     return out
 
 
@@ -271,8 +273,8 @@ class ServerSession(_Party):
             ot.setup()
         # ReLU layers, garbled in a worker thread while HE runs here
         relus = {
-            i: ReluServer(p, shift, n, delta, tweak, bits)
-            for i, (shift, n, tweak, bits) in relu_layers(self.plan).items()
+            i: ReluServer(p, shift, n, delta, tweak, bits, clip)
+            for i, (shift, n, tweak, bits, clip) in relu_layers(self.plan).items()
         }
         done = {i: threading.Event() for i in relus}
         stop = threading.Event()  # set when this thread fails: the worker quits early
@@ -367,8 +369,8 @@ class ServerSession(_Party):
         sess.T = {int(i): st[""] for i, st in _unpack(arrays, "T").items()}
         states = _unpack(arrays, "relu")
         sess.relu = {
-            i: ReluServer.from_state(p, shift, n, states[i], bits)
-            for i, (shift, n, _, bits) in relu_layers(model.plan).items()
+            i: ReluServer.from_state(p, shift, n, states[i], bits, clip)
+            for i, (shift, n, _, bits, clip) in relu_layers(model.plan).items()
         }
         polys = {i: _poly_list(parts) for i, parts in _unpack(arrays, "poly").items()}
         sess.polys = {i: (lst[0], lst[1:]) for i, lst in polys.items()}

@@ -39,9 +39,10 @@ class ReluServer:
         delta: np.ndarray,
         tweak_base: int,
         stat_bits: int = STAT_BITS,
+        clip: int | None = None,
     ) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift, stat_bits)
+        self.circuit: Circuit = relu_circuit(p, shift, stat_bits, clip)
         self.tweak_base = tweak_base
         self.delta = delta
         self._garbled: Garbled | None = None
@@ -95,10 +96,16 @@ class ReluServer:
 
     @classmethod
     def from_state(
-        cls, p: int, shift: int, n: int, state: dict[str, np.ndarray], stat_bits: int = STAT_BITS
+        cls,
+        p: int,
+        shift: int,
+        n: int,
+        state: dict[str, np.ndarray],
+        stat_bits: int = STAT_BITS,
+        clip: int | None = None,
     ) -> ReluServer:
         """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, state["delta"], 0, stat_bits)
+        obj = cls(p, shift, n, state["delta"], 0, stat_bits, clip)
         if state["zero"].shape != (p.bit_length(), n, 2):
             raise ValueError("stored ReLU labels do not match the layer")
         obj._stored = (state["zero"], state["delta"])
@@ -110,10 +117,16 @@ class ReluClient:
     """The evaluator's half of one activation layer's ReLU channels."""
 
     def __init__(
-        self, p: int, shift: int, n: int, tweak_base: int, stat_bits: int = STAT_BITS
+        self,
+        p: int,
+        shift: int,
+        n: int,
+        tweak_base: int,
+        stat_bits: int = STAT_BITS,
+        clip: int | None = None,
     ) -> None:
         self.p, self.shift, self.n = p, shift, n
-        self.circuit: Circuit = relu_circuit(p, shift, stat_bits)
+        self.circuit: Circuit = relu_circuit(p, shift, stat_bits, clip)
         self.tweak_base = tweak_base
         self._material: dict[str, np.ndarray] | None = None
 
@@ -154,10 +167,11 @@ class ReluClient:
         n: int,
         tweak_base: int,
         stat_bits: int,
+        clip: int | None,
         state: dict[str, np.ndarray],
     ) -> ReluClient:
         """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, tweak_base, stat_bits)
+        obj = cls(p, shift, n, tweak_base, stat_bits, clip)
         want = {"tables": (obj.circuit.and_count, n, 2, 2),
                 "client_share": (p.bit_length(), n, 2),
                 "server_mask": (len(obj.circuit.inputs["server_mask"]), n, 2),
