@@ -608,7 +608,7 @@ class _CatNet(nn.Module):
         self.b = nn.Conv2d(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.a(x), self.b(x)], 1)
+        return torch.cat([self.a(x), self.b(x)], 2)  # along height: not supported
 
 
 @pytest.mark.parametrize(

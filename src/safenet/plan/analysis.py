@@ -79,6 +79,10 @@ def static_bounds(plan: Plan, input_bound: float) -> list[float]:
         elif op.kind == "add":
             lo = sum(v[0] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
             hi = sum(v[1] * 2.0**s for v, s in zip(ins, op.attrs["shifts"], strict=True))
+        elif op.kind == "concat":
+            pairs = list(zip(ins, op.attrs["shifts"], strict=True))
+            lo = np.concatenate([v[0] * 2.0**s for v, s in pairs])
+            hi = np.concatenate([v[1] * 2.0**s for v, s in pairs])
         elif op.kind == "flatten":
             lo, hi = _expand(*ins[0], int(np.prod(op.shape)) // len(ins[0][0]))
         elif op.kind == "truncate":
@@ -87,6 +91,8 @@ def static_bounds(plan: Plan, input_bound: float) -> list[float]:
             xl, xh = _shift(ins[0][0], op.attrs["shift"]), _shift(ins[0][1], op.attrs["shift"])
             mask = op.arrays["relu_mask"].astype(bool)
             lo, hi = np.maximum(xl, 0.0), np.maximum(xh, 0.0)
+            if "clip" in op.attrs:  # a clipped ReLU never exceeds its bound
+                lo, hi = np.minimum(lo, op.attrs["clip"]), np.minimum(hi, op.attrs["clip"])
             if not mask.all():
                 coef = np.abs(op.arrays["coefficients"].astype(np.float64))
                 if len(coef) == 1:

@@ -36,9 +36,10 @@ from safenet.plan.ir import Op, Plan, UnsupportedLayerError
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
+_CAT_FUNCS = {torch.cat, torch.concat}
 SUPPORTED = (
     "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
-    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, "
+    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, torch.cat on channels, "
     "Flatten, Identity, Dropout, residual add"
 )
 
@@ -394,6 +395,19 @@ class _Lowering:
         out.divisor = v.divisor
         self.env[node] = out
 
+    def concat(self, node: fx.Node) -> None:
+        """``torch.cat`` along channels: a local op, inputs shifted to their highest scale."""
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        shape = self.shape_of(node)
+        if dim not in (1, -len(shape) - 1) or not isinstance(parts, list | tuple):
+            raise UnsupportedLayerError(f"{_label(node)}: only torch.cat along channels (dim=1)")
+        vals = [self.settle(self.value(a), f"{_label(node)}.{k}") for k, a in enumerate(parts)]
+        top = max(self.ops[v.op].scale for v in vals)
+        shifts = [top - self.ops[v.op].scale for v in vals]
+        op = Op("concat", [v.op for v in vals], shape, top, {"shifts": shifts}, name=_label(node))
+        self.env[node] = self.emit(op)
+
     def call_function(self, node: fx.Node) -> None:
         t = node.target
         if is_relu(node, self.gm):
@@ -419,6 +433,8 @@ class _Lowering:
                     name=_label(node),
                 )
             )
+        elif t in _CAT_FUNCS:
+            self.concat(node)
         elif t in _FLATTEN_FUNCS or (
             node.op == "call_method" and t in ("flatten", "view", "reshape")
         ):

@@ -47,6 +47,7 @@ KINDS = (
     "sumpool",
     "rescale",
     "add",
+    "concat",
     "flatten",
     "truncate",
     "activation",

@@ -284,6 +284,12 @@ def apply_op(
             exact = sum((t << s for t, s in pairs[1:]), pairs[0][0] << pairs[0][1])
         else:
             exact = sum(t.numpy().astype(object) * (1 << s) for t, s in pairs)
+    elif op.kind == "concat":  # along channels, each input shifted to the common scale
+        pairs = list(zip(ins, op.attrs["shifts"], strict=True))
+        if max((int(t.abs().max()) << s for t, s in pairs if t.numel()), default=0) < 2**62:
+            exact = torch.cat([t << s for t, s in pairs], dim=1)
+        else:
+            exact = np.concatenate([t.numpy().astype(object) * (1 << s) for t, s in pairs], 1)
     elif op.kind == "flatten":
         out = ins[0].reshape(ins[0].shape[0], -1)
     elif op.kind == "truncate":

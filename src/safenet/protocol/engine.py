@@ -3,16 +3,16 @@
 Invariant that shapes everything: **every client share is known offline.** The client's
 share of the input is a random mask ``R_0`` (online it sends ``x - R_0``); a conv/linear
 output's client share is what it decrypts from the HE reply; local ops (sum pools, rescales,
-residual adds, flatten, truncation) act on each share separately; and an activation's output
-is *reshared* online: on ReLU channels the client, which learns its share ``z`` only then,
-sends ``z - R`` for a fresh offline mask ``R`` and keeps ``R``; on polynomial channels its
-share ``R = -floor(R2 / 2^q)`` is fixed offline and it sends the masked sum ``Y_c + R2``
-that the server truncates exactly (:mod:`safenet.protocol.poly`). So the client does all
-its work for linear and local ops offline, the server online does plaintext arithmetic, and
-each activation layer costs one round trip: the server sends its garbled-circuit input
-labels (ReLU channels) and the opening ``v + R1`` (polynomial channels) in one message, the
-client answers with the opened ``e`` of the polynomial channels and the reshare of the
-whole layer's output.
+residual adds, concatenation, flatten, truncation) act on each share separately; and an
+activation's output is *reshared* online: on ReLU channels the client, which learns its
+share ``z`` only then, sends ``z - R`` for a fresh offline mask ``R`` and keeps ``R``; on
+polynomial channels its share ``R = -floor(R2 / 2^q)`` is fixed offline and it sends the
+masked sum ``Y_c + R2`` that the server truncates exactly (:mod:`safenet.protocol.poly`). So
+the client does all its work for linear and local ops offline, the server online does
+plaintext arithmetic, and each activation layer costs one round trip: the server sends its
+garbled-circuit input labels (ReLU channels) and the opening ``v + R1`` (polynomial
+channels) in one message, the client answers with the opened ``e`` of the polynomial
+channels and the reshare of the whole layer's output.
 
 Per op, with ``S`` / ``C`` the server / client shares of the op's output:
 
@@ -65,7 +65,7 @@ __all__ = [
     "model_version",
 ]
 
-LOCAL_KINDS = ("sumpool", "rescale", "add", "flatten", "truncate")
+LOCAL_KINDS = ("sumpool", "rescale", "add", "concat", "flatten", "truncate")
 
 
 class MaterialSpent(RuntimeError):
@@ -161,6 +161,11 @@ def local_op(op: Op, ins: list[np.ndarray], p: int, server: bool) -> np.ndarray:
         for t, sh in zip(ins, op.attrs["shifts"], strict=True):
             acc = A.add(acc, A.mulmod(t, pow(2, sh, p), p), p)
         return acc
+    if op.kind == "concat":  # along channels, each share shifted to the common scale
+        parts = [
+            A.mulmod(t, pow(2, sh, p), p) for t, sh in zip(ins, op.attrs["shifts"], strict=True)
+        ]
+        return np.concatenate(parts, axis=0)
     if op.kind == "flatten":
         return x.reshape(op.shape)
     if op.kind == "truncate":
