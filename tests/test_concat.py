@@ -61,3 +61,23 @@ def test_concat_along_other_dimensions_is_refused():
 
     with pytest.raises(UnsupportedLayerError, match="along channels"):
         safenet.compile(Wide(), (3, 4, 4))
+
+
+def test_functional_average_pools_compile_like_their_modules():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = torch.nn.functional.avg_pool2d(self.conv(x).relu(), 2)
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    torch.manual_seed(0)
+    net = Functional().eval()
+    plan = safenet.compile(net, (3, 8, 8))
+    assert [op.attrs["kernel"] for op in plan.ops if op.kind == "sumpool"] == [2, 4]
+    x = np.random.default_rng(2).normal(size=(3, 8, 8))
+    fl = net.double()(torch.tensor(x)[None]).detach().numpy()[0]
+    assert np.abs(plan.reference(x) - fl).max() < 0.02

@@ -4,9 +4,10 @@ Supported: Conv2d (any stride/padding/groups, zero padding), Linear, BatchNorm a
 or linear (folded) or alone (a per-channel affine), ReLU in any spelling, clipped ReLUs
 (ReLU6, Hardtanh(0, m), relu6, hardtanh, clamp(0, m): an activation op with attribute
 ``clip``, the bound at the output scale) and ChannelActivation, AvgPool2d without padding,
-AdaptiveAvgPool2d to sizes that divide the input, Flatten / torch.flatten / view(N, -1),
-residual ``+``, Identity and Dropout. Any other layer is an :class:`UnsupportedLayerError`
-naming it.
+AdaptiveAvgPool2d to sizes that divide the input (modules, or ``F.avg_pool2d`` /
+``F.adaptive_avg_pool2d``), ``torch.cat`` along channels (a local ``concat`` op), Flatten /
+torch.flatten / view(N, -1), residual ``+``, Identity and Dropout. Any other layer is an
+:class:`UnsupportedLayerError` naming it.
 
 Scales: the input is at ``frac_bits``; a linear layer adds its weight bits; an activation
 truncates back to ``frac_bits``. An average pool becomes a sum pool; its 1/k^2 is folded into
@@ -37,9 +38,11 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
 _CAT_FUNCS = {torch.cat, torch.concat}
+_POOL_FUNCS = {F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
 SUPPORTED = (
     "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
-    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, torch.cat on channels, "
+    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d (modules or functions), "
+    "torch.cat on channels, "
     "Flatten, Identity, Dropout, residual add"
 )
 
@@ -435,6 +438,8 @@ class _Lowering:
             )
         elif t in _CAT_FUNCS:
             self.concat(node)
+        elif t in _POOL_FUNCS:  # functional pooling: the module it spells, then as above
+            self.pool(node, _POOL_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
         elif t in _FLATTEN_FUNCS or (
             node.op == "call_method" and t in ("flatten", "view", "reshape")
         ):
