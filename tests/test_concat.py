@@ -81,3 +81,30 @@ def test_functional_average_pools_compile_like_their_modules():
     x = np.random.default_rng(2).normal(size=(3, 8, 8))
     fl = net.double()(torch.tensor(x)[None]).detach().numpy()[0]
     assert np.abs(plan.reference(x) - fl).max() < 0.02
+
+
+def test_global_mean_pooling_compiles_and_runs_exactly():
+    class GlobalMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).relu().mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = GlobalMean().eval()
+    plan = safenet.compile(net, (3, 6, 6))
+    x = np.random.default_rng(3).normal(size=(3, 6, 6))
+    fl = net.double()(torch.tensor(x)[None]).detach().numpy()[0]
+    assert np.abs(plan.reference(x) - fl).max() < 0.02
+    y, _ = run_local(plan, x)
+    assert np.array_equal(y, plan.reference(x))
+    with pytest.raises(UnsupportedLayerError, match="mean over"):
+        safenet.compile(_MeanOverChannels(), (3, 4, 4))
+
+
+class _MeanOverChannels(nn.Module):
+    def forward(self, x):
+        return x.mean(1)

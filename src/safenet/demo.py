@@ -4,8 +4,9 @@ A server process (:func:`safenet.secure.serve`) holds ``default-approx`` and lis
 loopback port; this process is the client and classifies a few Fashion-MNIST test images with
 :func:`safenet.secure.infer`, which fetches only the public plan (architecture, no weights).
 Each private prediction is printed beside the plaintext ones (float model and the Plan's
-fixed point, which the protocol computes exactly). One more private inference, of the all-ReLU
-``default``, gives the cost table. Servers are always stopped, on errors and Ctrl-C too.
+fixed point, which the protocol computes exactly on ReLU channels and up to one unit per
+element on polynomial ones). One more private inference, of the all-ReLU ``default``, gives
+the cost table. Servers are always stopped, on errors and Ctrl-C too.
 """
 
 from __future__ import annotations

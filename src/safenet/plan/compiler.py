@@ -5,9 +5,9 @@ or linear (folded) or alone (a per-channel affine), ReLU in any spelling, clippe
 (ReLU6, Hardtanh(0, m), relu6, hardtanh, clamp(0, m): an activation op with attribute
 ``clip``, the bound at the output scale) and ChannelActivation, AvgPool2d without padding,
 AdaptiveAvgPool2d to sizes that divide the input (modules, or ``F.avg_pool2d`` /
-``F.adaptive_avg_pool2d``), ``torch.cat`` along channels (a local ``concat`` op), Flatten /
-torch.flatten / view(N, -1), residual ``+``, Identity and Dropout. Any other layer is an
-:class:`UnsupportedLayerError` naming it.
+``F.adaptive_avg_pool2d``; ``x.mean((2, 3))`` of a square image), ``torch.cat`` along
+channels (a local ``concat`` op), Flatten / torch.flatten / view(N, -1), residual ``+``,
+Identity and Dropout. Any other layer is an :class:`UnsupportedLayerError` naming it.
 
 Scales: the input is at ``frac_bits``; a linear layer adds its weight bits; an activation
 truncates back to ``frac_bits``. An average pool becomes a sum pool; its 1/k^2 is folded into
@@ -42,7 +42,7 @@ _POOL_FUNCS = {F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvg
 SUPPORTED = (
     "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
     "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d (modules or functions), "
-    "torch.cat on channels, "
+    "torch.cat on channels, mean over (2, 3), "
     "Flatten, Identity, Dropout, residual add"
 )
 
@@ -398,6 +398,26 @@ class _Lowering:
         out.divisor = v.divisor
         self.env[node] = out
 
+    def global_mean(self, node: fx.Node) -> None:
+        """``x.mean((2, 3))``: global average pooling to (N, C), as a sum pool over the
+        whole (square) image plus a flatten; the 1/(H W) is pending like any pool's."""
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        v = self.value(node.args[0])
+        c, h, w = (*self.ops[v.op].shape, 0, 0)[:3]
+        dims = {int(d) % 4 for d in dims} if isinstance(dims, list | tuple) else None
+        if dims != {2, 3} or node.kwargs.get("keepdim") or h != w:
+            raise UnsupportedLayerError(
+                f"{_label(node)}: only mean over (2, 3) of a square image (global pooling)"
+            )
+        v = self.settle(v, f"{_label(node)}.pre")
+        scale = self.ops[v.op].scale
+        pool = Op("sumpool", [v.op], (c, 1, 1), scale, {"kernel": h, "stride": h},
+                  name=f"{_label(node)}.pool")  # fmt: skip
+        pooled = self.emit(pool)
+        out = self.emit(Op("flatten", [pooled.op], (c,), scale, name=_label(node)))
+        out.divisor = h * w
+        self.env[node] = out
+
     def concat(self, node: fx.Node) -> None:
         """``torch.cat`` along channels: a local op, inputs shifted to their highest scale."""
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -438,6 +458,8 @@ class _Lowering:
             )
         elif t in _CAT_FUNCS:
             self.concat(node)
+        elif t is torch.mean or (node.op == "call_method" and t == "mean"):
+            self.global_mean(node)
         elif t in _POOL_FUNCS:  # functional pooling: the module it spells, then as above
             self.pool(node, _POOL_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
         elif t in _FLATTEN_FUNCS or (
