@@ -31,7 +31,7 @@ import numpy as np
 
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank
-from safenet.protocol.engine import ServerModel, SessionConfig
+from safenet.protocol.engine import ServerModel, SessionConfig, garbled_table_bytes
 from safenet.protocol.session import (
     client_preprocess,
     client_session,
@@ -185,11 +185,9 @@ def limit_memory(budget: int) -> None:
 def default_session_memory(plan: Plan) -> int:
     """The default cap (bytes) on what one forked session may allocate: 1 GiB plus 1.25x the
     plan's garbled tables, which the server may hold all at once (garbling runs ahead).
-    Measured: a ResNet-32 all-ReLU session (2.0 GiB of tables) runs within 2.5 GiB, a
-    ``default-approx`` one within 0.5 GiB (docs/service.md)."""
-    from safenet.approx.cost import count
-
-    return (1 << 30) + int(1.25 * 32 * count(plan).ands)
+    Measured (``scripts/session_memory.py``): a ResNet-32 all-ReLU session (2.0 GiB of
+    tables) runs within 2.5 GiB, a ``default-approx`` one within 0.5 GiB."""
+    return (1 << 30) + int(1.25 * garbled_table_bytes(plan))
 
 
 def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank: Bank | None,

@@ -78,7 +78,7 @@ class PlanCounts:
     label_bits: int = 0  # server-share input bits of all ReLUs (online labels)
     mask_bits: int = 0  # server-mask input bits (offline labels)
     output_bits: int = 0  # circuit output bits (decode bits)
-    poly_cts: int = 0  # HE ciphertexts each way for polynomial tuples (client side)
+    poly_cts: int = 0  # HE ciphertexts the client sends for polynomial tuples (x digits)
     poly_replies: int = 0
     macs: int = 0  # online multiply-accumulates of linear layers
     he_in: int = 0  # linear-layer HE ciphertexts client -> server
@@ -97,12 +97,14 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
     """Count the protocol's work for ``plan`` (public or full)."""
     from safenet.crypto.gc import relu_circuit
     from safenet.crypto.he import HEContext, HEParams
+    from safenet.protocol.engine import poly_reply_params
     from safenet.protocol.linear import LinearPacking
     from safenet.protocol.statistical import relu_stat_bits
 
     p = plan.field.p
     he = HEContext(HEParams(poly_degree, p))
     stat_bits = relu_stat_bits(plan)
+    digits = poly_reply_params(plan, he).digits  # the client sends each power in digits
     c = PlanCounts(
         input_elements=int(np.prod(plan.input_shape)),
         output_elements=int(np.prod(plan.output.shape)),
@@ -142,8 +144,8 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             c.label_bits += n_relu * p.bit_length()
             c.mask_bits += mbits
             c.output_bits += obits
-            c.poly_cts += cts
-            c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers sent
+            c.poly_cts += cts * digits
+            c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers
             c.act_layers += 1
             c.relu_layers += 1 if n_relu else 0
             c.poly_layers += 1 if n_poly else 0

@@ -403,12 +403,13 @@ class _Lowering:
         whole (square) image plus a flatten; the 1/(H W) is pending like any pool's."""
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         v = self.value(node.args[0])
-        c, h, w = (*self.ops[v.op].shape, 0, 0)[:3]
+        shape = self.ops[v.op].shape
         dims = {int(d) % 4 for d in dims} if isinstance(dims, list | tuple) else None
-        if dims != {2, 3} or node.kwargs.get("keepdim") or h != w:
+        if dims != {2, 3} or node.kwargs.get("keepdim") or len(shape) != 3 or shape[1] != shape[2]:
             raise UnsupportedLayerError(
                 f"{_label(node)}: only mean over (2, 3) of a square image (global pooling)"
             )
+        c, h, w = shape
         v = self.settle(v, f"{_label(node)}.pre")
         scale = self.ops[v.op].scale
         pool = Op("sumpool", [v.op], (c, 1, 1), scale, {"kernel": h, "stride": h},

@@ -61,6 +61,7 @@ __all__ = [
     "ServerModel",
     "ServerSession",
     "SessionConfig",
+    "garbled_table_bytes",
     "local_op",
     "model_version",
 ]
@@ -109,6 +110,17 @@ def relu_layers(plan: Plan) -> dict[int, tuple[int, int, int, int, int | None]]:
             circ = relu_circuit(plan.field.p, op.attrs["shift"], stat_bits, clip)
             tweak += circ.and_count * n
     return out
+
+
+def garbled_table_bytes(plan: Plan) -> int:
+    """Bytes of all garbled tables of one session of ``plan`` (32 per AND gate)."""
+    from safenet.crypto.gc import relu_circuit
+
+    p = plan.field.p
+    return sum(
+        32 * relu_circuit(p, shift, bits, clip).and_count * n
+        for shift, n, _, bits, clip in relu_layers(plan).values()
+    )
 
 
 def model_version(plan: Plan) -> str:

@@ -248,10 +248,6 @@ class LinearPacking:
         ct, pos = self.out_index
         return np.asarray(coeffs, dtype=np.int64)[ct, pos]
 
-    def check_ciphertext(self, data: bytes, primes: int, what: str) -> seal.Ciphertext:
-        """Load a peer's ciphertext and check its form (:meth:`HEContext.load_ciphertext`)."""
-        return self.he.load_ciphertext(data, primes, what)
-
 
 def _blocks(cv: int, co: int, m: int, reply_size: float = 1.0) -> tuple[int, int, int, int]:
     """(cb, cg, input blocks, output groups) with cb * cg <= m: fewest blocks + groups,
@@ -307,7 +303,7 @@ def client_decrypt(packing: LinearPacking, keys: ClientKeys, replies: list[bytes
         raise ValueError(f"expected {packing.n_out} reply ciphertexts, got {len(replies)}")
     coeffs = np.stack(
         [
-            keys.decrypt_coeffs(packing.check_ciphertext(d, packing.reply_primes, f"reply {i}"))
+            keys.decrypt_coeffs(keys.he.load_ciphertext(d, packing.reply_primes, f"reply {i}"))
             for i, d in enumerate(replies)
         ]
     )
@@ -412,7 +408,7 @@ class ServerLinear:
                 f"expected {pk.n_in} input ciphertexts for {pk.in_shape}, got {len(ciphertexts)}"
             )
         full = len(he.coeff_primes)
-        cts = [pk.check_ciphertext(d, full, f"input {i}") for i, d in enumerate(ciphertexts)]
+        cts = [he.load_ciphertext(d, full, f"input {i}") for i, d in enumerate(ciphertexts)]
         if self.ntt:
             for ct in cts:
                 ev.transform_to_ntt_inplace(ct)
