@@ -16,7 +16,7 @@ from safenet.crypto.ot import OTReceiver
 from safenet.plan.ir import Plan
 from safenet.protocol import statistical as S
 from safenet.protocol.bank import Bank, BankError
-from safenet.protocol.engine import ServerModel, ServerSession, relu_layers
+from safenet.protocol.engine import ServerModel, ServerSession, garbled_layers
 from safenet.protocol.transport import (
     HEADER,
     MAGIC,
@@ -40,10 +40,11 @@ def plan():
 def test_every_statistical_term_meets_2_to_minus_40_per_session(plan):
     model = ServerModel(plan)
     b = model.budget
-    n_relu = S.relu_elements(plan)
+    n_relu = S.garbled_outputs(plan)
     assert n_relu == plan.counts()["relu_count"]
     # ReLU masks: 42 + log2(all ReLUs of the session) bits, in every layer's circuit
-    assert {v[3] for v in relu_layers(plan).values()} == {42 + math.ceil(math.log2(n_relu))}
+    bits = {g.stat_bits for g in garbled_layers(plan).values()}
+    assert bits == {42 + math.ceil(math.log2(n_relu))}
     # linear floods exceed each layer's weight noise by 42 + log2(all reply coefficients)
     coeffs = 8192 * sum(lin.packing.n_out for lin in model.linear.values())
     for lin in model.linear.values():

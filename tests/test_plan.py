@@ -581,14 +581,14 @@ def test_batchnorm_alone_becomes_a_depthwise_conv():
 # =============================================================================================
 
 
-class _MaxPoolNet(nn.Module):
+class _LPPoolNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
-        self.maxpool_site = nn.MaxPool2d(2)
+        self.lppool_site = nn.LPPool2d(2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool_site(self.conv(x))
+        return self.lppool_site(self.conv(x))
 
 
 class _SigmoidNet(nn.Module):
@@ -614,7 +614,7 @@ class _CatNet(nn.Module):
 @pytest.mark.parametrize(
     ("cls", "shape", "words"),
     [
-        (_MaxPoolNet, (1, 6, 6), ["maxpool_site", "MaxPool2d"]),
+        (_LPPoolNet, (1, 6, 6), ["lppool_site", "LPPool2d"]),
         (_SigmoidNet, (4,), ["squash", "Sigmoid"]),
         (_CatNet, (1, 4, 4), ["cat"]),
     ],

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import torch.nn as nn
 
 import safenet
@@ -58,6 +59,27 @@ def test_run_local_from_stdin_fails_at_once_with_a_sentence(tmp_path):
 def test_an_unsupported_layer_is_named_with_its_type_and_what_is_supported():
     from safenet.plan.ir import UnsupportedLayerError
 
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 8 * 10, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"MaxPool2d 1; supported: Conv2d"):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2), nn.Flatten(),
+                        nn.Linear(4 * 34 * 42, 2))  # fmt: skip
+    with pytest.raises(UnsupportedLayerError, match=r"Upsample 1; supported: Conv2d"):
         safenet.compile(net, (3, 19, 23))
+
+
+class _Squash(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.sigmoid(y).flatten(1)  # the line the error must point at
+
+
+def test_an_unsupported_operation_names_its_source_line():
+    from safenet.plan.ir import UnsupportedLayerError
+
+    with pytest.raises(UnsupportedLayerError) as info:
+        safenet.compile(_Squash(), (1, 6, 6))
+    msg = str(info.value)
+    assert "unsupported operation sigmoid" in msg and "supported: Conv2d" in msg
+    assert f"{__file__}:" in msg and "torch.sigmoid(y).flatten(1)" in msg

@@ -10,7 +10,15 @@ is the oracle for the secure protocol.
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "compile", "Plan", "Field"]
+__all__ = [
+    "__version__",
+    "ChannelActivation",
+    "Field",
+    "Plan",
+    "approximate",
+    "compile",
+    "import_model",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +31,16 @@ def __getattr__(name: str) -> Any:
         import safenet.plan
 
         return getattr(safenet.plan, name)
+    if name == "approximate":
+        from safenet.approx.approximate import approximate
+
+        return approximate
+    if name == "import_model":
+        from safenet.checkpoint import import_model
+
+        return import_model
+    if name == "ChannelActivation":
+        from safenet.nn.activation import ChannelActivation
+
+        return ChannelActivation
     raise AttributeError(f"module 'safenet' has no attribute {name!r}")

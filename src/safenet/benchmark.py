@@ -1,4 +1,5 @@
-"""``safenet bench``: one secure inference of a zoo architecture with random weights, measured.
+"""``safenet bench``: one secure inference of a zoo architecture with random weights (or of
+any checkpoint, :func:`bench_plan`), measured.
 
 The model is built with random weights, its batch-norm statistics calibrated on random
 inputs (so activations keep a realistic range through deep nets), optionally approximated
@@ -20,7 +21,7 @@ from safenet.nn.zoo import build_model
 from safenet.plan.compiler import compile_model
 from safenet.plan.ir import Plan
 
-__all__ = ["random_plan", "run_bench"]
+__all__ = ["bench_plan", "random_plan", "run_bench"]
 
 
 def random_plan(
@@ -80,21 +81,30 @@ def run_bench(
 ) -> dict[str, Any]:
     """Build, compile (``kwargs`` as :func:`random_plan`) and securely run one inference;
     returns the merged report of :func:`safenet.secure.run_local` plus a reference check."""
-    from safenet.secure import run_local
-
     t0 = time.perf_counter()
     plan = random_plan(arch, input_shape, seed=seed, **kwargs)
-    compile_s = time.perf_counter() - t0
-    x = np.random.default_rng(seed).normal(size=input_shape)
+    head = {
+        "arch": arch,
+        "relu_ratio": plan.info["relu_ratio"],
+        "degree": plan.info["degree"] if plan.counts()["poly_count"] else None,
+        "compile_s": round(time.perf_counter() - t0, 3),
+    }
+    return head | bench_plan(plan, seed)
+
+
+def bench_plan(plan: Plan, seed: int = 0) -> dict[str, Any]:
+    """Securely run one inference of ``plan`` (two processes over TCP) on a random input;
+    returns the merged report of :func:`safenet.secure.run_local` plus a reference check."""
+    from safenet.secure import run_local
+
+    shape = tuple(plan.input_shape)
+    x = np.random.default_rng(seed).normal(size=shape)
     y, report = run_local(plan, x, decode=False)
     ref = plan.reference(x, decode=False)
     diff = np.abs(y - ref)
     head = {
-        "arch": arch,
-        "input_shape": list(input_shape),
-        "relu_ratio": plan.info["relu_ratio"],
-        "degree": plan.info["degree"] if plan.counts()["poly_count"] else None,
-        "compile_s": round(compile_s, 3),
+        "input_shape": list(shape),
+        "maxpool_outputs": sum(int(np.prod(op.shape)) for op in plan.ops if op.kind == "maxpool"),
         "matches_reference": bool((diff == 0).all()),
         "max_abs_error_ulp": int(diff.max()),
         "max_abs_error": float(diff.max()) / 2.0**plan.output_scale,

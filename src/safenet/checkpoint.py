@@ -7,6 +7,7 @@ training state. ``default`` and ``default-approx`` name the models shipped in th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from safenet.data.errors import DatasetError
+from safenet.nn.modelfile import build as build_user_model
+from safenet.nn.modelfile import is_model_def, load_weights
 from safenet.nn.surgery import activation_config, apply_config
 from safenet.nn.zoo import build_model
 
@@ -37,12 +41,30 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None  # where an approximated model came from
+    #: (C, H, W) of one input, for models whose arguments do not say it (your own models)
+    shape: list[int] | None = None
+    #: how inputs are prepared (:func:`safenet.data.images.preprocessing`): normalisation,
+    #: size and class names, kept so that serving needs no dataset
+    data: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one input."""
+        if self.shape is not None:
+            c, h, w = self.shape
+            return (int(c), int(h), int(w))
         c, s = self.arch_kwargs["in_channels"], self.arch_kwargs["image_size"]
         return (c, s, s)
+
+    def preprocess(self) -> dict[str, Any]:
+        """How a picture becomes this model's input (the dataset's normalisation, size and
+        class names); travels in the public plan as ``info["preprocess"]``."""
+        if self.data is not None:
+            return dict(self.data)
+        from safenet.data.images import preprocessing
+        from safenet.data.registry import dataset_info
+
+        return preprocessing(dataset_info(self.dataset))
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A zero input of the model's shape, for tracing."""
@@ -50,7 +72,10 @@ class Checkpoint:
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode."""
-        model = build_model(self.arch, **self.arch_kwargs)
+        if is_model_def(self.arch):
+            model = build_user_model(self.arch, self.arch_kwargs)
+        else:
+            model = build_model(self.arch, **self.arch_kwargs)
         if self.activation is not None:
             model = apply_config(model, self.activation, self.example_input())
         model.load_state_dict(self.state_dict)
@@ -62,6 +87,8 @@ class Checkpoint:
 
         plan = compile_model(self.build(), self.input_shape, field)
         plan.info |= {"dataset": self.dataset}
+        with contextlib.suppress(DatasetError, OSError):  # a folder that is gone: no metadata
+            plan.info["preprocess"] = self.preprocess()
         return plan
 
     def save(self, path: str | Path) -> None:
@@ -89,6 +116,55 @@ class Checkpoint:
         config = activation_config(model) or None
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return cls(arch, dict(arch_kwargs), dataset, state, config, **extra)
+
+
+def import_model(
+    definition: str,
+    weights: str | Path | None,
+    dataset: str,
+    input_shape: tuple[int, int, int] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """A checkpoint of your own model: ``definition`` is ``path/to/file.py:build_fn`` (called
+    with ``kwargs``), ``weights`` a state dict file (``None``: the function's initial
+    weights), ``dataset`` what it was trained on (a known name or ``folder:PATH[:SIZE]``),
+    ``input_shape`` (C, H, W) defaults to the dataset's. Checks that the weights fit and the
+    model runs on that shape; the checkpoint then works with every safenet command."""
+    from safenet.data.images import preprocessing
+    from safenet.data.registry import dataset_info
+    from safenet.nn.modelfile import parse
+
+    path, fn = parse(definition)
+    ref = f"{path}:{fn}"
+    model = build_user_model(ref, kwargs)
+    info = dataset_info(dataset)
+    shape = input_shape or (info.channels, info.image_size, info.image_size)
+    if weights is not None:
+        state = load_weights(weights)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"{weights} does not fit {ref}: {e}") from None
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not fit {ref}: missing {', '.join(missing) or 'none'}; "
+                f"unexpected {', '.join(unexpected) or 'none'}"
+            )
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except Exception as e:
+        raise ValueError(f"{ref} does not run on an input of shape {tuple(shape)}: {e}") from e
+    if out.dim() != 2 or out.shape[1] != info.num_classes:
+        raise ValueError(
+            f"{ref} gives outputs of shape {tuple(out.shape)} on one input; {dataset} has "
+            f"{info.num_classes} classes"
+        )
+    return Checkpoint.from_model(
+        model, ref, dict(kwargs or {}), dataset, shape=list(shape), data=preprocessing(info),
+        metrics={}, parent=None,
+    )  # fmt: skip
 
 
 def resolve(name_or_path: str | Path) -> Path:

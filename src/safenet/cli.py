@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -349,6 +350,24 @@ def _infer_input(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
     return x, int(ds.labels[args.index])
 
 
+def _infer_image(args: argparse.Namespace, host: str, port: int) -> int:
+    from safenet.secure import infer_image, phase_bytes
+
+    out = infer_image(host, port, args.image, top_k=args.top_k, bank=args.bank,
+                      tls=_tls(args, server=False))  # type: ignore[arg-type]  # fmt: skip
+    rep = out.pop("report")
+    out |= {"online_s": rep["phase_s"].get("online"),
+            "online_bytes": phase_bytes(rep["traffic"], "online"),
+            "mode": rep.get("mode", "full"), "model_version": rep.get("model_version")}  # fmt: skip
+    if args.json:
+        print(json.dumps(out | {"report": rep}))
+        return 0
+    print(f"{args.image}: private inference ({out['mode']}, online {out['online_s']:.2f} s)")
+    for t in out["top"]:
+        print(f"  {t['score']:7.2%}  {t['name']}")
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from safenet.secure import infer, phase_bytes, preprocess
 
@@ -368,8 +387,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
             )  # fmt: skip
         print(json.dumps({k: rep[k] for k in ("banked", "model_version", "total_s")}))
         return 0
+    if args.image is not None:
+        return _infer_image(args, host or "127.0.0.1", int(port))
     if args.input is None and args.dataset is None:
-        raise ValueError("give --input FILE or --dataset NAME (or --preprocess K)")
+        raise ValueError("give --image FILE, --input FILE or --dataset NAME (or --preprocess K)")
     x, label = _infer_input(args)
     y, rep = infer(
         host or "127.0.0.1", int(port), x,
@@ -397,6 +418,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from safenet.checkpoint import import_model
+
+    try:
+        kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--kwargs is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("--kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    shape = _shape(args.input_shape) if args.input_shape else None
+    ck = import_model(args.model_def, args.weights, args.dataset, shape, kwargs)
+    ck.save(args.out)
+    params = sum(v.numel() for v in ck.state_dict.values())
+    print(f"wrote {args.out}: {ck.arch} {kwargs or ''} with {params:,} weights, input "
+          f"{ck.input_shape}, {ck.data['channels'] if ck.data else '?'}-channel pictures "
+          f"of {ck.dataset}")  # fmt: skip
+    print(f"next: safenet eval --model {args.out}   (or compile, approximate, serve, bench)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from safenet.benchmark import run_bench
 
@@ -411,6 +452,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
 
+    if args.model is not None:
+        from safenet.benchmark import bench_plan
+
+        rep = {"arch": str(args.model)} | bench_plan(_plan_for(args.model), seed=args.seed)
+        _print_bench(rep, args.json)
+        return 0
     shape = _shape(args.input_shape)
     rep = run_bench(
         args.arch,
@@ -421,15 +468,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         width=args.width,
         seed=args.seed,
     )
-    if args.json:
-        print(json.dumps(rep))
-    else:
-        keys = ("arch", "relu_count", "poly_count", "offline_s", "online_s", "offline_bytes",
-                "online_bytes", "online_rounds", "gc_bytes_per_relu", "online_bytes_per_relu",
-                "peak_rss_mib", "matches_reference", "max_abs_error_ulp")  # fmt: skip
-        for k in keys:
-            print(f"{k:22s} {rep[k]}")
+    _print_bench(rep, args.json)
     return 0
+
+
+def _print_bench(rep: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rep))
+        return
+    keys = ("arch", "relu_count", "poly_count", "maxpool_outputs", "offline_s", "online_s",
+            "offline_bytes", "online_bytes", "online_rounds", "gc_bytes_per_relu",
+            "online_bytes_per_relu", "peak_rss_mib", "matches_reference",
+            "max_abs_error_ulp")  # fmt: skip
+    for k in keys:
+        print(f"{k:22s} {rep[k]}")
 
 
 def _calibration(path: Path | None):  # noqa: ANN202 (lazy import of the return type)
@@ -531,7 +583,8 @@ def cmd_approximate(args: argparse.Namespace) -> int:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
         ck = checkpoint.Checkpoint.from_model(
             model, parent.arch, parent.arch_kwargs, parent.dataset, metrics=search_metrics,
-            training={"search": asdict(cfg)}, parent=str(args.model),
+            training={"search": asdict(cfg)}, parent=str(args.model), shape=parent.shape,
+            data=parent.data,
         )  # fmt: skip
         ck.save(args.out / "best.pt")
     report = rep | {"checkpoint": str(args.out / "best.pt"), "calibration": cal.machine}
@@ -573,6 +626,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     _add_data_dir(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "import", help="your own model: a Python file's builder and a state dict -> checkpoint"
+    )
+    p.add_argument("--model-def", required=True,
+                   help="path/to/file.py:function returning the nn.Module")  # fmt: skip
+    p.add_argument("--weights", type=Path, default=None,
+                   help="state dict from torch.save(model.state_dict(), path) "
+                   "(default: the function's initial weights)")  # fmt: skip
+    p.add_argument("--dataset", required=True,
+                   help="what it was trained on: a dataset name or folder:PATH[:SIZE]")  # fmt: skip
+    p.add_argument("--input-shape", default=None, help="C,H,W (default: the dataset's)")
+    p.add_argument("--kwargs", default=None, help="JSON keyword arguments for the function")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("finetune", help="approximate a ReLU model (channel-wise) and fine-tune")
     p.add_argument("--model", required=True, help="ReLU checkpoint path or 'default'")
@@ -659,6 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", type=Path, help=".npy array, normalised, in the model's shape")
     src.add_argument("--dataset", help="take the image from a dataset (with --index)")
+    src.add_argument(
+        "--image", type=Path, help="a picture (PNG, JPEG, ...), prepared as the model was trained"
+    )
+    p.add_argument("--top-k", type=int, default=5, help="classes shown with --image")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true")
@@ -672,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure one secure inference (random weights)")
     p.add_argument("--arch", default="resnet32")
+    p.add_argument(
+        "--model", default=None, help="measure this checkpoint instead of --arch (its weights)"
+    )
     p.add_argument("--input-shape", default="3,32,32", help="C,H,W")
     p.add_argument("--relu-ratio", type=float, default=1.0, help="channels kept as ReLU")
     p.add_argument("--degree", type=int, default=2, choices=[2, 3])

@@ -81,12 +81,9 @@ def evaluate_model(
     dataset = dataset or ck.dataset
     model = ck.build()
     ds = ImageDataset(dataset, split, data_dir, limit)
-    if ds.info.channels != ck.arch_kwargs["in_channels"]:
-        raise ValueError(
-            f"model takes {ck.arch_kwargs['in_channels']} channels, "
-            f"{dataset} has {ds.info.channels}"
-        )
     shape = (ds.info.channels, ds.info.image_size, ds.info.image_size)
+    if shape != ck.input_shape:
+        raise ValueError(f"model takes inputs of shape {ck.input_shape}, {dataset} has {shape}")
     plan = compile_model(model, shape, field)
     report = {"model": str(model_ref), "arch": ck.arch, "dataset": dataset, "split": split}
     report |= evaluate_plan(model, plan, ds, progress=progress)

@@ -52,6 +52,7 @@ from safenet.protocol.transport import (
 __all__ = [
     "SecureRunError",
     "infer",
+    "infer_image",
     "merge_reports",
     "phase_bytes",
     "preprocess",
@@ -73,7 +74,7 @@ def _decode(plan: Plan, y: np.ndarray, decode: bool) -> np.ndarray:
 def infer(
     host: str,
     port: int,
-    x: np.ndarray,
+    x: np.ndarray | Callable[[Plan], np.ndarray],
     *,
     plan: Plan | None = None,
     encoded: bool = False,
@@ -90,19 +91,63 @@ def infer(
     only the online phase runs (``report["mode"] == "online"``).
 
     Without ``plan`` the public plan (architecture, no weights) is fetched from the server
-    first; its input shape then checks ``x``.
+    first; its input shape then checks ``x``. ``x`` may be a function of the public plan
+    returning the input (:func:`infer_image` prepares a picture so).
     """
     client_bank = None
     if bank is not None and (Path(bank) / "plan.zip").exists():
         bank_plan, client_bank = open_client_bank(bank)
         plan = plan or bank_plan
-    if plan is not None:
+    if plan is not None and not callable(x):
         encode_input(plan, x, encoded)  # fail before connecting
     with connect(host, port, timeout=timeout, tls=tls) as conn:
         y, rep, public = client_session(
             conn, x, plan, encoded=encoded, progress=progress, bank=client_bank
         )
     return _decode(public, y, decode), rep
+
+
+def infer_image(
+    host: str,
+    port: int,
+    image: str | Path,
+    *,
+    top_k: int = 5,
+    tls: TLSConfig | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    bank: str | Path | None = None,
+) -> dict[str, Any]:
+    """A private inference on a picture file (PNG, JPEG, ...): prepared on this side as the
+    server's public plan says (``info["preprocess"]``: size, normalisation; the server never
+    sees the picture), classified securely. Returns ``top`` (the ``top_k`` classes with
+    names and softmax scores), ``logits`` and the client ``report``."""
+    from safenet.data.images import load_image
+
+    if top_k < 1:
+        raise ValueError("top_k must be positive")
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"no picture at {image}")
+    seen: dict[str, Any] = {}
+
+    def prepare(public: Plan) -> np.ndarray:
+        prep = public.info.get("preprocess")
+        if prep is None:
+            raise ValueError(
+                "the server's model carries no preprocessing (it was compiled from a bare "
+                "plan): prepare the input yourself and pass an array"
+            )
+        seen["classes"] = list(prep.get("classes") or [])
+        return load_image(image, prep)
+
+    y, rep = infer(host, port, prepare, tls=tls, timeout=timeout, bank=bank)
+    logits = np.asarray(y, dtype=np.float64).reshape(-1)
+    scores = np.exp(logits - logits.max())
+    scores /= scores.sum()
+    names = seen["classes"] if len(seen["classes"]) == len(logits) else []
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    top = [{"class": int(k), "name": names[k] if names else str(int(k)),
+            "score": round(float(scores[k]), 4)} for k in order]  # fmt: skip
+    return {"top": top, "logits": [round(float(v), 4) for v in logits], "report": rep}
 
 
 def preprocess(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from safenet.checkpoint import Checkpoint
 from safenet.checkpoint import load as load_checkpoint
 from safenet.data import ImageDataset, make_loader
+from safenet.data.images import preprocessing
 from safenet.nn.zoo import build_model
 
 
@@ -192,6 +193,7 @@ def train(
             metrics={"accuracy": row["test_accuracy"], "evaluated_on": len(test_ds)},
             history=history,
             training={"epoch": epoch + 1, "optimizer": opt.state_dict(), "config": asdict(config)},
+            data=preprocessing(info),
         )
         ck.save(out)
 

@@ -1,14 +1,15 @@
 """What a Plan costs under the secure protocol: latency and bytes, offline and online.
 
 The model counts, from the plan alone, everything the protocol does (AND gates and label bits
-of every ReLU layer, polynomial elements and HE tuple ciphertexts, multiply-accumulates and HE
-ciphertexts of every linear layer, messages and rounds) and prices each count with per-unit
-costs *measured on this machine* (a :class:`Calibration`, written by
-``safenet bench --calibrate``), plus a :class:`Network` (bandwidth and round-trip time), so a
-plan can be priced for the loopback it was calibrated on, a LAN or a WAN:
+of every garbled layer: ReLU channels and max pools; polynomial elements and HE tuple
+ciphertexts, multiply-accumulates and HE ciphertexts of every linear layer, messages and
+rounds) and prices each count with per-unit costs *measured on this machine* (a
+:class:`Calibration`, written by ``safenet bench --calibrate``), plus a :class:`Network`
+(bandwidth and round-trip time), so a plan can be priced for the loopback it was calibrated
+on, a LAN or a WAN:
 
     online  = sum_units count x cost  +  online bytes / bandwidth  +  rounds x RTT
-              + activation layers x per-layer overhead
+              + (activation and max-pool layers) x per-layer overhead
     offline = HE (linear and polynomial) + garbling, OT and table shipping per AND gate
               + offline bytes / bandwidth + offline rounds x RTT
 
@@ -75,7 +76,7 @@ class PlanCounts:
     relu: int = 0
     poly: int = 0
     ands: int = 0  # AND gates over all ReLU instances
-    label_bits: int = 0  # server-share input bits of all ReLUs (online labels)
+    label_bits: int = 0  # server-share input bits of all garbled layers (online labels)
     mask_bits: int = 0  # server-mask input bits (offline labels)
     output_bits: int = 0  # circuit output bits (decode bits)
     poly_cts: int = 0  # HE ciphertexts the client sends for polynomial tuples (x digits)
@@ -87,6 +88,7 @@ class PlanCounts:
     act_layers: int = 0
     relu_layers: int = 0  # activation layers with at least one ReLU channel
     poly_layers: int = 0  # activation layers with at least one polynomial channel
+    maxpool_layers: int = 0  # max pools: a garbled layer and a round trip each
     act_elements: int = 0  # everything reshared online
     input_elements: int = 0
     output_elements: int = 0
@@ -96,14 +98,15 @@ class PlanCounts:
 def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
     """Count the protocol's work for ``plan`` (public or full)."""
     from safenet.crypto.gc import relu_circuit
+    from safenet.crypto.gc.maxpool import max_circuit
     from safenet.crypto.he import HEContext, HEParams
     from safenet.protocol.engine import poly_reply_params
     from safenet.protocol.linear import LinearPacking
-    from safenet.protocol.statistical import relu_stat_bits
+    from safenet.protocol.statistical import garbled_stat_bits
 
     p = plan.field.p
     he = HEContext(HEParams(poly_degree, p))
-    stat_bits = relu_stat_bits(plan)
+    stat_bits = garbled_stat_bits(plan)
     digits = poly_reply_params(plan, he).digits  # the client sends each power in digits
     c = PlanCounts(
         input_elements=int(np.prod(plan.input_shape)),
@@ -150,6 +153,17 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             c.relu_layers += 1 if n_relu else 0
             c.poly_layers += 1 if n_poly else 0
             c.act_elements += int(np.prod(op.shape))
+        elif op.kind == "maxpool":
+            n = int(np.prod(op.shape))
+            k = len(max(op.attrs["rows"], key=len)) * len(max(op.attrs["cols"], key=len))
+            circ = max_circuit(p, k, stat_bits)
+            row |= {"maxpool": n, "ands": circ.and_count * n}
+            c.ands += circ.and_count * n
+            c.label_bits += n * k * p.bit_length()
+            c.mask_bits += len(circ.inputs["server_mask"]) * n
+            c.output_bits += circ.n_outputs * n
+            c.maxpool_layers += 1
+            c.act_elements += n
         c.layers.append(row)
     return c
 
@@ -226,7 +240,9 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
         "openings": 16.0 * c.poly,  # v + R1 to the client, e back (docs/protocol.md)
         "reshares": 8.0 * c.act_elements,
         "output": 8.0 * c.output_elements,
-        "framing": float(FRAME_BYTES * (2 + 3 * c.act_layers + c.poly_layers)),
+        "framing": float(
+            FRAME_BYTES * (2 + 3 * c.act_layers + c.poly_layers + 2 * c.maxpool_layers)
+        ),
     }
     offline = {
         "public_key": cal.public_key_bytes,
@@ -239,8 +255,8 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
         "he_poly": c.poly_cts * cal.ct_in_bytes + c.poly_replies * cal.ct_reply_bytes,
     }
     n_linear = sum(1 for r in c.layers if r["kind"] in ("conv", "linear"))
-    messages = 3 + 2 * n_linear + 5 * c.act_layers
-    return offline, online, messages, 1 + c.act_layers
+    messages = 3 + 2 * n_linear + 5 * c.act_layers + 4 * c.maxpool_layers
+    return offline, online, messages, 1 + c.act_layers + c.maxpool_layers
 
 
 def predict(
@@ -257,11 +273,12 @@ def predict(
     off_parts, on_parts, off_msgs, rounds = _bytes(c, cal)
     off_b, on_b = sum(off_parts.values()), sum(on_parts.values())
     parts = {
-        "gc_eval": c.ands * cal.gc_eval_per_and + c.relu_layers * cal.gc_eval_per_relu_layer,
+        "gc_eval": c.ands * cal.gc_eval_per_and
+        + (c.relu_layers + c.maxpool_layers) * cal.gc_eval_per_relu_layer,
         "gc_encode": c.label_bits * cal.gc_encode_per_bit,
         "linear": c.macs * cal.linear_online_per_mac,
         "poly": c.poly * cal.poly_online_per_element,
-        "layer_overhead": c.act_layers * cal.online_layer_overhead,
+        "layer_overhead": (c.act_layers + c.maxpool_layers) * cal.online_layer_overhead,
         "transfer": net.transfer(on_b, rounds),
     }
     offline_parts = {

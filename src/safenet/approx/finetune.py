@@ -342,6 +342,8 @@ def finetune_checkpoint(
             training={"finetune": asdict(config), "specs": spec_json, "criterion": criterion}
             | dict(extra or {}),
             parent=parent_name,
+            shape=parent.shape,
+            data=parent.data,
         )
         ck.save(out)
 

@@ -11,6 +11,7 @@ import numpy as np
 from safenet.data.cifar import load_cifar
 from safenet.data.errors import DatasetError
 from safenet.data.idx import read_idx
+from safenet.data.images import folder_dataset, is_folder
 
 ENV_VAR = "SAFENET_DATA_DIR"
 SPLITS = ("train", "test")
@@ -79,11 +80,18 @@ SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``, or a clear error listing the known datasets."""
+    """The :class:`DatasetInfo` of ``name`` (a known dataset or an image folder,
+    ``folder:PATH[:SIZE]``: :mod:`safenet.data.images`), or a clear error."""
+    if is_folder(name):
+        facts, _ = folder_dataset(name)
+        return DatasetInfo(**facts)
     try:
         return DATASETS[name]
     except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise DatasetError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, or an image folder "
+            "as folder:PATH (one sub-folder of pictures per class)"
+        ) from None
 
 
 def default_data_dir() -> Path:
@@ -116,9 +124,12 @@ def load_dataset(
     Looks in ``data_dir`` (or ``$SAFENET_DATA_DIR``, or ``~/.cache/safenet/data``), in a
     sub-folder named after the dataset or directly, then (``system``) in system locations.
     """
-    info = dataset_info(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; use one of {SPLITS}")
+    if is_folder(name):
+        x, y = folder_dataset(name)[1][split]
+        return x.copy(), y.copy()
+    info = dataset_info(name)
     dirs = candidate_dirs(name, data_dir, system)
     if name.startswith("cifar"):
         for d in dirs:

@@ -57,7 +57,9 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model``, treating ChannelActivation modules as leaves."""
-    graph = _Tracer().trace(model)
+    tracer = _Tracer()
+    tracer.record_stack_traces = True  # nodes remember their source line, for error messages
+    graph = tracer.trace(model)
     return fx.GraphModule(model, graph, type(model).__name__)
 
 

@@ -83,6 +83,8 @@ def static_bounds(plan: Plan, input_bound: float) -> list[float]:
             pairs = list(zip(ins, op.attrs["shifts"], strict=True))
             lo = np.concatenate([v[0] * 2.0**s for v, s in pairs])
             hi = np.concatenate([v[1] * 2.0**s for v, s in pairs])
+        elif op.kind == "maxpool":  # per channel, the max stays within the input's interval
+            lo, hi = ins[0]
         elif op.kind == "flatten":
             lo, hi = _expand(*ins[0], int(np.prod(op.shape)) // len(ins[0][0]))
         elif op.kind == "truncate":

@@ -5,7 +5,9 @@ or linear (folded) or alone (a per-channel affine), ReLU in any spelling, clippe
 (ReLU6, Hardtanh(0, m), relu6, hardtanh, clamp(0, m): an activation op with attribute
 ``clip``, the bound at the output scale) and ChannelActivation, AvgPool2d without padding,
 AdaptiveAvgPool2d to sizes that divide the input (modules, or ``F.avg_pool2d`` /
-``F.adaptive_avg_pool2d``; ``x.mean((2, 3))`` of a square image), ``torch.cat`` along
+``F.adaptive_avg_pool2d``; ``x.mean((2, 3))`` of a square image), MaxPool2d (any kernel,
+stride, padding, dilation, ceil_mode) and AdaptiveMaxPool2d (modules or functions: a
+``maxpool`` op, one garbled max per window), ``torch.cat`` along
 channels (a local ``concat`` op), Flatten / torch.flatten / view(N, -1), residual ``+``,
 Identity and Dropout. Any other layer is an :class:`UnsupportedLayerError` naming it.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,15 +37,18 @@ from safenet.field import POLY_PRIME, Field
 from safenet.nn.activation import ChannelActivation
 from safenet.nn.surgery import is_relu, trace
 from safenet.plan.ir import Op, Plan, UnsupportedLayerError
+from safenet.plan.pooling import adaptive_axis, pool_axis
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
 _CAT_FUNCS = {torch.cat, torch.concat}
 _POOL_FUNCS = {F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
+_MAX_FUNCS = {F.max_pool2d: nn.MaxPool2d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d}
 SUPPORTED = (
     "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
-    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d (modules or functions), "
+    "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d, "
+    "AdaptiveMaxPool2d (modules or functions), "
     "torch.cat on channels, mean over (2, 3), "
     "Flatten, Identity, Dropout, residual add"
 )
@@ -102,6 +109,24 @@ def _clip_bound(node: fx.Node, lo: Any, hi: Any) -> float:
             f"{_label(node)}: clip needs a positive upper bound, got {hi!r}"
         )
     return float(hi)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    """A pooling parameter as (height, width)."""
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _where(node: fx.Node) -> str:
+    """`` at FILE:LINE: code`` of the model's source line that made ``node`` (fx records it
+    while tracing), or nothing when fx has none."""
+    lines = (node.stack_trace or "").splitlines()
+    torch_dir = str(Path(torch.__file__).parent)
+    for i, line in enumerate(lines):
+        m = re.match(r'\s*File "(?P<file>[^"]+)", line (?P<line>\d+)', line)
+        if m and not m["file"].startswith(torch_dir):
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            return f" at {m['file']}:{m['line']}: {code}"
+    return ""
 
 
 def _label(node: fx.Node) -> str:
@@ -337,6 +362,8 @@ class _Lowering:
             self.env[node] = self.activation(node, m)
         elif isinstance(m, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
             self.pool(node, m, name)
+        elif isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d):
+            self.maxpool(node, m, name)
         elif isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise UnsupportedLayerError(f"{name}: only flatten(start_dim=1) is supported")
@@ -345,7 +372,8 @@ class _Lowering:
             self._pass(node, arg)
         else:
             raise UnsupportedLayerError(
-                f"unsupported layer {type(m).__name__} {_label(node)}; supported: {SUPPORTED}"
+                f"unsupported layer {type(m).__name__} {_label(node)}{_where(node)}; "
+                f"supported: {SUPPORTED}"
             )
 
     def pool(self, node: fx.Node, m: nn.Module, name: str) -> None:
@@ -384,6 +412,33 @@ class _Lowering:
             )
         )
         out.divisor = k * k
+        self.env[node] = out
+
+    def maxpool(self, node: fx.Node, m: nn.Module, name: str) -> None:
+        """MaxPool2d / AdaptiveMaxPool2d: a ``maxpool`` op (a garbled max per window) holding
+        each output row's and column's input positions (:mod:`safenet.plan.pooling`). The
+        scale is unchanged, and a pending pool divisor passes through (max commutes with it)."""
+        if getattr(m, "return_indices", False):
+            raise UnsupportedLayerError(f"{name}: return_indices=True is not supported")
+        v = self.value(node.args[0])
+        src = self.ops[v.op]
+        if len(src.shape) != 3:
+            raise UnsupportedLayerError(f"{name}: max pooling needs a (C, H, W) input")
+        _, h, w = src.shape
+        shape = self.shape_of(node)
+        oh, ow = shape[1:]
+        if isinstance(m, nn.AdaptiveMaxPool2d):
+            rows, cols = adaptive_axis(h, oh), adaptive_axis(w, ow)
+        else:
+            k, s, pad, dil = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding",
+                                                             "dilation"))  # fmt: skip
+            rows = pool_axis(h, oh, k[0], s[0], pad[0], dil[0])
+            cols = pool_axis(w, ow, k[1], s[1], pad[1], dil[1])
+        if not all(rows) or not all(cols):
+            raise UnsupportedLayerError(f"{name}: a pooling window lies wholly in the padding")
+        out = self.emit(Op("maxpool", [v.op], shape, src.scale, {"rows": rows, "cols": cols},
+                           name=_label(node)))  # fmt: skip
+        out.divisor = v.divisor
         self.env[node] = out
 
     def flatten(self, node: fx.Node) -> None:
@@ -463,6 +518,8 @@ class _Lowering:
             self.global_mean(node)
         elif t in _POOL_FUNCS:  # functional pooling: the module it spells, then as above
             self.pool(node, _POOL_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
+        elif t in _MAX_FUNCS:
+            self.maxpool(node, _MAX_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
         elif t in _FLATTEN_FUNCS or (
             node.op == "call_method" and t in ("flatten", "view", "reshape")
         ):
@@ -476,8 +533,10 @@ class _Lowering:
         elif node.op == "call_method" and t == "size":
             pass  # x.size(0) feeding view(N, -1): a shape query, no tensor to lower
         else:
+            name = getattr(t, "__name__", t)
             raise UnsupportedLayerError(
-                f"unsupported operation {_label(node)} ({t}); supported: {SUPPORTED}"
+                f"unsupported operation {name} ({node.op} {_label(node)}){_where(node)}; "
+                f"supported: {SUPPORTED}"
             )
 
 

@@ -10,6 +10,7 @@ secure protocol does with each, are:
 ``sumpool``    sum over k x k windows (average pools fold their 1/k^2 elsewhere)  (local)
 ``rescale``    multiply by an integer constant (a non-power-of-two pool divisor) (local)
 ``add``        residual add; each input is first multiplied by 2^shift to align  (local)
+``maxpool``    max over each window (``attrs`` rows/cols: :mod:`.pooling`)       (GC)
 ``flatten``    reshape (C, H, W) -> (C*H*W,)                                      (free)
 ``truncate``   round-shift right by ``shift`` bits                               (local)
 ``activation`` per channel: ReLU (garbled circuit) or a polynomial (triples)
@@ -48,6 +49,7 @@ KINDS = (
     "rescale",
     "add",
     "concat",
+    "maxpool",
     "flatten",
     "truncate",
     "activation",
@@ -157,14 +159,18 @@ class Plan:
 
         Keeps every op's kind, inputs, shape, scale and attributes (strides, shifts, degree)
         and the ``relu_mask`` of activations (which channels are ReLU is public in the
-        protocol); drops weights, biases and polynomial coefficients.
+        protocol) and ``info["preprocess"]`` (input size, normalisation, class names);
+        drops weights, biases and polynomial coefficients.
         """
         ops = [
             Op(op.kind, list(op.inputs), op.shape, op.scale, dict(op.attrs),
                {k: a for k, a in op.arrays.items() if k in PUBLIC_ARRAYS}, op.name)
             for op in self.ops
         ]  # fmt: skip
-        return Plan(self.field, self.input_shape, ops, {"public": True})
+        info: dict[str, Any] = {"public": True}
+        if "preprocess" in self.info:  # how a client prepares a picture: public by nature
+            info["preprocess"] = self.info["preprocess"]
+        return Plan(self.field, self.input_shape, ops, info)
 
     @property
     def is_public(self) -> bool:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from safenet.field import trunc_bound
 from safenet.plan.ir import Op, Plan
+from safenet.plan.pooling import window_index
 
 EXACT_F64 = 2**53
 LIMB = 20
@@ -208,6 +209,15 @@ def _sumpool(x: torch.Tensor, k: int, s: int) -> Exact:
     return total
 
 
+def _maxpool(x: torch.Tensor, op: Op) -> torch.Tensor:
+    """Max over each window of :func:`safenet.plan.pooling.window_index` (padding never wins)."""
+    idx = torch.from_numpy(window_index(op.attrs["rows"], op.attrs["cols"], tuple(x.shape[1:])))
+    floor = torch.iinfo(torch.int64).min
+    flat = torch.cat([x.reshape(len(x), -1), torch.full((len(x), 1), floor)], dim=1)
+    win = flat[:, torch.where(idx >= 0, idx, flat.shape[1] - 1)]
+    return win.amax(dim=-1).reshape((len(x), *op.shape))
+
+
 def _round_shift(v: torch.Tensor, k: int) -> torch.Tensor:
     """floor((v + 2^(k-1)) / 2^k): round half up, the truncation the protocol computes."""
     if k <= 0:
@@ -290,6 +300,8 @@ def apply_op(
             exact = torch.cat([t << s for t, s in pairs], dim=1)
         else:
             exact = np.concatenate([t.numpy().astype(object) * (1 << s) for t, s in pairs], 1)
+    elif op.kind == "maxpool":
+        out = _maxpool(ins[0], op)
     elif op.kind == "flatten":
         out = ins[0].reshape(ins[0].shape[0], -1)
     elif op.kind == "truncate":

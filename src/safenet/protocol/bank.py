@@ -41,7 +41,7 @@ __all__ = ["Bank", "BankError"]
 
 #: material layout; 2: polynomial layers keep the exact-truncation masks; 3: ReLU masks as
 #: wide as the session needs, manifests carry the model version
-FORMAT = "safenet-bank/3"
+FORMAT = "safenet-bank/4"
 
 _ID = re.compile(r"[0-9a-f]{32}")
 

@@ -157,7 +157,7 @@ def _setup_client(
 
 def client_session(
     conn: Connection,
-    x: np.ndarray,
+    x: np.ndarray | Callable[[Plan], np.ndarray],
     plan: Plan | None = None,
     *,
     encoded: bool = False,
@@ -167,10 +167,11 @@ def client_session(
     """Run one inference as the client; returns (centred integer output, report, public plan).
 
     ``plan`` (full or public) pins what the client expects; without it the public plan is
-    fetched from the server. ``x`` is real (encoded here) unless ``encoded``; it is checked
-    against the plan before anything costly happens. With a ``bank`` holding a preprocessed
-    session, that session is consumed (before anything is sent) and only the online phase
-    runs; otherwise both phases run.
+    fetched from the server. ``x`` is real (encoded here) unless ``encoded``, or a function
+    of the public plan that returns it (to prepare a picture as ``plan.info["preprocess"]``
+    says); it is checked against the plan before anything costly happens. With a ``bank``
+    holding a preprocessed session, that session is consumed (before anything is sent) and
+    only the online phase runs; otherwise both phases run.
     """
     t0 = time.perf_counter()
     banked = None
@@ -181,6 +182,8 @@ def client_session(
         request = {"mode": "online", "session_id": sid}
     public, config = _setup_client(conn, plan, request)
     try:
+        if callable(x):  # e.g. a picture prepared as the public plan says
+            x = x(public)
         xi = encode_input(public, x, encoded)
     except (ValueError, OverflowError) as e:
         conn.send_error(f"client input rejected: {e}")

@@ -8,8 +8,8 @@ independent draws):
   ``N`` coefficients per ciphertext (:mod:`safenet.protocol.linear`);
 * **polynomial replies**: likewise for the HE tuples of polynomial channels
   (:mod:`safenet.protocol.poly`);
-* **ReLU output masks**: the client decodes ``y + r`` with an integer mask ``r``
-  (:mod:`safenet.protocol.relu`), one per ReLU element.
+* **garbled output masks**: the client decodes ``y + r`` with an integer mask ``r``
+  (:mod:`safenet.protocol.garbled`), one per ReLU element and one per max-pool output.
 
 The session's budget ``2^-STAT_BITS`` is split evenly over the three (``SPLIT_BITS`` = 2 bits
 each: ``3 * 2^-42 < 2^-40``), and within a mechanism over its elements: an element needs
@@ -34,8 +34,8 @@ __all__ = [
     "SessionBudget",
     "element_bits",
     "poly_replies",
-    "relu_elements",
-    "relu_stat_bits",
+    "garbled_outputs",
+    "garbled_stat_bits",
 ]
 
 #: bits each of the three mechanisms gives up so that their sum stays within 2^-STAT_BITS
@@ -52,17 +52,21 @@ def _per_channel(op_shape: tuple[int, ...]) -> int:
     return int(np.prod(op_shape[1:])) if len(op_shape) > 1 else 1
 
 
-def relu_elements(plan: Plan) -> int:
-    """ReLU elements of one inference of ``plan`` (all activation layers)."""
+def garbled_outputs(plan: Plan) -> int:
+    """Masked garbled-circuit outputs of one inference of ``plan``: ReLU elements of all
+    activation layers plus the outputs of all max pools."""
     total = 0
-    for _, op in plan.activations():
-        total += int(op.arrays["relu_mask"].astype(bool).sum()) * _per_channel(op.shape)
+    for op in plan.ops:
+        if op.kind == "activation":
+            total += int(op.arrays["relu_mask"].astype(bool).sum()) * _per_channel(op.shape)
+        elif op.kind == "maxpool":
+            total += int(np.prod(op.shape))
     return total
 
 
-def relu_stat_bits(plan: Plan) -> int:
-    """Width beyond the ReLU output of each integer output mask of ``plan``'s circuits."""
-    return element_bits(relu_elements(plan))
+def garbled_stat_bits(plan: Plan) -> int:
+    """Width beyond the output of each integer output mask of ``plan``'s circuits."""
+    return element_bits(garbled_outputs(plan))
 
 
 def poly_replies(plan: Plan, slots: int) -> int:
@@ -84,13 +88,13 @@ class SessionBudget:
         poly_degree: BFV ring dimension ``N`` (coefficients per ciphertext).
         linear_replies: reply ciphertexts of all conv/linear layers.
         poly_replies: reply ciphertexts of all polynomial layers.
-        relu_elements: ReLU elements (one integer mask each).
+        garbled_outputs: ReLU elements and max-pool outputs (one integer mask each).
     """
 
     poly_degree: int
     linear_replies: int
     poly_replies: int
-    relu_elements: int
+    garbled_outputs: int
 
     @property
     def linear_bits(self) -> int:
@@ -103,9 +107,9 @@ class SessionBudget:
         return element_bits(self.poly_degree * self.poly_replies)
 
     @property
-    def relu_bits(self) -> int:
-        """Width beyond the ReLU output of each integer output mask."""
-        return element_bits(self.relu_elements)
+    def garbled_bits(self) -> int:
+        """Width beyond the output of each integer garbled-circuit output mask."""
+        return element_bits(self.garbled_outputs)
 
     def rows(self) -> list[tuple[str, int, int]]:
         """``(mechanism, hidden elements, bits per element)`` per mechanism, for reports."""
@@ -113,7 +117,7 @@ class SessionBudget:
         return [
             ("linear replies (coefficients)", n * self.linear_replies, self.linear_bits),
             ("polynomial replies (coefficients)", n * self.poly_replies, self.poly_bits),
-            ("ReLU output masks", self.relu_elements, self.relu_bits),
+            ("garbled output masks", self.garbled_outputs, self.garbled_bits),
         ]
 
     def total_distance(self) -> float:

@@ -540,7 +540,7 @@ class HandshakeError(ProtocolError):
 PROTOCOL_NAME = "safenet"
 #: 2: polynomial channels truncate exactly (online.open, online.poly); 3: statistical bounds
 #: per session (ReLU masks as wide as the session needs, polynomial plaintexts in digits)
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 def handshake(conn: Connection, role: str, fingerprint: str, **extra: Any) -> dict[str, Any]:
