@@ -1,6 +1,8 @@
 """Clipped ReLUs (ReLU6 and friends) and depthwise convolutions, as in MobileNetV2: compiled,
 run securely (exact against the reference), costed."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,52 @@ def test_other_clamps_are_refused_with_a_reason():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardtanh(-1.0, 1.0))
     with pytest.raises(UnsupportedLayerError, match="lower bound 0"):
         safenet.compile(net, (3, 8, 8))
+
+
+def test_clipped_relus_become_clipped_channel_activations_and_can_be_approximated(net):
+    """convert() finds ReLU6, hardtanh(0, 6) and clamp(0, 6) sites; their polynomial channels
+    are fitted to the clipped ReLU; the plan keeps the clip on the ReLU channels and runs
+    securely within the stated bound, op by op."""
+    from safenet.nn import surgery
+    from safenet.protocol.session import encode_input
+    from test_secure import _check_op_by_op, _secure
+
+    net = copy.deepcopy(net).float()  # the fixture may have been made double above
+    x4 = torch.randn(8, 3, 16, 16) * 3
+    gm = surgery.convert(net, x4)
+    acts = surgery.activations(gm)
+    assert len(acts) == 4 and {a.clip for a in acts.values()} == {6.0}
+    assert torch.equal(gm(x4), net.float()(x4))  # all-ReLU: the same function
+    surgery.set_layers(gm, surgery.LayerSpec(0.5, 2))
+    surgery.calibrate(gm, [x4])
+    # the polynomial channels imitate the clipped ReLU, not ReLU
+    clipped = safenet.ChannelActivation(4, 2, torch.tensor([True, False, True, False]), clip=6.0)
+    xs = torch.linspace(-3, 9, 400).view(1, 1, -1).expand(1, 4, 400)
+    clipped.fit(xs)
+    to_relu = safenet.ChannelActivation(4, 2, clipped.relu_mask)
+    to_relu.fit(xs)
+    assert (clipped(xs) - clipped.target(xs)).abs().mean() < 0.5 * (
+        to_relu.polynomial(xs) - clipped.target(xs)
+    ).abs().mean()
+    gm.eval()
+    plan = safenet.compile(gm, (3, 16, 16))
+    ops = [op for op in plan.ops if op.kind == "activation"]
+    assert all(op.attrs["clip"] == 6 << plan.field.frac_bits for op in ops)
+    assert plan.counts()["poly_count"] > 0
+    x = np.random.default_rng(3).normal(size=(3, 16, 16))
+    ref = plan.reference(x)
+    assert np.abs(ref - gm.double()(torch.tensor(x)[None]).detach().numpy()[0]).max() < 0.05
+    _, srv, cli = _secure(plan, x, keep_trace=True)
+    _check_op_by_op(plan, srv, cli, encode_input(plan, x))
+
+
+def test_a_clipped_configuration_only_fits_a_clipped_site(net):
+    from safenet.nn import surgery
+
+    x4 = torch.randn(2, 3, 16, 16)
+    config = surgery.activation_config(surgery.convert(copy.deepcopy(net).float(), x4))
+    assert all(c["clip"] == 6.0 for c in config.values())
+    surgery.apply_config(TinyMobileNet(), config, x4)  # round trip
+    first = next(iter(config))
+    with pytest.raises(ValueError, match="clip 6.0, configuration says 3.0"):
+        surgery.apply_config(TinyMobileNet(), config | {first: config[first] | {"clip": 3.0}}, x4)

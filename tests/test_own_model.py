@@ -115,6 +115,15 @@ def test_own_model_approximate_serve_and_infer_a_picture(folder, tmp_path, capsy
     assert main(["eval", "--model", str(tmp_path / "m.pt"), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["accuracy"] > 0.8 and ev["agreement"] > 0.9
+    # compile, fine-tune and bench take it like a zoo model
+    assert main(["compile", "--model", str(tmp_path / "m.pt")]) == 0
+    assert "maxpool" in capsys.readouterr().out
+    assert main(["finetune", "--model", str(tmp_path / "m.pt"), "--ratio", "0.5", "--epochs",
+                 "1", "--out", str(tmp_path / "ft.pt")]) == 0  # fmt: skip
+    assert checkpoint.load(tmp_path / "ft.pt").data["classes"] == list(CLASSES)
+    assert main(["bench", "--model", str(tmp_path / "ft.pt"), "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bench["maxpool_outputs"] == 6 * 8 * 8 + 12 * 2 * 2 and bench["poly_count"] > 0
     # approximate: the search and the final fine-tune on the folder's pictures
     rc = main(["approximate", "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s"),
                "--population", "2", "--generations-per-level", "1", "--steps", "3",
@@ -177,3 +186,9 @@ def test_approximate_any_module_from_python(folder, tmp_path, monkeypatch):
     assert plan.counts()["relu_count"] + plan.counts()["poly_count"] > 0
     with pytest.raises(TypeError, match="unknown search settings: populations"):
         safenet.approximate(net, f"folder:{folder}:16", tmp_path / "x", populations=2)
+
+
+def test_a_folder_named_relative_is_stored_absolute(folder, monkeypatch):
+    monkeypatch.chdir(folder.parent)
+    ck = checkpoint.import_model(f"{__file__}:build", None, f"folder:{folder.name}:16")
+    assert ck.dataset == f"folder:{folder.resolve()}:16"

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from safenet.nn import surgery
 from safenet.nn.zoo import build_model
 from safenet.plan.compiler import compile_model
 from safenet.plan.ir import Plan
 
-__all__ = ["bench_plan", "random_plan", "run_bench"]
+__all__ = ["bench_plan", "random_plan", "randomize", "run_bench"]
 
 
 def random_plan(
@@ -49,31 +50,45 @@ def random_plan(
     kwargs: dict[str, Any] = {"in_channels": c, "image_size": h, "num_classes": num_classes}
     if width is not None:
         kwargs["width"] = width
-    model = build_model(arch, **kwargs)
-    with torch.no_grad():  # batch-norm statistics from random inputs, then freeze
-        model.train()
-        for _ in range(4):
-            model(torch.randn(16, c, h, w))
-    model.eval()
-    if relu_layers is not None or relu_ratio < 1.0:
-        model = surgery.convert(model, torch.randn(4, c, h, w))
-        specs: dict[str, surgery.LayerSpec] | surgery.LayerSpec
-        if relu_layers is not None:
-            names = list(surgery.activations(model))
-            if not 1 <= relu_layers <= len(names):
-                raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")
-            keep = set(names[: relu_layers - 1]) | {names[-1]}
-            specs = {n: surgery.LayerSpec(0.0 if n in keep else 1.0, degree) for n in names}
-        else:
-            specs = surgery.LayerSpec(1.0 - relu_ratio, degree)
-        surgery.set_layers(model, specs)
-        surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
-        surgery.set_blend(model, 1.0)
-        model.eval()
+    model = randomize(build_model(arch, **kwargs), input_shape, relu_ratio, degree, relu_layers)
     plan = compile_model(model, input_shape)
     plan.info |= {"arch": arch, "relu_ratio": relu_ratio, "degree": degree, "seed": seed,
                   "relu_layers": relu_layers}  # fmt: skip
     return plan
+
+
+def randomize(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    relu_ratio: float = 1.0,
+    degree: int = 2,
+    relu_layers: int | None = None,
+) -> nn.Module:
+    """``model`` (random weights) with batch-norm statistics from random inputs, then frozen
+    (so activations keep a realistic range through deep nets), and, with ``relu_ratio`` < 1
+    or ``relu_layers``, approximated: polynomials fitted on random inputs (blend 1)."""
+    c, h, w = input_shape
+    with torch.no_grad():
+        model.train()
+        for _ in range(4):
+            model(torch.randn(16, c, h, w))
+    model.eval()
+    if relu_layers is None and relu_ratio >= 1.0:
+        return model
+    model = surgery.convert(model, torch.randn(4, c, h, w))
+    specs: dict[str, surgery.LayerSpec] | surgery.LayerSpec
+    if relu_layers is not None:
+        names = list(surgery.activations(model))
+        if not 1 <= relu_layers <= len(names):
+            raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")
+        keep = set(names[: relu_layers - 1]) | {names[-1]}
+        specs = {n: surgery.LayerSpec(0.0 if n in keep else 1.0, degree) for n in names}
+    else:
+        specs = surgery.LayerSpec(1.0 - relu_ratio, degree)
+    surgery.set_layers(model, specs)
+    surgery.calibrate(model, [torch.randn(16, c, h, w) for _ in range(2)])
+    surgery.set_blend(model, 1.0)
+    return model.eval()
 
 
 def run_bench(

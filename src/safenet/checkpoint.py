@@ -130,10 +130,11 @@ def import_model(
     weights), ``dataset`` what it was trained on (a known name or ``folder:PATH[:SIZE]``),
     ``input_shape`` (C, H, W) defaults to the dataset's. Checks that the weights fit and the
     model runs on that shape; the checkpoint then works with every safenet command."""
-    from safenet.data.images import preprocessing
+    from safenet.data.images import canonical, preprocessing
     from safenet.data.registry import dataset_info
     from safenet.nn.modelfile import parse
 
+    dataset = canonical(dataset)
     path, fn = parse(definition)
     ref = f"{path}:{fn}"
     model = build_user_model(ref, kwargs)

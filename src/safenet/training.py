@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from safenet.checkpoint import Checkpoint
 from safenet.checkpoint import load as load_checkpoint
 from safenet.data import ImageDataset, make_loader
-from safenet.data.images import preprocessing
+from safenet.data.images import canonical, preprocessing
 from safenet.nn.zoo import build_model
 
 
@@ -139,6 +139,7 @@ def train(
     With ``resume`` and an existing ``out``, training continues where it stopped.
     """
     out = Path(out)
+    config = replace(config, dataset=canonical(config.dataset))  # folders: an absolute path
     torch.manual_seed(config.seed)
     train_ds = ImageDataset(config.dataset, "train", data_dir, config.limit)
     test_ds = ImageDataset(config.dataset, "test", data_dir, config.eval_limit)

@@ -30,12 +30,12 @@ from safenet.nn.surgery import activations
 CRITERIA = ("taylor", "approx-error", "random")
 
 
-def _layer_poly(x: torch.Tensor, degree: int) -> torch.Tensor:
+def _layer_poly(x: torch.Tensor, degree: int, clip: float | None = None) -> torch.Tensor:
     sample = x.flatten()
     if sample.numel() > 200_000:
         idx = torch.randperm(sample.numel(), generator=torch.Generator().manual_seed(0))
         sample = sample[idx[:200_000]]
-    return torch.from_numpy(fit_relu_polynomial(sample, degree)).to(x.dtype)
+    return torch.from_numpy(fit_relu_polynomial(sample, degree, clip)).to(x.dtype)
 
 
 def _poly_eval(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,8 @@ def score_channels(
     scores = {}
     for name in acts:
         x = torch.cat(inputs[name])
-        gap = _poly_eval(_layer_poly(x, degree), x) - torch.relu(x)
+        act = acts[name]
+        gap = _poly_eval(_layer_poly(x, degree, act.clip), x) - act.target(x)
         dims = tuple(range(2, x.dim()))
         if criterion == "approx-error":
             s = (gap**2).mean(dim=(0, *dims))

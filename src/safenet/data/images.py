@@ -23,6 +23,7 @@ from safenet.data.errors import DatasetError
 
 __all__ = [
     "PREFIX",
+    "canonical",
     "folder_dataset",
     "is_folder",
     "load_image",
@@ -51,6 +52,15 @@ def parse_folder(name: str) -> tuple[Path, int]:
     if size < 1:
         raise DatasetError(f"{name}: the image size must be positive")
     return Path(path).expanduser().resolve(), size
+
+
+def canonical(name: str) -> str:
+    """An image-folder name with its absolute path and size (``folder:/abs/path:SIZE``), so a
+    checkpoint finds its pictures from any working directory; other names unchanged."""
+    if not is_folder(name):
+        return name
+    path, size = parse_folder(name)
+    return f"{PREFIX}{path}:{size}"
 
 
 def _class_dirs(root: Path) -> list[Path]:

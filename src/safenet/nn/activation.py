@@ -17,8 +17,11 @@ from torch import nn
 __all__ = ["ChannelActivation", "fit_relu_polynomial", "range_penalty"]
 
 
-def fit_relu_polynomial(samples: np.ndarray | torch.Tensor, degree: int) -> np.ndarray:
-    """Least-squares coefficients ``c[0..degree]`` (constant first) of ``sum c_k x^k ~ relu(x)``.
+def fit_relu_polynomial(
+    samples: np.ndarray | torch.Tensor, degree: int, clip: float | None = None
+) -> np.ndarray:
+    """Least-squares coefficients ``c[0..degree]`` (constant first) of ``sum c_k x^k ~ relu(x)``
+    (``min(relu(x), clip)`` for a clipped ReLU such as ReLU6).
 
     The fit is over the given pre-activation samples, so it is best where the data lie.
     """
@@ -26,7 +29,8 @@ def fit_relu_polynomial(samples: np.ndarray | torch.Tensor, degree: int) -> np.n
     if x.size < degree + 1 or not np.isfinite(x).all():
         raise ValueError("need finite samples, at least degree + 1 of them, to fit a polynomial")
     vander = np.vander(x, degree + 1, increasing=True)
-    coef, *_ = np.linalg.lstsq(vander, np.maximum(x, 0.0), rcond=None)
+    target = np.maximum(x, 0.0) if clip is None else np.clip(x, 0.0, clip)
+    coef, *_ = np.linalg.lstsq(vander, target, rcond=None)
     return coef
 
 
@@ -38,6 +42,8 @@ class ChannelActivation(nn.Module):
         degree: 2 or 3.
         relu_mask: bool tensor (num_channels,), True = keep ReLU. Default: all ReLU.
         per_channel: one coefficient vector per channel instead of one for the layer.
+        clip: a clipped ReLU ``min(max(x, 0), clip)`` (ReLU6: 6) on the kept channels, which
+            the polynomials are then fitted to.
 
     ``coefficients`` has shape (groups, degree + 1), constant term first. ``blend`` in
     [0, 1] mixes ReLU into the polynomial channels, ``(1 - blend) * relu + blend * poly``;
@@ -57,8 +63,12 @@ class ChannelActivation(nn.Module):
         degree: int = 2,
         relu_mask: torch.Tensor | None = None,
         per_channel: bool = False,
+        clip: float | None = None,
     ) -> None:
         super().__init__()
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be positive, got {clip}")
+        self.clip = None if clip is None else float(clip)
         if degree not in (2, 3):
             raise ValueError(f"polynomial degree must be 2 or 3, got {degree}")
         if num_channels < 1:
@@ -90,7 +100,13 @@ class ChannelActivation(nn.Module):
         return (
             f"channels={self.num_channels}, relu={int(self.relu_mask.sum())}, "
             f"degree={self.degree}, per_channel={self.per_channel}"
+            + ("" if self.clip is None else f", clip={self.clip}")
         )
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the polynomials imitate and the kept channels compute: ReLU, or the clipped
+        ReLU ``min(max(x, 0), clip)``."""
+        return torch.relu(x) if self.clip is None else torch.clamp(x, 0.0, self.clip)
 
     def polynomial(self, x: torch.Tensor) -> torch.Tensor:
         """The polynomial on every channel (Horner's rule), shape of ``x``."""
@@ -107,7 +123,7 @@ class ChannelActivation(nn.Module):
                 f"ChannelActivation expects {self.num_channels} channels in dim 1, "
                 f"got shape {tuple(x.shape)}"
             )
-        relu = torch.relu(x)
+        relu = self.target(x)
         self.range_excess = None
         if bool(self.relu_mask.all()):
             return relu
@@ -132,9 +148,11 @@ class ChannelActivation(nn.Module):
         x = preactivations.detach().transpose(0, 1).reshape(self.num_channels, -1)
         chosen = x[~self.relu_mask] if bool((~self.relu_mask).any()) else x
         if self.per_channel:
-            coef = np.stack([fit_relu_polynomial(x[c], self.degree) for c in range(len(x))])
+            coef = np.stack(
+                [fit_relu_polynomial(x[c], self.degree, self.clip) for c in range(len(x))]
+            )
         else:
-            coef = fit_relu_polynomial(chosen, self.degree)[None]
+            coef = fit_relu_polynomial(chosen, self.degree, self.clip)[None]
         self.coefficients.copy_(torch.from_numpy(coef).to(self.coefficients))
         self.input_bound.fill_(float(chosen.abs().max()))
 
@@ -145,17 +163,20 @@ class ChannelActivation(nn.Module):
 
     def config(self) -> dict:
         """The layer's activation configuration (JSON-serialisable), for checkpoints/plans."""
-        return {
+        out = {
             "channels": self.num_channels,
             "degree": self.degree,
             "per_channel": self.per_channel,
             "relu_mask": self.relu_mask.int().tolist(),
         }
+        return out if self.clip is None else out | {"clip": self.clip}
 
 
 def _reset(module: ChannelActivation, relu_mask: torch.Tensor, degree: int) -> None:
     """Give ``module`` a new mask and degree; the coefficients restart from Delphi's quadratic."""
-    fresh = ChannelActivation(module.num_channels, degree, relu_mask, module.per_channel)
+    fresh = ChannelActivation(
+        module.num_channels, degree, relu_mask, module.per_channel, module.clip
+    )
     module.degree = degree
     module.relu_mask.copy_(fresh.relu_mask)
     module.coefficients = nn.Parameter(fresh.coefficients.to(module.coefficients))

@@ -1,15 +1,18 @@
 """Model surgery: find every ReLU of a model with torch.fx and swap in ChannelActivation.
 
 Activation *sites* are found in the traced graph, whether written as ``nn.ReLU`` modules,
-``F.relu``/``torch.relu`` calls or ``x.relu()``; each becomes a :class:`ChannelActivation`
-named after the module it replaces (or ``act_<node>`` for functional calls), so a saved
-configuration can be re-applied to a freshly built model of the same architecture.
+``F.relu``/``torch.relu`` calls or ``x.relu()``, and clipped ReLUs (``nn.ReLU6``,
+``Hardtanh(0, m)``, ``F.relu6``, ``clamp(x, 0, m)``, which keep their bound); each becomes a
+:class:`ChannelActivation` named after the module it replaces (or ``act_<node>`` for
+functional calls), so a saved configuration can be re-applied to a freshly built model of
+the same architecture.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +31,13 @@ __all__ = [
     "set_blend",
     "set_layers",
     "calibrate",
+    "clip_bounds",
+    "relu_site",
 ]
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 _RELU_METHODS = {"relu", "relu_"}
+_CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,41 @@ def is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     return node.op == "call_method" and node.target in _RELU_METHODS
 
 
+def clip_bounds(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, Any] | None:
+    """``(min, max)`` of a ReLU6 / Hardtanh module or a relu6 / hardtanh / clamp call (as
+    written: numbers or None); ``None`` for any other node."""
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return (m.min_val, m.max_val) if isinstance(m, nn.Hardtanh) else None  # ReLU6 included
+    t, args, kw = node.target, node.args[1:], node.kwargs
+    if node.op == "call_function" and t is F.relu6:
+        return 0.0, 6.0
+    if node.op == "call_function" and t is F.hardtanh:
+        lo = args[0] if args else kw.get("min_val", -1.0)
+        return lo, args[1] if len(args) > 1 else kw.get("max_val", 1.0)
+    if (node.op == "call_function" and t in _CLIP_FUNCS) or (
+        node.op == "call_method" and t in ("clamp", "clip")
+    ):
+        return (args[0] if args else kw.get("min")), (args[1] if len(args) > 1 else kw.get("max"))
+    return None
+
+
+def relu_site(node: fx.Node, gm: fx.GraphModule) -> tuple[bool, float | None]:
+    """``(is an activation site, clip)``: ReLU in any spelling (clip ``None``) or a clipped
+    ReLU ``min(max(x, 0), m)`` (ReLU6, Hardtanh(0, m), clamp(x, 0, m): clip ``m``)."""
+    if is_relu(node, gm):
+        return True, None
+    b = clip_bounds(node, gm)
+    if b is not None and all(isinstance(v, int | float) for v in b) and b[0] == 0 and b[1] > 0:
+        return True, float(b[1])
+    return False, None
+
+
 def convert(
     model: nn.Module, example_input: torch.Tensor, per_channel: bool = False
 ) -> fx.GraphModule:
-    """Trace ``model`` and replace every ReLU by an all-ReLU :class:`ChannelActivation`.
+    """Trace ``model`` and replace every ReLU (clipped ones too, :func:`relu_site`) by an
+    all-ReLU :class:`ChannelActivation`.
 
     The result computes exactly what ``model`` computes until ratios are set with
     :func:`set_layers`. ``example_input`` (a batch) gives the channel count of each site.
@@ -86,7 +123,8 @@ def convert(
     gm.eval()
     ShapeProp(gm).propagate(example_input)
     gm.train(was_training)
-    sites = [node for node in gm.graph.nodes if is_relu(node, gm)]
+    clips = {node: relu_site(node, gm) for node in gm.graph.nodes}
+    sites = [node for node, (site, _) in clips.items() if site]
     targets = [str(n.target) for n in sites if n.op == "call_module"]
     shared = sorted({t for t in targets if targets.count(t) > 1})
     if shared:
@@ -98,7 +136,7 @@ def convert(
         meta = node.meta.get("tensor_meta")
         if meta is None or len(meta.shape) < 2:
             raise ValueError(f"cannot find the channel count of activation {node.name}")
-        act = ChannelActivation(int(meta.shape[1]), per_channel=per_channel)
+        act = ChannelActivation(int(meta.shape[1]), per_channel=per_channel, clip=clips[node][1])
         if node.op == "call_module":
             name = str(node.target)
             gm.add_submodule(name, act)
@@ -176,6 +214,8 @@ def apply_config(
             raise ValueError(
                 f"{name}: {act.num_channels} channels, configuration says {c['channels']}"
             )
+        if act.clip != c.get("clip"):
+            raise ValueError(f"{name}: clip {act.clip}, configuration says {c.get('clip')}")
         act.per_channel = bool(c["per_channel"])
         _reset(act, torch.tensor(c["relu_mask"], dtype=torch.bool), int(c["degree"]))
     return gm

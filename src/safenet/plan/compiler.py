@@ -35,13 +35,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from safenet.field import POLY_PRIME, Field
 from safenet.nn.activation import ChannelActivation
-from safenet.nn.surgery import is_relu, trace
+from safenet.nn.surgery import clip_bounds, is_relu, trace
 from safenet.plan.ir import Op, Plan, UnsupportedLayerError
 from safenet.plan.pooling import adaptive_axis, pool_axis
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
-_CLIP_FUNCS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
 _CAT_FUNCS = {torch.cat, torch.concat}
 _POOL_FUNCS = {F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
 _MAX_FUNCS = {F.max_pool2d: nn.MaxPool2d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d}
@@ -84,17 +83,6 @@ def _affine_of(m: nn.Module) -> _Affine:
     out = w.shape[0]
     b = m.bias.detach().double() if m.bias is not None else torch.zeros(out, dtype=torch.float64)
     return _Affine(m, w, b)
-
-
-def _clip_args(node: fx.Node) -> tuple[Any, Any]:
-    """``(min, max)`` of a relu6 / hardtanh / clamp call."""
-    t, args, kw = node.target, node.args[1:], node.kwargs
-    if t is F.relu6:
-        return 0.0, 6.0
-    if t is F.hardtanh:
-        lo = args[0] if args else kw.get("min_val", -1.0)
-        return lo, args[1] if len(args) > 1 else kw.get("max_val", 1.0)
-    return (args[0] if args else kw.get("min")), (args[1] if len(args) > 1 else kw.get("max"))
 
 
 def _clip_bound(node: fx.Node, lo: Any, hi: Any) -> float:
@@ -277,6 +265,8 @@ class _Lowering:
         }
         if degree and f.poly_bits != f.frac_bits:
             attrs["poly_in_shift"] = src.scale - f.poly_bits
+        if act is not None and act.clip is not None:
+            clip = act.clip
         if clip is not None:  # a clipped ReLU: min(max(x, 0), clip) at the output scale
             attrs["clip"] = int(round(clip * 2**f.frac_bits))
         arrays = {"relu_mask": mask}
@@ -491,9 +481,8 @@ class _Lowering:
         t = node.target
         if is_relu(node, self.gm):
             self.env[node] = self.activation(node, None)
-        elif t in _CLIP_FUNCS or (node.op == "call_method" and t == "clamp"):
-            lo, hi = _clip_args(node)
-            self.env[node] = self.activation(node, None, _clip_bound(node, lo, hi))
+        elif (bounds := clip_bounds(node, self.gm)) is not None:
+            self.env[node] = self.activation(node, None, _clip_bound(node, *bounds))
         elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
             a, b = node.args[:2]
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:
