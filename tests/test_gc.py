@@ -431,11 +431,13 @@ def _bits_to_pyint(bits):
 @pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (DELPHI_PRIME, 0), (POLY_PRIME, 9),
                                   (POLY_PRIME, 17), (97, 3), (2**31 - 1, 12)])  # fmt: skip
 def test_relu_integer_mask_garbled(p, k):
-    """stat_bits mode: z = relu + r + 1 as an integer, never reduced, r of W + s bits."""
+    """stat_bits mode: relu + r_low + 1 as an integer (outputs z: W bits, carry: bit W), never
+    reduced; the mask's high bits are added outside the circuit (output rows)."""
     s = 40
     circuit = relu_circuit(p, k, stat_bits=s)
-    wz = relu_width(p, k) + s
-    assert len(circuit.inputs["server_mask"]) == wz and len(circuit.outputs["z"]) == wz + 1
+    wz = relu_width(p, k)
+    assert len(circuit.inputs["server_mask"]) == wz and len(circuit.outputs["z"]) == wz
+    assert len(circuit.outputs["carry"]) == 1
     rng = np.random.default_rng(k + 7)
     a, b, _ = relu_cases(p, k, 1500, rng)
     n = len(a)
@@ -460,8 +462,10 @@ def test_relu_integer_mask_garbled(p, k):
 
 
 def test_relu_integer_mask_cost():
-    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count == 200
-    assert relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count == 228
+    """160 ANDs whatever the mask width (the s carries into its high bits became one row)."""
+    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count == 160
+    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=61).and_count == 160
+    assert relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count == 188
     with pytest.raises(ValueError, match="stat_bits"):
         relu_circuit(DELPHI_PRIME, 9, stat_bits=0)
 
@@ -514,7 +518,7 @@ def test_clipped_relu_is_exact_at_its_bound(p, k, c):
     v = ys * (1 << k) + rng.integers(0, 1 << k, len(ys))  # every low part, both signs
     a = rng.integers(0, p, len(ys))
     b = (v - a) % p
-    nb, wz = p.bit_length(), relu_width(p, k) + s
+    nb, wz = p.bit_length(), relu_width(p, k)
     rbits = rng.integers(0, 2, (wz, len(ys)), dtype=np.uint8)
     r = np.array(_bits_to_pyint(rbits), dtype=object)
     want = relu_reference(a, b, r, p, k, stat_bits=s, clip=c)
@@ -524,8 +528,8 @@ def test_clipped_relu_is_exact_at_its_bound(p, k, c):
     inputs = {"server_share": int_to_bits(a.astype(np.uint64), nb),
               "client_share": int_to_bits(b.astype(np.uint64), nb),
               "server_mask": rbits}  # fmt: skip
-    plain = circuit.evaluate_plain(inputs)["z"]
-    assert _bits_to_pyint(plain) == [int(w) for w in want]
+    plain = circuit.evaluate_plain(inputs)
+    assert _bits_to_pyint(np.concatenate([plain["z"], plain["carry"]])) == [int(w) for w in want]
     g = garble(circuit, len(ys))
     labels = {"server_share": g.encode("server_share", inputs["server_share"]),
               "server_mask": g.encode("server_mask", rbits)}  # fmt: skip
@@ -542,3 +546,59 @@ def test_clipped_relu_cost_and_no_op_bound():
     assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=big).and_count == base
     with pytest.raises(ValueError, match="clip needs integer masking"):
         relu_circuit(DELPHI_PRIME, 9, clip=5)
+
+
+def test_output_rows_give_the_value_of_the_held_bit_only():
+    """A garbled row per instance: the evaluator holding the label of bit b reads v_b; with
+    the other label (which it never has) it would read v_{1-b}; a wrong tweak reads noise."""
+    from safenet.crypto.gc.tables import decrypt_rows, encrypt_rows
+
+    rng = np.random.default_rng(5)
+    n = 500
+    delta = random_blocks((1,), rng)[0]
+    delta[0] |= np.uint64(1)
+    zero = random_blocks((n,), rng)
+    v0, v1 = random_blocks((n,), rng), random_blocks((n,), rng)
+    rows = encrypt_rows(zero, delta, v0, v1, 1000)
+    bits = rng.integers(0, 2, n).astype(bool)
+    held = np.where(bits[:, None], zero ^ delta, zero)
+    assert np.array_equal(decrypt_rows(held, rows, 1000), np.where(bits[:, None], v1, v0))
+    other = np.where(bits[:, None], zero, zero ^ delta)
+    assert np.array_equal(decrypt_rows(other, rows, 1000), np.where(bits[:, None], v0, v1))
+    assert not (decrypt_rows(held, rows, 1001) == np.where(bits[:, None], v1, v0)).all(1).any()
+
+
+def test_garble_rows_carry_the_mask_high_part_and_no_decode_leaks_it():
+    """``garble(rows=...)``: the carry output reaches the evaluator only as its row's value;
+    rows use the tweaks after the AND gates' (tweak_span), so layers sharing Delta stay apart."""
+    from safenet.crypto.gc.garble import tweak_span
+    from safenet.crypto.gc.tables import decrypt_rows
+
+    p, k, s = DELPHI_PRIME, 9, 40
+    circuit = relu_circuit(p, k, stat_bits=s)
+    rng = np.random.default_rng(9)
+    a, b, _ = relu_cases(p, k, 400, rng)
+    n, nb, w = len(a), p.bit_length(), relu_width(p, k)
+    r_low = rng.integers(0, 2, (w, n), dtype=np.uint8)
+    high = rng.integers(0, 2**62, (n, 2), dtype=np.uint64)
+    plus = high.copy()
+    plus[:, 0] += np.uint64(1)
+    g = garble(circuit, n, tweak_base=77, rows={"carry": (high, plus)})
+    assert tweak_span(circuit, n, 1) == (circuit.and_count + 1) * n
+    labels = {"server_share": g.encode("server_share", int_to_bits(np.array(a, np.uint64), nb)),
+              "server_mask": g.encode("server_mask", r_low)}  # fmt: skip
+    l0, l1 = g.label_pairs("client_share")
+    cb = int_to_bits(np.array(b, np.uint64), nb)
+    labels["client_share"] = np.where(cb[..., None].astype(bool), l1, l0)
+    out = evaluate(circuit, g.take_tables(), labels, tweak_base=77)
+    sl = circuit.output_slices
+    z_low = _bits_to_pyint(decode(out[sl["z"]], g.decode_bits[sl["z"]]))
+    got = decrypt_rows(out[sl["carry"].start], g.rows["carry"], 77 + circuit.and_count * n)
+    r = _bits_to_pyint(r_low)
+    for i in range(n):
+        full = relu_int(a[i], b[i], 0, p, k) + r[i] + 1  # y + r_low + 1
+        carry = full >> w
+        assert z_low[i] == full % (1 << w)
+        assert int(got[i, 0]) == int(high[i, 0]) + carry and got[i, 1] == high[i, 1]
+    with pytest.raises(ValueError, match="one-bit output group"):
+        garble(circuit, 4, rows={"z": (high[:4], plus[:4])})

@@ -78,7 +78,8 @@ class PlanCounts:
     ands: int = 0  # AND gates over all ReLU instances
     label_bits: int = 0  # server-share input bits of all garbled layers (online labels)
     mask_bits: int = 0  # server-mask input bits (offline labels)
-    output_bits: int = 0  # circuit output bits (decode bits)
+    output_bits: int = 0  # decoded circuit output bits (decode bits)
+    gc_rows: int = 0  # garbled output rows (one per garbled output: its mask's high part)
     poly_cts: int = 0  # HE ciphertexts the client sends for polynomial tuples (x digits)
     poly_replies: int = 0
     macs: int = 0  # online multiply-accumulates of linear layers
@@ -138,7 +139,8 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
                 circ = relu_circuit(p, op.attrs["shift"], stat_bits, op.attrs.get("clip"))
                 ands = circ.and_count * n_relu
                 mbits = len(circ.inputs["server_mask"]) * n_relu
-                obits = circ.n_outputs * n_relu
+                obits = len(circ.outputs["z"]) * n_relu
+                c.gc_rows += n_relu
             cts = -(-n_poly // he.slots) * op.attrs.get("degree", 0) if n_poly else 0
             row |= {"relu": n_relu, "poly": n_poly, "ands": ands}
             c.relu += n_relu
@@ -161,7 +163,8 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             c.ands += circ.and_count * n
             c.label_bits += n * k * p.bit_length()
             c.mask_bits += len(circ.inputs["server_mask"]) * n
-            c.output_bits += circ.n_outputs * n
+            c.output_bits += len(circ.outputs["z"]) * n
+            c.gc_rows += n
             c.maxpool_layers += 1
             c.act_elements += n
         c.layers.append(row)
@@ -248,6 +251,7 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
         "public_key": cal.public_key_bytes,
         "base_ot": 4200.0,
         "gc_tables": 32.0 * c.ands,
+        "gc_rows": 32.0 * c.gc_rows,
         "gc_mask_labels": 16.0 * c.mask_bits,
         "gc_decode_bits": float(c.output_bits),
         "ot": 32.0 * c.label_bits,  # one correlated OT per client-share bit: IKNP u + y

@@ -45,6 +45,7 @@ import numpy as np
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.gc import relu_circuit
 from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.garble import tweak_span
 from safenet.crypto.gc.maxpool import max_circuit
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
 from safenet.crypto.ot import OTReceiver, OTSender
@@ -166,13 +167,14 @@ def garbled_layers(plan: Plan) -> dict[int, GarbledLayer]:
         else:
             continue
         out[i] = layer
-        tweak += layer.circuit.and_count * layer.n
+        tweak += tweak_span(layer.circuit, layer.n, 1)
     return out
 
 
 def garbled_table_bytes(plan: Plan) -> int:
-    """Bytes of all garbled tables of one session of ``plan`` (32 per AND gate)."""
-    return sum(32 * g.circuit.and_count * g.n for g in garbled_layers(plan).values())
+    """Bytes of all garbled tables of one session of ``plan``: 32 per AND gate, and 32 per
+    output row (one per instance: the high part of its mask)."""
+    return sum(32 * (g.circuit.and_count + 1) * g.n for g in garbled_layers(plan).values())
 
 
 def model_version(plan: Plan) -> str:

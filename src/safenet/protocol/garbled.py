@@ -2,15 +2,21 @@
 
 A layer is ``n`` instances of one circuit with three input groups: ``server_share`` and
 ``client_share`` (``m`` field elements of ``bits(p)`` bits per instance, element ``j`` in bits
-``j bits(p) ..``) and ``server_mask``. Offline the server garbles the instances under the
-session's Delta with the layer's own tweak range, sends the tables, the labels of its output
-mask ``r`` and the decode bits, and hands the client the labels of the client's shares (known
-offline) by correlated OT. Online it sends only the labels of its own shares, ``m bits(p)``
-labels of 16 bytes per instance; the client evaluates and decodes the integer ``z = y + r +
-offset`` (each circuit fixes its ``offset``), keeps ``z mod p`` and the server
-``-(r + offset) mod p``. The mask ``r`` is ``stat_bits`` wider than ``y + offset``, so ``z``
-hides ``y`` up to statistical distance ``2^-stat_bits`` (:mod:`.statistical` sets the width
-per session). :mod:`.relu` and :mod:`.maxpool` say what their circuits compute.
+``j bits(p) ..``) and ``server_mask``, and two output groups: ``z`` (``W`` bits) and ``carry``
+(one bit). The server's mask is an integer ``r = r_low + 2^W r_high`` of ``W + s`` bits: the
+circuit adds ``r_low`` and the carry ``c`` of that sum selects ``r_high + c`` through one
+garbled output row (:mod:`safenet.crypto.gc.tables`), so the client learns the integer
+``z = y + r + offset`` (each circuit fixes its ``offset``) and keeps ``z mod p``; the server
+keeps ``-(r + offset) mod p``. ``r`` is ``s`` bits wider than ``y + offset``, so ``z`` hides
+``y`` up to statistical distance ``2^-s`` (:mod:`.statistical` sets ``s`` per session); the
+decode bits of ``z`` are sent, never the carry's.
+
+Offline the server garbles the instances under the session's Delta with the layer's own tweak
+range (:func:`~safenet.crypto.gc.garble.tweak_span`: the AND gates', then the rows'), sends
+the tables, the labels of ``r_low``, the decode bits of ``z`` and the rows, and hands the
+client the labels of the client's shares (known offline) by correlated OT. Online it sends
+only the labels of its own shares, ``m bits(p)`` labels of 16 bytes per instance.
+:mod:`.relu` and :mod:`.maxpool` say what their circuits compute.
 """
 
 from __future__ import annotations
@@ -21,12 +27,33 @@ import numpy as np
 
 from safenet.crypto.gc import decode, evaluate, garble
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.garble import Garbled, encode_labels
+from safenet.crypto.gc.garble import Garbled, encode_labels, tweak_span
+from safenet.crypto.gc.tables import decrypt_rows
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
+from safenet.protocol.arith import STAT_BITS
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
-__all__ = ["GarbledClient", "GarbledServer", "share_bits"]
+__all__ = ["GarbledClient", "GarbledServer", "add_one128", "share_bits", "words128"]
+
+
+def words128(bits: np.ndarray) -> np.ndarray:
+    """Little-endian bits ``(k, n)`` (``k <= 128``) -> 128-bit integers as uint64 ``(n, 2)``."""
+    k, n = bits.shape
+    if k > 128:
+        raise ValueError(f"{k} bits do not fit 128")
+    padded = np.zeros((128, n), dtype=np.uint8)
+    padded[:k] = bits
+    packed = np.packbits(padded, axis=0, bitorder="little")  # (16, n)
+    return np.ascontiguousarray(packed.T).view("<u8").reshape(n, 2).astype(np.uint64)
+
+
+def add_one128(v: np.ndarray) -> np.ndarray:
+    """``v + 1`` for 128-bit integers as uint64 ``(n, 2)`` (below 2^128 - 1)."""
+    out = v.copy()
+    out[:, 0] += np.uint64(1)
+    out[:, 1] += (out[:, 0] == 0).astype(np.uint64)
+    return out
 
 
 def share_bits(values: np.ndarray, nbits: int) -> np.ndarray:
@@ -45,19 +72,27 @@ class GarbledServer:
     offset: int = 0
 
     def __init__(
-        self, p: int, circuit: Circuit, n: int, delta: np.ndarray, tweak_base: int
+        self,
+        p: int,
+        circuit: Circuit,
+        n: int,
+        delta: np.ndarray,
+        tweak_base: int,
+        stat_bits: int = STAT_BITS,
     ) -> None:
         self.p, self.n, self.circuit = p, n, circuit
         self.tweak_base = tweak_base
         self.delta = delta
+        self.stat_bits = stat_bits
         self._garbled: Garbled | None = None
         self._stored: tuple[np.ndarray, np.ndarray] | None = None
+        self._mask: np.ndarray | None = None  # bits of r: r_low (W rows), then r_high
         self.out_share: np.ndarray | None = None  # -(r + offset)
 
     @property
     def tweak_end(self) -> int:
         """First tweak after this layer's range (the next layer's ``tweak_base``)."""
-        return self.tweak_base + self.circuit.and_count * self.n
+        return self.tweak_base + tweak_span(self.circuit, self.n, 1)
 
     @property
     def share_width(self) -> int:
@@ -65,20 +100,29 @@ class GarbledServer:
         return len(self.circuit.inputs["server_share"])
 
     def garble(self) -> None:
-        """Garble the layer (CPU work, no communication; may run in a worker thread)."""
-        self._garbled = garble(self.circuit, self.n, delta=self.delta, tweak_base=self.tweak_base)
+        """Draw the mask and garble the layer with the row of its high part (CPU work, no
+        communication; may run in a worker thread)."""
+        w = len(self.circuit.inputs["server_mask"])
+        self._mask = A.random_bits(w + self.stat_bits, self.n)
+        high = words128(self._mask[w:])
+        rows = {"carry": (high, add_one128(high))}
+        self._garbled = garble(self.circuit, self.n, delta=self.delta,
+                               tweak_base=self.tweak_base, rows=rows)  # fmt: skip
 
     def send_offline(self, conn: Connection, ot: OTSender) -> None:
-        """Tables, mask labels and decode bits to the client; client-share labels by OT."""
-        g = self._garbled
-        if g is None:
+        """Tables, mask labels, decode bits of ``z`` and the carry's rows to the client;
+        client-share labels by OT."""
+        g, r = self._garbled, self._mask
+        if g is None or r is None:
             raise RuntimeError("garble() first")
-        r = A.random_bits(len(self.circuit.inputs["server_mask"]), self.n)
+        w = len(self.circuit.inputs["server_mask"])
         conn.send_array(g.take_tables(), label="gc.tables")  # no copy on either side
-        conn.send_array(g.encode("server_mask", r), label="gc.mask")
-        conn.send_array(g.decode_bits, label="gc.decode")
+        conn.send_array(g.encode("server_mask", r[:w]), label="gc.mask")
+        conn.send_array(g.decode_bits[self.circuit.output_slices["z"]], label="gc.decode")
+        conn.send_array(g.rows["carry"], label="gc.rows")
         zero, _ = g.label_pairs("client_share")
         ot.send_correlated(zero.reshape(-1, 2))
+        self._mask = None
         self.out_share = A.neg(A.add(A.bits_mod_p(r, self.p), self.offset % self.p, self.p), self.p)
 
     def online_labels(self, s: np.ndarray) -> np.ndarray:
@@ -126,14 +170,15 @@ class GarbledClient:
 
     @property
     def tweak_end(self) -> int:
-        return self.tweak_base + self.circuit.and_count * self.n
+        return self.tweak_base + tweak_span(self.circuit, self.n, 1)
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         c, n = self.circuit, self.n
         return {"tables": (c.and_count, n, 2, 2),
                 "client_share": (len(c.inputs["client_share"]), n, 2),
                 "server_mask": (len(c.inputs["server_mask"]), n, 2),
-                "decode": (c.n_outputs, n)}  # fmt: skip
+                "decode": (len(c.outputs["z"]), n),
+                "rows": (n, 2, 2)}  # fmt: skip
 
     def inputs(self, c: np.ndarray) -> np.ndarray:
         """Our circuit inputs ``(m, n)`` from our share ``c`` of the layer input (as given)."""
@@ -143,10 +188,11 @@ class GarbledClient:
         """Receive tables, mask labels, decode bits; get the labels of our shares ``c``
         (residues ``(m, n)``, or ``(n,)`` for one element per instance) by OT."""
         want = self._shapes()
-        dtypes = {"tables": np.uint64, "server_mask": np.uint64, "decode": np.uint8}
+        dtypes = {"tables": np.uint64, "server_mask": np.uint64, "decode": np.uint8,
+                  "rows": np.uint64}  # fmt: skip
         got: dict[str, Any] = {}
         for key, label in (("tables", "gc.tables"), ("server_mask", "gc.mask"),
-                           ("decode", "gc.decode")):  # fmt: skip
+                           ("decode", "gc.decode"), ("rows", "gc.rows")):  # fmt: skip
             a = conn.recv_array(label, array_bytes(want[key], dtypes[key]))
             if a.shape != want[key] or a.dtype != dtypes[key]:
                 raise ProtocolError(f"bad {label} {a.dtype} {a.shape}, want {want[key]}")
@@ -187,4 +233,9 @@ class GarbledClient:
              "server_mask": m["server_mask"]},
             tweak_base=self.tweak_base,
         )  # fmt: skip
-        return A.bits_mod_p(decode(out, m["decode"]), self.p)
+        sl = self.circuit.output_slices
+        low = decode(out[sl["z"]], m["decode"])
+        row_base = self.tweak_base + self.circuit.and_count * self.n
+        high = decrypt_rows(out[sl["carry"].start], m["rows"], row_base)  # r_high + carry
+        bits128 = np.unpackbits(high.view(np.uint8).reshape(self.n, 16), axis=1, bitorder="little")
+        return A.bits_mod_p(np.concatenate([low, bits128.T]), self.p)

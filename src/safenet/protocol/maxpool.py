@@ -40,7 +40,7 @@ class MaxPoolServer(GarbledServer):
         self, p: int, windows: np.ndarray, delta: np.ndarray, tweak_base: int, stat_bits: int
     ) -> None:
         n, k = windows.shape
-        super().__init__(p, max_circuit(p, k, stat_bits), n, delta, tweak_base)
+        super().__init__(p, max_circuit(p, k, stat_bits), n, delta, tweak_base, stat_bits)
         self.offset = p // 2
         self.windows = windows
 

@@ -2,7 +2,7 @@
 
 A :class:`~safenet.protocol.garbled.GarbledServer` / ``GarbledClient`` pair (see
 :mod:`.garbled` for the offline and online messages) with one element per instance: online
-the server inputs its share ``s + 2^(k-1)`` (the round-half-up offset); the client decodes
+the server inputs its share ``s + 2^(k-1)`` (the round-half-up offset); the client learns
 ``z = max(round(v / 2^k), 0) + r + 1`` (``min(.., clip)`` for clipped ReLUs), so its share is
 ``z mod p`` and the server's ``-(r + 1) mod p``. The engine sets ``stat_bits`` per session
 (:func:`safenet.protocol.statistical.garbled_stat_bits`).
@@ -35,7 +35,8 @@ class ReluServer(GarbledServer):
         stat_bits: int = STAT_BITS,
         clip: int | None = None,
     ) -> None:
-        super().__init__(p, relu_circuit(p, shift, stat_bits, clip), n, delta, tweak_base)
+        circuit = relu_circuit(p, shift, stat_bits, clip)
+        super().__init__(p, circuit, n, delta, tweak_base, stat_bits)
         self.shift = shift
 
     def online_labels(self, s: np.ndarray) -> np.ndarray:

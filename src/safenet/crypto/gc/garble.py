@@ -36,10 +36,12 @@ import numpy as np
 from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
+from safenet.crypto.gc.tables import encrypt_rows
 
 __all__ = [
     "Garbled",
     "and_tweaks",
+    "tweak_span",
     "encode",
     "encode_labels",
     "garble",
@@ -50,7 +52,7 @@ __all__ = [
 #: instances processed together; label memory is ``n_slots * chunk * 16`` bytes
 DEFAULT_CHUNK = 16384
 #: smallest chunk worth a thread of its own (below it the threads fight over the GIL)
-MIN_SPLIT = 4096
+MIN_SPLIT = 2048
 #: most threads one garbling/evaluation uses
 MAX_WORKERS = 8
 #: gate-instances per AES call: wide layers are cut into pieces of about this size
@@ -90,9 +92,9 @@ class _Scratch:
         self.halves = halves
         self.h = len(halves)
         words = self.h * max(PIECE, m) * 2
-        self.xf = np.empty(words + 2, dtype=np.uint64)
-        self.pf = np.empty(words + 2, dtype=np.uint64)
-        self.rf = np.empty(words + 2, dtype=np.uint64)
+        self.xf = _thread_buffer("x", words + 2)
+        self.pf = _thread_buffer("p", words + 2)
+        self.rf = _thread_buffer("r", words + 2)
 
     def x(self, g: int, m: int) -> np.ndarray:
         """The label view for a piece of ``g`` gates x ``m`` instances."""
@@ -143,28 +145,78 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
+_local = threading.local()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _thread_aes() -> FixedKeyAES:
+    """This thread's AES context (made once per thread)."""
+    if not hasattr(_local, "aes"):
+        _local.aes = FixedKeyAES()
+    return _local.aes
+
+
+def _thread_buffer(name: str, words: int) -> np.ndarray:
+    """A uint64 scratch array of ``words`` owned by this thread and reused by its next chunks
+    (fresh arrays of tens of MB per chunk cost page faults that rival the work itself); its
+    contents are whatever the last user left."""
+    bufs = _local.__dict__.setdefault("buffers", {})
+    buf = bufs.get(name)
+    if buf is None or buf.size < words:
+        buf = bufs[name] = np.empty(words, dtype=np.uint64)
+    return buf[:words]
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's helper threads, started once (not per layer: a thread start costs
+    milliseconds); a forked child starts its own."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(MAX_WORKERS - 1, thread_name_prefix="safenet-gc")
+        return _POOL
+
+
+def _forget_pool() -> None:  # after fork: the parent's threads do not exist in the child
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_chunks(
     chunks: list[tuple[int, int]], workers: int, body: Callable[[FixedKeyAES, int, int], None]
 ) -> None:
-    """Run ``body(aes, i0, i1)`` on every chunk, on up to ``workers`` threads.
+    """Run ``body(aes, i0, i1)`` on every chunk, on up to ``workers`` threads: this one and
+    helpers from a persistent pool, each taking the next chunk when it is free.
 
     Chunks are independent (disjoint instances, disjoint output slices); each thread has its
     own AES context.
     """
     if workers <= 1 or len(chunks) <= 1:
-        aes = FixedKeyAES()
+        aes = _thread_aes()
         for i0, i1 in chunks:
             body(aes, i0, i1)
         return
-    local = threading.local()
+    todo = iter(chunks)
+    lock = threading.Lock()
 
-    def task(bounds: tuple[int, int]) -> None:
-        if not hasattr(local, "aes"):
-            local.aes = FixedKeyAES()
-        body(local.aes, *bounds)
+    def drain() -> None:
+        aes = _thread_aes()
+        while True:
+            with lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            body(aes, *nxt)
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-        for f in [pool.submit(task, c) for c in chunks]:
+    helpers = [_pool().submit(drain) for _ in range(min(workers, len(chunks)) - 1)]
+    try:
+        drain()
+    finally:
+        for f in helpers:
             f.result()
 
 
@@ -173,7 +225,7 @@ def _chunk_labels(sch: Schedule, labels: dict[str, np.ndarray], i0: int, i1: int
 
     Shared by garbling (inputs = zero labels) and evaluation (inputs = active labels).
     """
-    L = np.empty((sch.n_slots, i1 - i0, 2), dtype=np.uint64)
+    L = _thread_buffer("labels", sch.n_slots * (i1 - i0) * 2).reshape(sch.n_slots, i1 - i0, 2)
     L[0] = 0
     for name, slots in sch.input_slots.items():
         used = slots >= 0
@@ -216,7 +268,8 @@ class Garbled:
         circuit: the garbled circuit.
         n_instances: independent copies garbled.
         decode_bits: uint8 ``(n_outputs, n_instances)``, lsb of each output zero label;
-            public, sent to the evaluator so that it can :func:`decode` its outputs.
+            sent to the evaluator so that it can :func:`decode` its outputs (never those of
+            an output read through rows: they would reveal its bit).
     """
 
     def __init__(
@@ -235,6 +288,8 @@ class Garbled:
         self._input_zero: dict[str, np.ndarray] = dict(input_zero)
         self._tables: np.ndarray | None = tables
         self._released: set[str] = set()
+        #: garbled output rows by output group (:func:`garble`'s ``rows``); public
+        self.rows: dict[str, np.ndarray] = {}
 
     def __copy__(self) -> Garbled:
         raise TypeError("a Garbled object is single-use and cannot be copied")
@@ -341,6 +396,7 @@ def garble(
     delta: np.ndarray | None = None,
     tweak_base: int = 0,
     workers: int | None = None,
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Garbled:
     """Garble ``n_instances`` copies of ``circuit`` under a fresh Delta (or a given one).
 
@@ -356,10 +412,19 @@ def garble(
             ranges ``[tweak_base, tweak_base + circuit.and_count * n_instances)``, all
             below :data:`TWEAK_LIMIT`.
         workers: threads (default :func:`default_workers`); results do not depend on it.
+        rows: for one-bit output groups, ``name -> (v0, v1)`` (128-bit values, uint64
+            ``(n_instances, 2)`` each): the garbled output rows that give the evaluator
+            ``v_b`` for the bit ``b`` it holds (:mod:`.tables`), in :attr:`Garbled.rows`;
+            they use the tweaks just after the AND gates' (:func:`tweak_span`).
     """
+    rows = dict(rows or {})
     if n_instances < 1:
         raise ValueError("n_instances must be positive")
-    if tweak_base < 0 or tweak_base + circuit.and_count * n_instances >= TWEAK_LIMIT:
+    for name in rows:
+        if len(circuit.outputs.get(name, ())) != 1:
+            raise ValueError(f"output rows need a one-bit output group, not {name!r}")
+    span = tweak_span(circuit, n_instances, len(rows))
+    if tweak_base < 0 or tweak_base + span >= TWEAK_LIMIT:
         raise ValueError("tweak range leaves [0, TWEAK_LIMIT): it would collide with OT tweaks")
     sch: Schedule = circuit.schedule
     if delta is None:
@@ -375,6 +440,8 @@ def garble(
     }
     tables = np.empty((circuit.and_count, n_instances, 2, 2), dtype=np.uint64)
     decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
+    out_rows = {name: np.empty((n_instances, 2, 2), dtype=np.uint64) for name in rows}
+    slices = circuit.output_slices
 
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         L = _chunk_labels(sch, input_zero, i0, i1)
@@ -392,7 +459,22 @@ def garble(
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
+        for k, (name, (v0, v1)) in enumerate(rows.items()):
+            j = slices[name].start
+            zero = L[sch.out_slots[j]] ^ (np.uint64(sch.out_neg[j]) * delta)  # logical 0
+            base = tweak_base + circuit.and_count * n_instances + k * n_instances + i0
+            out_rows[name][i0:i1] = encrypt_rows(zero, delta, v0[i0:i1], v1[i0:i1], base, aes)
+        for buf in (L, sc.xf, sc.pf, sc.rf):  # reused buffers: no zero labels, no Delta left
+            buf.fill(0)
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)
-    return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits)
+    g = Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits)
+    g.rows = out_rows
+    return g
+
+
+def tweak_span(circuit: Circuit, n_instances: int, row_groups: int = 0) -> int:
+    """Tweaks (before the final ``<< 1``) one garbling uses from its ``tweak_base``: its AND
+    gates', then ``n_instances`` per group of output rows."""
+    return (circuit.and_count + row_groups) * n_instances

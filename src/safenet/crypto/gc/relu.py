@@ -9,12 +9,16 @@ mask ``r`` (``"server_mask"``). With ``h = p // 2``:
 
 The client learns ``z`` (its next share); the server keeps ``-r``.
 
-**Integer masking** (``stat_bits = s``, what the protocol uses): the mask ``r`` is a uniform
-integer of ``W + s`` bits (``W`` = :func:`relu_width`, the bits of ``y``) and the output is
-the integer ``z = y + r + 1``, never reduced: it hides ``y`` up to statistical distance
-``2^-s``, and ``z mod p`` with the server's ``-(r + 1) mod p`` are shares of ``y``. Steps 5-6
-below shrink to one adder of ``W + s`` bits (``W`` ANDs, then one AND per carry into the
-mask's high bits): 200 ANDs instead of 248 for the default prime at ``s = 40``.
+**Integer masking** (``stat_bits = s``, what the protocol uses): the mask is a uniform
+integer ``r = r_low + 2^W r_high`` of ``W + s`` bits (``W`` = :func:`relu_width`, the bits of
+``y``) and the evaluator learns the integer ``z = y + r + 1``, never reduced: it hides ``y``
+up to statistical distance ``2^-s``, and ``z mod p`` with the server's ``-(r + 1) mod p`` are
+shares of ``y``. The circuit takes only ``r_low`` (``server_mask``, ``W`` bits) and outputs
+``y + r_low + 1`` as its low ``W`` bits (``z``) and their carry (``carry``); the protocol
+turns the carry ``c`` into ``r_high + c`` with one garbled output row
+(:mod:`safenet.crypto.gc.tables`), so ``z = z_low + 2^W (r_high + c)``. Steps 5-6 below
+shrink to one ``W``-bit adder, whatever ``s``: 160 ANDs instead of 248 for the default prime
+(the ``s`` carries into the mask's high bits, one AND each, are gone).
 
 How the circuit stays small. For p = 2^41 - 2^37 + 1, k = 9 (n = 41) it has 248 AND gates
 (7,936 bytes of tables; Delphi's circuit has about 533): by step below 41, 54, 3, 31 and
@@ -77,8 +81,10 @@ def relu_circuit(
 
     With ``stat_bits=None``: inputs ``server_share``, ``client_share``, ``server_mask`` and
     output ``z = (y + r) mod p``, all ``p.bit_length()`` bits little-endian. With
-    ``stat_bits = s``: integer masking, ``server_mask`` has :func:`relu_width` + s bits and
-    ``z = y + r + 1`` (no reduction) one bit more. ``clip = c`` (integer masking only): a
+    ``stat_bits = s``: integer masking, ``server_mask`` has :func:`relu_width` ``= W`` bits,
+    output ``z`` the low ``W`` bits of ``y + r + 1`` and output ``carry`` its bit ``W`` (the
+    mask's ``s`` high bits are added outside the circuit: module doc; the circuit does not
+    depend on ``s``). ``clip = c`` (integer masking only): a
     clipped ReLU, ``y = min(max(x, 0), c)`` (ReLU6 and friends), for about ``3 W`` more
     ANDs. See the module doc for semantics and costs.
     """
@@ -106,7 +112,7 @@ def _build(p: int, k: int, stat_bits: int | None = None, clip: int | None = None
         raise ValueError("stat_bits must be positive")
     if clip is not None and (stat_bits is None or clip < 0):
         raise ValueError("clip needs integer masking (stat_bits) and a bound >= 0")
-    wz = n if stat_bits is None else relu_width(p, k) + stat_bits
+    wz = n if stat_bits is None else relu_width(p, k)
     r = bld.input("server_mask", wz)
 
     with bld.stage("1 add shares"):
@@ -152,9 +158,10 @@ def _build(p: int, k: int, stat_bits: int | None = None, clip: int | None = None
 
     if stat_bits is not None:
         with bld.stage("5 add mask"):
-            # y + r + (1 - delta) = relu + r + 1 as an integer: no reduction mod p needed
+            # y + r_low + (1 - delta) = relu + r_low + 1 < 2^(W + 1): no reduction mod p
             u, top = bld.add(y_masked, r, carry_in=delta ^ 1, width=wz)
-        bld.output("z", [*u, top])
+        bld.output("z", u)
+        bld.output("carry", [top])
         return bld.build()
 
     with bld.stage("5 add mask"):
@@ -202,7 +209,8 @@ def relu_reference(
     """Plaintext semantics of :func:`relu_circuit`, vectorised (p < 2^62).
 
     ``stat_bits=None``: ``(y + r) mod p`` as uint64; otherwise ``y + r + 1`` as Python ints
-    (object array: it may exceed 64 bits).
+    (object array: it may exceed 64 bits); for the circuit, ``r`` is ``r_low`` and the result
+    its outputs ``z`` and ``carry`` read as one integer.
     """
     a, b = (np.asarray(x, dtype=np.int64) for x in (a, b))
     v = (a + b) % p
