@@ -65,6 +65,17 @@ def share_bits(values: np.ndarray, nbits: int) -> np.ndarray:
     return A.bits(v, nbits).reshape(nbits, m, n).transpose(1, 0, 2).reshape(m * nbits, n)
 
 
+def _join_mod_p(low: np.ndarray, high: np.ndarray, p: int) -> np.ndarray:
+    """``(z_low + 2^W high) mod p`` for the bits ``(W, n)`` of ``z_low`` and the 128-bit
+    ``high`` as uint64 ``(n, 2)``, with vector mulmods (no per-bit work on the 128 bits)."""
+    w = len(low)
+    words = [np.mod(high[:, j], np.uint64(p)).astype(np.int64) for j in (0, 1)]
+    out = A.bits_mod_p(low, p)
+    for j, word in enumerate(words):
+        out = A.add(out, A.mulmod(word, pow(2, w + 64 * j, p), p), p)
+    return out
+
+
 class GarbledServer:
     """The garbler's half of one garbled layer (``n`` instances of ``circuit``)."""
 
@@ -237,5 +248,4 @@ class GarbledClient:
         low = decode(out[sl["z"]], m["decode"])
         row_base = self.tweak_base + self.circuit.and_count * self.n
         high = decrypt_rows(out[sl["carry"].start], m["rows"], row_base)  # r_high + carry
-        bits128 = np.unpackbits(high.view(np.uint8).reshape(self.n, 16), axis=1, bitorder="little")
-        return A.bits_mod_p(np.concatenate([low, bits128.T]), self.p)
+        return _join_mod_p(low, high, self.p)

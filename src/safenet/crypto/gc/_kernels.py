@@ -135,3 +135,12 @@ def eval_combine(X: Arr, P: Arr, R: Arr, tab: Arr, L: Arr, out: Arr, lo: int) ->
             h1 = R[0, j, i, 1] ^ P[0, j, i, 1] ^ R[1, j, i, 1] ^ P[1, j, i, 1]
             L[o, i, 0] = h0 ^ (sa & tab[j, i, 0, 0]) ^ (sb & (tab[j, i, 1, 0] ^ a0))
             L[o, i, 1] = h1 ^ (sa & tab[j, i, 0, 1]) ^ (sb & (tab[j, i, 1, 1] ^ a1))
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_bits(zero: Arr, bits: Arr, d0: U64, d1: U64, out: Arr) -> None:
+    """``out = zero ^ (bit * Delta)`` over flat blocks (free-XOR encoding in one pass)."""
+    for i in range(bits.shape[0]):
+        m = _ZERO - np.uint64(bits[i])
+        out[i, 0] = zero[i, 0] ^ (m & d0)
+        out[i, 1] = zero[i, 1] ^ (m & d1)

@@ -257,8 +257,14 @@ def and_tweaks(
 
 def encode_labels(zero: np.ndarray, delta: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Active labels ``zero ^ (bit * Delta)`` of garbler inputs (free-XOR encoding)."""
-    mask = np.uint64(0) - np.asarray(bits).astype(np.uint64)
-    return zero ^ (mask[..., None] & delta)
+    zero = np.ascontiguousarray(zero, dtype=np.uint64)
+    bits = np.ascontiguousarray(bits, dtype=np.uint8)
+    if zero.shape != (*bits.shape, 2):
+        raise ValueError(f"labels {zero.shape} do not fit bits {bits.shape}")
+    out = np.empty_like(zero)
+    d = np.asarray(delta, dtype=np.uint64).reshape(2)
+    K.encode_bits(zero.reshape(-1, 2), bits.reshape(-1), d[0], d[1], out.reshape(-1, 2))
+    return out
 
 
 class Garbled:
