@@ -1,5 +1,7 @@
-"""ResNet-32 (3x32x32, random weights) end to end: safenet all-ReLU and half-polynomial, and
-CrypTen 0.4.1 side by side in the same run.
+"""ResNet-32 (3x32x32, random weights) end to end: safenet all-ReLU, half-polynomial and with
+the channel split of the searched ``resnet32/safenet-b1.10`` plan (docs/results/planner.json:
+37.5 % ReLU channels in every layer, degree 2), and CrypTen 0.4.1 on the same splits, side by
+side in the same run.
 
 safenet runs the whole protocol (offline and online) with the server and the client as two
 processes over loopback TCP (``safenet bench``); CrypTen gets its multiplication triples from
@@ -28,16 +30,32 @@ CRYPTEN_PY = ROOT / "peers" / ".venv-crypten" / "bin" / "python"
 CRYPTEN_SCRIPT = ROOT / "peers" / "crypten_resnet32.py"
 
 
+PLANNER = ROOT.parent / "docs" / "results" / "planner.json"
+PLANNED = "resnet32/safenet-b1.10"
+
+
+def planned_fraction() -> float:
+    """The ReLU fraction of the searched ``resnet32/safenet-b1.10`` plan (docs/results), which
+    keeps the same fraction (and degree 2) in every layer; refused if that ever changes."""
+    layers = json.loads(PLANNER.read_text())[PLANNED]["layers"]
+    fractions = {round(row["relu_fraction"], 6) for row in layers}
+    degrees = {row["degree"] for row in layers}
+    if len(fractions) != 1 or degrees != {2}:
+        raise SystemExit(f"{PLANNED} is no longer uniform: per-layer CrypTen splits needed")
+    return fractions.pop()
+
+
 def safenet_rows(repeats: int) -> list[dict]:
     rows = []
-    for ratio in (1.0, 0.5):
+    fraction = planned_fraction()
+    for ratio, variant in ((1.0, "relu"), (0.5, "half-poly"), (fraction, "planned")):
         best = None
         for _ in range(repeats):
             rep = run_bench("resnet32", (3, 32, 32), relu_ratio=ratio)
             if best is None or rep["online_s"] < best["online_s"]:
                 best = rep
         assert best is not None
-        rows.append(best | {"system": "safenet", "variant": "relu" if ratio == 1 else "half-poly"})
+        rows.append(best | {"system": "safenet", "variant": variant})
     return rows
 
 
@@ -49,7 +67,8 @@ def crypten_rows(runs: int) -> list[dict]:
         )
         return []
     rows = []
-    for flag in ([], ["--half-poly"], ["--poly"]):
+    planned = ["--relu-fraction", str(planned_fraction())]
+    for flag in ([], ["--half-poly"], ["--poly"], planned):
         out = subprocess.run(
             [str(CRYPTEN_PY), str(CRYPTEN_SCRIPT), "--runs", str(runs), *flag],
             capture_output=True,
@@ -95,7 +114,7 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s in all")  # fmt: skip
     for row in [head, ["---"] * len(head), *rows]:
         print("| " + " | ".join(row) + " |")
-    ref = {r["variant"]: r for r in peers}
+    ref = {("planned" if r["variant"].startswith("mixed:") else r["variant"]): r for r in peers}
     for r in ours:
         peer = ref.get(r["variant"]) or ref.get("relu")
         if peer:

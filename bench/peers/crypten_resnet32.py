@@ -53,8 +53,9 @@ SHAPE = (3, 32, 32)
 
 
 class Activation(nn.Module):
-    """ReLU, the degree-2 polynomial, or ReLU on the first half of the channels and the
-    polynomial on the second half."""
+    """ReLU, the degree-2 polynomial, or ReLU on the first channels and the polynomial on the
+    rest: half of them (``half-poly``) or a fraction ``F`` kept as ReLU (``mixed:F``, the
+    channel split of a planner's uniform configuration, as safenet's plan keeps it)."""
 
     def __init__(self, variant: str, channels: int) -> None:
         super().__init__()
@@ -62,6 +63,8 @@ class Activation(nn.Module):
         # Plain ints, so that the export slices at constant indices. The end is explicit:
         # an open end becomes INT64_MAX, which CrypTen's Slice casts to int32 (-1).
         self.channels, self.half = channels, channels // 2
+        if variant.startswith("mixed:"):
+            self.half = round(channels * float(variant.split(":", 1)[1]))
         self.relu = nn.ReLU()  # the only place ReLUs are evaluated, so hooks can count them
 
     @staticmethod
@@ -73,8 +76,10 @@ class Activation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.variant == "relu":
             return self.relu(x)
-        if self.variant == "poly":
+        if self.variant == "poly" or self.half == 0:
             return self.poly(x)
+        if self.half == self.channels:
+            return self.relu(x)
         relu_part, poly_part = x[:, : self.half], x[:, self.half : self.channels]
         return torch.cat([self.relu(relu_part), self.poly(poly_part)], dim=1)
 
@@ -349,6 +354,13 @@ def main() -> None:
         action="store_true",
         help="half the channels of every activation layer quadratic, ReLU on the rest",
     )
+    group.add_argument(
+        "--relu-fraction",
+        type=float,
+        default=None,
+        help="ReLU on this fraction of every layer's channels (the first ones), the quadratic "
+        "on the rest",
+    )
     ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per party")
     ap.add_argument(
@@ -361,6 +373,8 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="also print per-party details to stderr")
     args = ap.parse_args()
     variant = "poly" if args.poly else "half-poly" if args.half_poly else "relu"
+    if args.relu_fraction is not None:
+        variant = f"mixed:{args.relu_fraction}"
 
     # Both parties and gloo on loopback.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

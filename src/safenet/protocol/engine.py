@@ -33,6 +33,7 @@ tweak range; its main thread meanwhile answers the client's HE requests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.gc import relu_circuit
@@ -451,7 +453,7 @@ class ServerSession(_Party):
     # ---- online -------------------------------------------------------------------------
     def online(self) -> None:
         self._advance("ready", "online")
-        with self.prof.phase("online"):
+        with self.prof.phase("online"), _one_blas_thread():
             self._online()
         self._state = "spent"
         self.T.clear()
@@ -666,7 +668,7 @@ class ClientSession(_Party):
         if tuple(x.shape) != tuple(self.plan.input_shape):
             raise ValueError(f"input shape {tuple(x.shape)} != plan input {self.plan.input_shape}")
         self._advance("ready", "online")
-        with self.prof.phase("online"):
+        with self.prof.phase("online"), _one_blas_thread():
             y = self._online(A.to_residues(x, self.p))
         self._state = "spent"
         return y
@@ -715,6 +717,14 @@ class ClientSession(_Party):
         with self.prof.primitive("gc.eval"):
             z = layer.evaluate(labels).reshape(op.shape)
         self.conn.send_array(A.sub(z, self.masks.pop(i), self.p), label="online.reshare")
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS on one thread for the online phase: its matrix products are small there, and
+    OpenBLAS's idle threads spin for a while after each call, taking the cores the garbled
+    circuit evaluation needs (measured: 1.6 -> 1.1-1.3 s online for an all-ReLU ResNet-32
+    with both parties on one 2-core machine)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _check(a: np.ndarray, shape: tuple[int, ...], p: int, what: str) -> None:
