@@ -214,3 +214,38 @@ def test_banked_max_pool_sessions_run_online_only(tmp_path):
     lst.shutdown(socket.SHUT_RDWR)
     lst.close()
     t.join(30)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.AdaptiveMaxPool2d(3)],
+                         ids=repr)  # fmt: skip
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6()], ids=["relu", "relu6"])
+def test_a_relu_that_only_feeds_a_max_pool_runs_after_it_exactly(pool, act):
+    """conv -> ReLU -> max pool is lowered as conv -> max pool -> ReLU: the same integers
+    (rounding and ReLU are monotone), a quarter of the ReLUs for a 2 x 2 pool."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, pool, nn.Flatten()).eval()
+    kept = safenet.compile(net, (3, 10, 10), reorder_pools=False)
+    moved = safenet.compile(net, (3, 10, 10))
+    assert [op.kind for op in kept.ops][:4] == ["input", "conv", "activation", "maxpool"]
+    assert [op.kind for op in moved.ops][:4] == ["input", "conv", "maxpool", "activation"]
+    assert moved.counts()["relu_count"] < kept.counts()["relu_count"]
+    x = np.random.default_rng(0).normal(size=(16, 3, 10, 10)) * 3
+    assert np.array_equal(moved.reference(x, decode=False), kept.reference(x, decode=False))
+
+
+def test_a_relu_with_other_users_or_polynomials_stays_before_the_pool():
+    class TwoUsers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x).relu()
+            return torch.cat([F.max_pool2d(y, 2), F.avg_pool2d(y, 2)], 1)
+
+    kinds = [op.kind for op in safenet.compile(TwoUsers(), (3, 8, 8)).ops]
+    assert kinds.index("activation") < kinds.index("maxpool")
+    _, plan = _stem(poly=True)  # a channel-wise activation with polynomials, then a pool
+    kinds = [op.kind for op in plan.ops]
+    last_act = max(i for i, k in enumerate(kinds) if k == "activation")
+    assert kinds[last_act + 1] == "maxpool"

@@ -7,7 +7,8 @@ or linear (folded) or alone (a per-channel affine), ReLU in any spelling, clippe
 AdaptiveAvgPool2d to sizes that divide the input (modules, or ``F.avg_pool2d`` /
 ``F.adaptive_avg_pool2d``; ``x.mean((2, 3))`` of a square image), MaxPool2d (any kernel,
 stride, padding, dilation, ceil_mode) and AdaptiveMaxPool2d (modules or functions: a
-``maxpool`` op, one garbled max per window), ``torch.cat`` along
+``maxpool`` op, one garbled max per window; an all-ReLU activation that only feeds a max pool
+is moved after it, exactly), ``torch.cat`` along
 channels (a local ``concat`` op), Flatten / torch.flatten / view(N, -1), residual ``+``,
 Identity and Dropout. Any other layer is an :class:`UnsupportedLayerError` naming it.
 
@@ -123,9 +124,11 @@ def _label(node: fx.Node) -> str:
 
 
 class _Lowering:
-    def __init__(self, gm: fx.GraphModule, field: Field) -> None:
+    def __init__(self, gm: fx.GraphModule, field: Field, reorder_pools: bool = True) -> None:
         self.gm = gm
         self.field = field
+        self.reorder_pools = reorder_pools
+        self._done: set[fx.Node] = set()  # lowered ahead of their turn (a reordered pool)
         self.ops: list[Op] = []
         self.env: dict[fx.Node, _Val | _Affine] = {}
         self.modules = dict(gm.named_modules())
@@ -232,10 +235,50 @@ class _Lowering:
             )
         )
 
-    def activation(
+    def relu_site(
         self, node: fx.Node, act: ChannelActivation | None, clip: float | None = None
+    ) -> None:
+        """Lower a ReLU (clipped or channel-wise) site. When it is all ReLU and feeds only a
+        max pool, the pool goes first and the ReLU runs on the pooled tensor: the rounding
+        shift and ReLU are monotone, so ``max(ReLU(round(v)))`` equals
+        ``ReLU(round(max(v)))`` exactly, and a k x k pool with stride k leaves 1/k^2 of the
+        ReLUs (garbled circuits) to evaluate."""
+        pool = self._pool_after(node, act)
+        if pool is None:
+            self.env[node] = self.activation(node, act, clip)
+            return
+        pool_node, module = pool
+        pooled = self.maxpool(pool_node, module, _label(pool_node), src=self.value(node.args[0]))
+        self.env[pool_node] = self.activation(node, act, clip, src=pooled)
+        self._done.add(pool_node)
+
+    def _pool_after(
+        self, node: fx.Node, act: ChannelActivation | None
+    ) -> tuple[fx.Node, nn.Module] | None:
+        """The max pool that alone consumes this all-ReLU site, if any (and reordering is on)."""
+        if not self.reorder_pools or len(node.users) != 1:
+            return None
+        if act is not None and not bool(act.relu_mask.all()):
+            return None  # polynomials are not monotone
+        (user,) = node.users
+        if not user.args or user.args[0] is not node:
+            return None
+        if user.op == "call_module":
+            m = self.modules[str(user.target)]
+            ok = isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d)
+        else:
+            ok = user.op == "call_function" and user.target in _MAX_FUNCS
+            m = _MAX_FUNCS[user.target](*user.args[1:], **user.kwargs) if ok else None
+        return (user, m) if ok and m is not None else None
+
+    def activation(
+        self,
+        node: fx.Node,
+        act: ChannelActivation | None,
+        clip: float | None = None,
+        src: _Val | None = None,
     ) -> _Val:
-        v = self.settle(self.value(node.args[0]), f"{_label(node)}.pool")
+        v = self.settle(src or self.value(node.args[0]), f"{_label(node)}.pool")
         src = self.ops[v.op]
         f = self.field
         shape = src.shape
@@ -285,6 +328,8 @@ class _Lowering:
     def run(self, input_shape: tuple[int, ...]) -> list[Op]:
         self._affine_input: dict[fx.Node, fx.Node] = {}
         for node in self.gm.graph.nodes:
+            if node in self._done:
+                continue
             if node.op == "placeholder":
                 if self.ops:
                     raise UnsupportedLayerError(f"{_label(node)}: models must take one input")
@@ -345,11 +390,11 @@ class _Lowering:
             else:
                 raise UnsupportedLayerError(f"{name}: BatchNorm1d must follow a Linear layer")
         elif isinstance(m, nn.Hardtanh):  # nn.ReLU6 included
-            self.env[node] = self.activation(node, None, _clip_bound(node, m.min_val, m.max_val))
+            self.relu_site(node, None, _clip_bound(node, m.min_val, m.max_val))
         elif isinstance(m, nn.ReLU):
-            self.env[node] = self.activation(node, None)
+            self.relu_site(node, None)
         elif isinstance(m, ChannelActivation):
-            self.env[node] = self.activation(node, m)
+            self.relu_site(node, m)
         elif isinstance(m, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
             self.pool(node, m, name)
         elif isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d):
@@ -404,17 +449,17 @@ class _Lowering:
         out.divisor = k * k
         self.env[node] = out
 
-    def maxpool(self, node: fx.Node, m: nn.Module, name: str) -> None:
+    def maxpool(self, node: fx.Node, m: nn.Module, name: str, src: _Val | None = None) -> _Val:
         """MaxPool2d / AdaptiveMaxPool2d: a ``maxpool`` op (a garbled max per window) holding
         each output row's and column's input positions (:mod:`safenet.plan.pooling`). The
         scale is unchanged, and a pending pool divisor passes through (max commutes with it)."""
         if getattr(m, "return_indices", False):
             raise UnsupportedLayerError(f"{name}: return_indices=True is not supported")
-        v = self.value(node.args[0])
-        src = self.ops[v.op]
-        if len(src.shape) != 3:
+        v = src or self.value(node.args[0])
+        before = self.ops[v.op]
+        if len(before.shape) != 3:
             raise UnsupportedLayerError(f"{name}: max pooling needs a (C, H, W) input")
-        _, h, w = src.shape
+        _, h, w = before.shape
         shape = self.shape_of(node)
         oh, ow = shape[1:]
         if isinstance(m, nn.AdaptiveMaxPool2d):
@@ -426,10 +471,11 @@ class _Lowering:
             cols = pool_axis(w, ow, k[1], s[1], pad[1], dil[1])
         if not all(rows) or not all(cols):
             raise UnsupportedLayerError(f"{name}: a pooling window lies wholly in the padding")
-        out = self.emit(Op("maxpool", [v.op], shape, src.scale, {"rows": rows, "cols": cols},
+        out = self.emit(Op("maxpool", [v.op], shape, before.scale, {"rows": rows, "cols": cols},
                            name=_label(node)))  # fmt: skip
         out.divisor = v.divisor
         self.env[node] = out
+        return out
 
     def flatten(self, node: fx.Node) -> None:
         v = self.value(node.args[0])
@@ -480,9 +526,9 @@ class _Lowering:
     def call_function(self, node: fx.Node) -> None:
         t = node.target
         if is_relu(node, self.gm):
-            self.env[node] = self.activation(node, None)
+            self.relu_site(node, None)
         elif (bounds := clip_bounds(node, self.gm)) is not None:
-            self.env[node] = self.activation(node, None, _clip_bound(node, *bounds))
+            self.relu_site(node, None, _clip_bound(node, *bounds))
         elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
             a, b = node.args[:2]
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:
@@ -580,13 +626,18 @@ def _check_input_shape(shape: object) -> tuple[int, ...]:
 
 
 def compile_model(
-    model: nn.Module, input_shape: tuple[int, ...] | list[int], field: Field | None = None
+    model: nn.Module,
+    input_shape: tuple[int, ...] | list[int],
+    field: Field | None = None,
+    *,
+    reorder_pools: bool = True,
 ) -> Plan:
     """Lower ``model`` (eval mode) to an integer :class:`Plan` over ``field``.
 
     ``input_shape`` is (C, H, W) without the batch dimension; ``field`` defaults to
-    :func:`default_field`. Raises :class:`UnsupportedLayerError` naming the first layer
-    that cannot be lowered.
+    :func:`default_field`. With ``reorder_pools`` (the default), an all-ReLU activation that
+    only feeds a max pool runs after the pool (exactly the same result, fewer ReLUs). Raises
+    :class:`UnsupportedLayerError` naming the first layer that cannot be lowered.
     """
     input_shape = _check_input_shape(input_shape)
     field = field or default_field(model)
@@ -602,7 +653,7 @@ def compile_model(
         ) from None
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     ShapeProp(gm).propagate(example)
-    ops = _Lowering(gm, field).run(input_shape)
+    ops = _Lowering(gm, field, reorder_pools).run(input_shape)
     plan = Plan(field, input_shape, ops)
     plan.info = {"architecture": type(model).__name__} | plan.counts()
     return plan
