@@ -148,3 +148,17 @@ def test_relu_layers_plans_keep_whole_layers_and_are_priced_per_layer():
     assert predict(c, cal2)["online_parts_s"]["gc_eval"] == pytest.approx(base + 0.02, abs=1e-4)
     with pytest.raises(ValueError, match="relu_layers"):
         random_plan("resnet20", (1, 16, 16), width=2, relu_layers=0)
+
+
+def test_loopback_measurement_fits_the_transport_limits():
+    """``safenet bench --calibrate`` measures loopback with frames the receiver accepts (a
+    256 MiB bulk frame once exceeded the 256 MiB cap by its header)."""
+    import inspect
+
+    from safenet.approx.cost import measure_loopback
+    from safenet.protocol.transport import DEFAULT_MAX_MESSAGE
+
+    default = inspect.signature(measure_loopback).parameters["nbytes"].default
+    assert default + 4096 <= DEFAULT_MAX_MESSAGE
+    net = measure_loopback(nbytes=1 << 20, pings=5)
+    assert net.bandwidth > 0 and net.rtt > 0

@@ -322,9 +322,10 @@ def _echo(port: int, pings: int) -> None:
             conn.send(b"ok", "done")
 
 
-def measure_loopback(nbytes: int = 256 << 20, pings: int = 200) -> Network:
+def measure_loopback(nbytes: int = 128 << 20, pings: int = 200) -> Network:
     """Bandwidth and round-trip time of loopback TCP between two processes (as the parties
-    run), through the protocol's own framing."""
+    run), through the protocol's own framing (``nbytes`` per bulk frame: within the
+    transport's ``max_message``, as every real frame is)."""
     import multiprocessing as mp
 
     from safenet.protocol.transport import accept, listen
