@@ -1,11 +1,12 @@
-"""Garbled circuits: layered boolean circuits, half-gates garbling and evaluation, ReLU.
+"""Garbled circuits: layered boolean circuits, half-gates garbling and evaluation, ReLU, max.
 
 * :mod:`.circuit`: XOR/AND circuits with free NOT and constants, a builder with arithmetic
   helpers, and the layered schedule that runs one AND depth across all instances at once;
 * :mod:`.garble` / :mod:`.evaluate`: half-gates with free-XOR and point-and-permute over
   fixed-key AES; garbled material is single-use by construction;
 * :mod:`.relu`: the protocol's ReLU circuit (share addition mod p, sign, exact truncation,
-  fresh output mask).
+  fresh output mask); :mod:`.maxpool`: the max over a pooling window of shares;
+* :mod:`.tables`: garbled output rows (a one-bit output turned into one of two values).
 """
 
 from safenet.crypto.gc.circuit import (

@@ -5,9 +5,12 @@ fresh global offset Delta (lsb 1): every wire has a zero label ``W0`` and one la
 ``W0 ^ Delta``, the lsb of a label is its permute bit, XOR and NOT are free and an AND gate
 costs two ciphertexts ``(T_G, T_E)``. Hashing is the tweakable correlation-robust hash of
 :class:`safenet.crypto.aes.FixedKeyAES` with tweak ``2 * (b + g * n_instances + i) + {0, 1}`` for
-AND gate ``g`` of instance ``i`` (unique within a garbling; see :func:`and_tweaks`). The
-protocol garbles every ReLU layer of a session under one Delta (the correlated-OT sender's),
-giving each layer its own tweak range through the base ``b`` (``tweak_base``).
+AND gate ``g`` of instance ``i`` (unique within a garbling; see :func:`and_tweaks`); optional
+garbled output rows (:mod:`.tables`) take the tweaks after the AND gates' (:func:`tweak_span`).
+The protocol garbles every garbled layer of a session (ReLU channels, max pools) under one
+Delta (the correlated-OT sender's), giving each layer its own tweak range through the base
+``b`` (``tweak_base``). Chunks of instances run on a persistent thread pool, each thread with
+its own AES context and reused buffers (wiped after garbling: no label or Delta stays).
 
 Single use, enforced by :class:`Garbled`:
 
