@@ -21,7 +21,8 @@ Single use, enforced by :class:`Garbled`:
   labels of one wire reveal Delta. Released zero labels are dropped, and Delta is dropped once
   every group has been released, so a spent object holds no secret;
 * a :class:`Garbled` cannot be copied or pickled, and every :func:`garble` call draws a fresh
-  Delta and fresh labels from the OS CSPRNG.
+  Delta from the OS CSPRNG and fresh labels from a PRG under a fresh OS-CSPRNG key
+  (:func:`~safenet.crypto.aes.random_blocks`).
 
 Python cannot stop code that reaches into private attributes; these checks stop accidental
 reuse, which is what breaks security in practice.
@@ -414,7 +415,7 @@ def garble(
         n_instances: copies; they share Delta and nothing else.
         chunk: instances per pass (memory ``n_slots * chunk * 16`` bytes for labels).
         rng: a seeded generator for reproducible tests only; ``None`` (the default) draws
-            Delta and labels from the OS CSPRNG.
+            Delta and labels as :func:`~safenet.crypto.aes.random_blocks` does.
         delta: a session-wide Delta (uint64 (2,), lsb 1) shared by several garblings, so
             that one correlated-OT sender (s = Delta) serves all of them.
         tweak_base: added to every tweak; garblings sharing a Delta must use disjoint
