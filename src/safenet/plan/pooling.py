@@ -36,18 +36,26 @@ def adaptive_axis(size_in: int, size_out: int) -> list[list[int]]:
     ]
 
 
+def _padded(axis: list[list[int]]) -> np.ndarray:
+    """Per-axis windows as an int array ``(outputs, longest)``, ``-1`` past a window's end."""
+    out = np.full((len(axis), max(map(len, axis))), -1, dtype=np.int64)
+    for i, positions in enumerate(axis):
+        out[i, : len(positions)] = positions
+    return out
+
+
 def window_index(
     rows: list[list[int]], cols: list[list[int]], in_shape: tuple[int, ...]
 ) -> np.ndarray:
     """Flat input indices of every output's window, shape ``(C * OH * OW, K)`` in the output's
     C-order, ``-1`` padding windows shorter than the longest ``K``."""
     c, h, w = in_shape
-    k = max(map(len, rows)) * max(map(len, cols))
-    per = np.full((len(rows), len(cols), k), -1, dtype=np.int64)
-    for i, rr in enumerate(rows):
-        for j, cc in enumerate(cols):
-            flat = [r * w + q for r in rr for q in cc]
-            per[i, j, : len(flat)] = flat
-    per = per.reshape(1, -1, k)
+    r, q = _padded(rows), _padded(cols)  # (OH, Kr), (OW, Kc)
+    valid = (r[:, None, :, None] >= 0) & (q[None, :, None, :] >= 0)  # (OH, OW, Kr, Kc)
+    flat = r[:, None, :, None] * w + q[None, :, None, :]
+    # the valid positions of each window first, in row-major order, then the padding
+    order = np.argsort(~valid.reshape(len(r), len(q), -1), axis=-1, kind="stable")
+    flat = np.take_along_axis(np.where(valid, flat, -1).reshape(len(r), len(q), -1), order, -1)
+    per = flat.reshape(1, -1, flat.shape[-1])
     base = (np.arange(c, dtype=np.int64) * h * w).reshape(-1, 1, 1)
-    return np.where(per >= 0, per + base, -1).reshape(-1, k)
+    return np.where(per >= 0, per + base, -1).reshape(-1, per.shape[-1])

@@ -44,21 +44,6 @@ class ReluServer(GarbledServer):
         off = 1 << (self.shift - 1) if self.shift else 0
         return self.encode_shares(A.add(s, off, self.p))
 
-    @classmethod
-    def from_state(
-        cls,
-        p: int,
-        shift: int,
-        n: int,
-        state: dict[str, np.ndarray],
-        stat_bits: int = STAT_BITS,
-        clip: int | None = None,
-    ) -> ReluServer:
-        """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, state["delta"], 0, stat_bits, clip)
-        obj.restore(state)
-        return obj
-
 
 class ReluClient(GarbledClient):
     """The evaluator's half of one activation layer's ReLU channels."""
@@ -74,19 +59,3 @@ class ReluClient(GarbledClient):
     ) -> None:
         super().__init__(p, relu_circuit(p, shift, stat_bits, clip), n, tweak_base)
         self.shift = shift
-
-    @classmethod
-    def from_state(
-        cls,
-        p: int,
-        shift: int,
-        n: int,
-        tweak_base: int,
-        stat_bits: int,
-        clip: int | None,
-        state: dict[str, np.ndarray],
-    ) -> ReluClient:
-        """A layer ready for its online phase, from :meth:`export_state`."""
-        obj = cls(p, shift, n, tweak_base, stat_bits, clip)
-        obj.restore(state)
-        return obj

@@ -290,6 +290,7 @@ class Garbled:
         input_zero: dict[str, np.ndarray],
         tables: np.ndarray,
         decode_bits: np.ndarray,
+        rows: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.circuit = circuit
         self.n_instances = n_instances
@@ -299,7 +300,7 @@ class Garbled:
         self._tables: np.ndarray | None = tables
         self._released: set[str] = set()
         #: garbled output rows by output group (:func:`garble`'s ``rows``); public
-        self.rows: dict[str, np.ndarray] = {}
+        self.rows: dict[str, np.ndarray] = dict(rows or {})
 
     def __copy__(self) -> Garbled:
         raise TypeError("a Garbled object is single-use and cannot be copied")
@@ -479,9 +480,7 @@ def garble(
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)
-    g = Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits)
-    g.rows = out_rows
-    return g
+    return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits, out_rows)
 
 
 def tweak_span(circuit: Circuit, n_instances: int, row_groups: int = 0) -> int:
