@@ -5,7 +5,7 @@ calibration did not see (other architectures, sizes, ratios and the trained buil
 with ``safenet.secure.run_local`` and prints a markdown table of predicted vs measured online
 and offline seconds and bytes, with the relative errors.
 
-    python bench/cost_validate.py [--calibration FILE] [--json out.json]
+    python bench/cost_validate.py [--calibration FILE] [--json out.json] [--save-calibration F]
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calibration", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--save-calibration", type=Path, default=None, help="write the calibration")
     args = ap.parse_args()
     t0 = time.time()
     cal = Calibration.load(args.calibration) if args.calibration else calibrate()
+    if args.save_calibration is not None:
+        cal.save(args.save_calibration)
     rows = []
     for cfg in CONFIGS:
         plan, name = _plan(cfg)

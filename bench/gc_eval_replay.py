@@ -4,7 +4,9 @@ The online phase of a ReLU-heavy model is mostly ``evaluate`` over the layers in
 tables received offline (cold in memory by then). This garbles one layer per distinct size,
 copies the tables once per layer (as many fresh, cold arrays as the model has layers), then
 times evaluating every layer in order, ``--repeats`` times (fresh copies each time), and
-reports the minimum and median in seconds and ns per AND gate. Default: ResNet-32's 31 ReLU
+reports the minimum and median in seconds and ns per AND gate. It times the AND gates only:
+no output rows are garbled or decrypted, and the input labels of same-sized layers are
+shared (warm); only the tables are cold. Default: ResNet-32's 31 ReLU
 layers on 3x32x32 (11 x 16,384, 10 x 8,192, 10 x 4,096 ReLUs) under the 41-bit prime at its
 session mask width.
 

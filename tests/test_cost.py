@@ -160,5 +160,5 @@ def test_loopback_measurement_fits_the_transport_limits():
 
     default = inspect.signature(measure_loopback).parameters["nbytes"].default
     assert default + 4096 <= DEFAULT_MAX_MESSAGE
-    net = measure_loopback(nbytes=1 << 20, pings=5)
+    net = measure_loopback(pings=5)  # the default bulk frame goes through
     assert net.bandwidth > 0 and net.rtt > 0

@@ -541,7 +541,9 @@ def test_clipped_relu_is_exact_at_its_bound(p, k, c):
 
 def test_clipped_relu_cost_and_no_op_bound():
     base = relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count
-    assert base < relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=6 << 8).and_count <= base + 100
+    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=6 << 8).and_count == base + 92
+    poly = relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count
+    assert poly == 188 and relu_circuit(POLY_PRIME, 9, stat_bits=40, clip=6 << 8).and_count == 301
     big = DELPHI_PRIME // 2 >> 9  # no output exceeds it: no clipping stage at all
     assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=big).and_count == base
     with pytest.raises(ValueError, match="clip needs integer masking"):

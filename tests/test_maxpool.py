@@ -2,6 +2,8 @@
 padding, dilation, ceil_mode, adaptive), exactness against the reference in secure runs
 (live and banked), and its place in the cost model and the statistical budget."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -190,7 +192,8 @@ def test_max_pools_in_the_cost_model_and_the_budget(stem_plan):
     assert c.maxpool_layers == 3
     outputs = sum(int(np.prod(plan.ops[i].shape)) for i in pools)
     assert S.garbled_outputs(plan) == plan.counts()["relu_count"] + outputs
-    assert {g.stat_bits for g in layers.values()} == {S.element_bits(S.garbled_outputs(plan))}
+    want = 42 + math.ceil(math.log2(plan.counts()["relu_count"] + outputs))
+    assert {g.stat_bits for g in layers.values()} == {want}
 
 
 def test_banked_max_pool_sessions_run_online_only(tmp_path):

@@ -274,3 +274,24 @@ def test_bits_mod_p_any_width(nbits):
     b[:, 0] = 1  # all ones: 2^nbits - 1
     want = [sum(int(x) << j for j, x in enumerate(col)) % p for col in b.T]
     assert A.bits_mod_p(b, p).tolist() == want
+
+
+def test_overlapping_online_phases_restore_the_blas_threads():
+    """The one-BLAS-thread limit of the online phase is process-wide: two parties in one
+    process (server thread, client thread) ending in either order leave the original."""
+    from threadpoolctl import threadpool_info
+
+    from safenet.protocol.engine import _one_blas_thread
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    first, second = _one_blas_thread(), _one_blas_thread()
+    first.__enter__()
+    second.__enter__()
+    assert set(blas()) <= {1}
+    first.__exit__(None, None, None)  # the first to start ends first
+    assert set(blas()) <= {1}
+    second.__exit__(None, None, None)
+    assert blas() == before

@@ -83,3 +83,54 @@ def test_an_unsupported_operation_names_its_source_line():
     msg = str(info.value)
     assert "unsupported operation sigmoid" in msg and "supported: Conv2d" in msg
     assert f"{__file__}:" in msg and "torch.sigmoid(y).flatten(1)" in msg
+
+
+def test_pooling_variants_the_plan_cannot_express_are_refused():
+    """divisor_override, a non-square stride and mean(..., keepdim) in positional form were
+    lowered to wrong plans (or crashed); they are refused by name."""
+    import torch.nn.functional as F
+
+    from safenet.plan.ir import UnsupportedLayerError
+
+    class Override(nn.Module):
+        def forward(self, x):
+            return F.avg_pool2d(x, 2, divisor_override=1)
+
+    class Stride(nn.Module):
+        def forward(self, x):
+            return F.avg_pool2d(x, 2, (2, 1))
+
+    class KeepDim(nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3), True)
+
+    for net in (Override(), Stride(), KeepDim()):
+        with pytest.raises(UnsupportedLayerError):
+            safenet.compile(net, (1, 4, 4))
+
+
+def test_clamp_with_only_a_lower_bound_of_zero_is_a_relu():
+    from safenet.nn import surgery
+
+    class Clamped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return torch.clamp(self.conv(x), min=0).flatten(1)
+
+    torch.manual_seed(0)
+    net = Clamped().eval()
+    plan = safenet.compile(net, (1, 5, 5))
+    acts = [op for op in plan.ops if op.kind == "activation"]
+    assert len(acts) == 1 and "clip" not in acts[0].attrs
+    x = np.random.default_rng(0).normal(size=(1, 5, 5))
+    assert (
+        np.abs(plan.reference(x) - net.double()(torch.tensor(x)[None]).detach().numpy()[0]).max()
+        < 0.02
+    )
+    assert [
+        a.clip
+        for a in surgery.activations(surgery.convert(Clamped(), torch.zeros(2, 1, 5, 5))).values()
+    ] == [None]

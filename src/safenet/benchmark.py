@@ -34,13 +34,11 @@ def random_plan(
     width: int | None = None,
     seed: int = 0,
     relu_layers: int | None = None,
-    layers: dict[str, surgery.LayerSpec] | None = None,
 ) -> Plan:
     """Compile ``arch`` with random (seeded) weights; ``relu_ratio`` of channels keep ReLU.
 
     With ``relu_layers`` = n instead, whole layers are chosen as Delphi's planner does: the
-    first n - 1 activation layers and the last keep ReLU, every other is polynomial. With
-    ``layers`` (layer name -> LayerSpec), a planner's per-layer configuration."""
+    first n - 1 activation layers and the last keep ReLU, every other is polynomial."""
     if not 0.0 <= relu_ratio <= 1.0:
         raise ValueError(f"relu_ratio must be in [0, 1], got {relu_ratio}")
     if degree not in (2, 3):
@@ -52,9 +50,7 @@ def random_plan(
     kwargs: dict[str, Any] = {"in_channels": c, "image_size": h, "num_classes": num_classes}
     if width is not None:
         kwargs["width"] = width
-    model = randomize(
-        build_model(arch, **kwargs), input_shape, relu_ratio, degree, relu_layers, layers
-    )
+    model = randomize(build_model(arch, **kwargs), input_shape, relu_ratio, degree, relu_layers)
     plan = compile_model(model, input_shape)
     plan.info |= {"arch": arch, "relu_ratio": relu_ratio, "degree": degree, "seed": seed,
                   "relu_layers": relu_layers}  # fmt: skip
@@ -67,25 +63,22 @@ def randomize(
     relu_ratio: float = 1.0,
     degree: int = 2,
     relu_layers: int | None = None,
-    layers: dict[str, surgery.LayerSpec] | None = None,
 ) -> nn.Module:
     """``model`` (random weights) with batch-norm statistics from random inputs, then frozen
-    (so activations keep a realistic range through deep nets), and, with ``relu_ratio`` < 1,
-    ``relu_layers`` or per-layer ``layers`` (a planner's configuration: the first channels of
-    each layer keep ReLU), approximated: polynomials fitted on random inputs (blend 1)."""
+    (so activations keep a realistic range through deep nets), and, with ``relu_ratio`` < 1
+    or ``relu_layers``, approximated (the first channels of each layer keep ReLU):
+    polynomials fitted on random inputs (blend 1)."""
     c, h, w = input_shape
     with torch.no_grad():
         model.train()
         for _ in range(4):
             model(torch.randn(16, c, h, w))
     model.eval()
-    if relu_layers is None and relu_ratio >= 1.0 and layers is None:
+    if relu_layers is None and relu_ratio >= 1.0:
         return model
     model = surgery.convert(model, torch.randn(4, c, h, w))
     specs: dict[str, surgery.LayerSpec] | surgery.LayerSpec
-    if layers is not None:
-        specs = layers
-    elif relu_layers is not None:
+    if relu_layers is not None:
         names = list(surgery.activations(model))
         if not 1 <= relu_layers <= len(names):
             raise ValueError(f"relu_layers must be in 1..{len(names)}, got {relu_layers}")

@@ -139,7 +139,13 @@ def import_model(
     ref = f"{path}:{fn}"
     model = build_user_model(ref, kwargs)
     info = dataset_info(dataset)
-    shape = input_shape or (info.channels, info.image_size, info.image_size)
+    shape = (info.channels, info.image_size, info.image_size)
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise ValueError(
+            f"--input-shape {tuple(input_shape)} differs from {dataset}'s pictures {shape}: the "
+            "checkpoint's preprocessing would not match the model (use folder:PATH:SIZE to "
+            "resize an image folder)"
+        )
     if weights is not None:
         state = load_weights(weights)
         try:

@@ -230,8 +230,8 @@ def limit_memory(budget: int) -> None:
 def default_session_memory(plan: Plan) -> int:
     """The default cap (bytes) on what one forked session may allocate: 1 GiB plus 1.25x the
     plan's garbled tables, which the server may hold all at once (garbling runs ahead).
-    Measured (``scripts/session_memory.py``): a ResNet-32 all-ReLU session (2.0 GiB of
-    tables) runs within 2.5 GiB, a ``default-approx`` one within 0.5 GiB."""
+    Measured (``scripts/session_memory.py``): a ResNet-32 all-ReLU session (1.45 GiB of
+    tables) runs within 2 GiB, a ``default-approx`` one within 0.25 GiB."""
     return (1 << 30) + int(1.25 * garbled_table_bytes(plan))
 
 

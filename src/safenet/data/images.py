@@ -2,7 +2,7 @@
 
 An **image folder** is named ``folder:PATH`` or ``folder:PATH:SIZE`` wherever a dataset name
 goes. ``PATH`` holds one sub-folder per class (``PATH/cat/*.jpg``, ``PATH/dog/*.png``), or
-``train/`` and ``test/`` folders of that form; without them every fifth image of a class
+``train/`` and ``test/`` folders of that form; without ``test/`` every fifth image of a class
 (sorted by name) is the test split. Pictures are read with Pillow, converted to RGB (or to
 grey when every picture is grey), resized so that the shorter side is ``SIZE`` (default 32)
 and centre-cropped to ``SIZE x SIZE``. The normalisation (per-channel mean and standard
@@ -78,6 +78,8 @@ def _listing(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, in
     """Class names and the (file, label) pairs of each split."""
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
+    if (root / "train").is_dir() and not (root / "test").is_dir():
+        return _listing_split(root / "train")
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = tuple(d.name for d in _class_dirs(root / "train"))
         splits = {}
@@ -89,8 +91,13 @@ def _listing(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, in
             splits[split] = [(f, k) for k, c in enumerate(classes)
                              for f in (_files(root / split / c) if c in found else [])]  # fmt: skip
         return classes, splits
+    return _listing_split(root)
+
+
+def _listing_split(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
+    """Class folders under ``root``; every fifth picture of a class is the test split."""
     classes = tuple(d.name for d in _class_dirs(root))
-    splits = {"train": [], "test": []}
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     for k, c in enumerate(classes):
         for j, f in enumerate(_files(root / c)):
             splits["test" if j % 5 == 4 else "train"].append((f, k))
@@ -137,8 +144,12 @@ def folder_dataset(name: str) -> tuple[dict[str, Any], dict[str, tuple[np.ndarra
     mean, std, sizes, classes``) and its splits as (uint8 images, int64 labels)."""
     root, size = parse_folder(name)
     classes, splits = _listing(root)
-    if not splits["train"]:
-        raise DatasetError(f"{root}: no pictures ({', '.join(sorted(SUFFIXES))}) found")
+    for split, items in splits.items():
+        if not items:
+            raise DatasetError(
+                f"{root}: no {split} pictures ({', '.join(sorted(SUFFIXES))}); a class needs "
+                "at least 5 pictures when the test split is taken from it"
+            )
     channels = 1 if all(_is_grey(f) for f, _ in splits["train"]) else 3
     data = {}
     for split, items in splits.items():

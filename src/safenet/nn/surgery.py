@@ -98,14 +98,17 @@ def clip_bounds(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, Any] | None:
 
 
 def relu_site(node: fx.Node, gm: fx.GraphModule) -> tuple[bool, float | None]:
-    """``(is an activation site, clip)``: ReLU in any spelling (clip ``None``) or a clipped
-    ReLU ``min(max(x, 0), m)`` (ReLU6, Hardtanh(0, m), clamp(x, 0, m): clip ``m``)."""
+    """``(is an activation site, clip)``: ReLU in any spelling (clip ``None``, also
+    ``clamp(x, min=0)``) or a clipped ReLU ``min(max(x, 0), m)`` (ReLU6, Hardtanh(0, m),
+    clamp(x, 0, m): clip ``m``)."""
     if is_relu(node, gm):
         return True, None
     b = clip_bounds(node, gm)
-    if b is not None and all(isinstance(v, int | float) for v in b) and b[0] == 0 and b[1] > 0:
-        return True, float(b[1])
-    return False, None
+    if b is None or not isinstance(b[0], int | float) or b[0] != 0:
+        return False, None
+    if b[1] is None:  # clamp(x, min=0): a plain ReLU
+        return True, None
+    return (True, float(b[1])) if isinstance(b[1], int | float) and b[1] > 0 else (False, None)
 
 
 def convert(

@@ -422,17 +422,18 @@ class _Lowering:
                 raise UnsupportedLayerError(f"{name}: input {h}x{w} not divisible to {oh}x{ow}")
             k = s = h // oh
         else:
-            ks = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            st = m.stride if isinstance(m.stride, int) else m.stride[0]
-            pad = m.padding if isinstance(m.padding, int) else max(m.padding)
+            kp, sp, pp = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding"))
             if (
-                pad
+                any(pp)
                 or m.ceil_mode
-                or not isinstance(m.kernel_size, int)
-                and len(set(m.kernel_size)) > 1
+                or kp[0] != kp[1]
+                or sp[0] != sp[1]
+                or getattr(m, "divisor_override", None)
             ):
-                raise UnsupportedLayerError(f"{name}: only square, unpadded average pools")
-            k, s = ks, st
+                raise UnsupportedLayerError(
+                    f"{name}: only square, unpadded average pools without divisor_override"
+                )
+            k, s = kp[0], sp[0]
         shape = self.shape_of(node)
         if v.divisor != 1:
             v = self.settle(v, f"{_label(node)}.pre")
@@ -496,7 +497,8 @@ class _Lowering:
         v = self.value(node.args[0])
         shape = self.ops[v.op].shape
         dims = {int(d) % 4 for d in dims} if isinstance(dims, list | tuple) else None
-        if dims != {2, 3} or node.kwargs.get("keepdim") or len(shape) != 3 or shape[1] != shape[2]:
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim")
+        if dims != {2, 3} or keep or len(shape) != 3 or shape[1] != shape[2]:
             raise UnsupportedLayerError(
                 f"{_label(node)}: only mean over (2, 3) of a square image (global pooling)"
             )
@@ -528,7 +530,8 @@ class _Lowering:
         if is_relu(node, self.gm):
             self.relu_site(node, None)
         elif (bounds := clip_bounds(node, self.gm)) is not None:
-            self.relu_site(node, None, _clip_bound(node, *bounds))
+            plain = bounds[1] is None and isinstance(bounds[0], int | float) and bounds[0] == 0
+            self.relu_site(node, None, None if plain else _clip_bound(node, *bounds))
         elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
             a, b = node.args[:2]
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:

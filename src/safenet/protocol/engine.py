@@ -24,11 +24,14 @@ local ops      applied to ``S`` online and to ``C`` offline (:func:`local_op`)
                linear layer fed straight by another one needs it
 ``activation`` ReLU channels by garbled circuit (:mod:`safenet.protocol.relu`),
                polynomial channels by HE-made tuples (:mod:`safenet.protocol.poly`)
+``maxpool``    garbled max per window (:mod:`safenet.protocol.maxpool`), reshared like
+               an activation: ``C = R``, one round trip
 output         the server sends ``S``; only the client learns ``S + C``.
 
-The server garbles all ReLU layers in a worker thread as soon as the offline phase starts,
-under one session Delta that is also its correlated-OT secret, each layer with its own
-tweak range; its main thread meanwhile answers the client's HE requests.
+The server garbles all garbled layers (ReLU channels, max pools) in a worker thread as soon
+as the offline phase starts, under one session Delta that is also its correlated-OT secret,
+each layer with its own tweak range; its main thread meanwhile answers the client's HE
+requests.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,10 +195,10 @@ def poly_reply_params(plan: Plan, he: HEContext) -> P.ReplyParams:
 
 
 def _pack(
-    relu: dict[int, dict[str, np.ndarray]], polys: dict[int, list[np.ndarray]]
+    garbled: dict[int, dict[str, np.ndarray]], polys: dict[int, list[np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """Bank arrays of per-layer ReLU states and polynomial shares (see :func:`_unpack`)."""
-    arrays = {f"gc/{i}/{k}": v for i, st in relu.items() for k, v in st.items()}
+    """Bank arrays of per-layer garbled-layer states and polynomial shares (:func:`_unpack`)."""
+    arrays = {f"gc/{i}/{k}": v for i, st in garbled.items() for k, v in st.items()}
     arrays |= {f"poly/{i}/{m}": g for i, gs in polys.items() for m, g in enumerate(gs)}
     return arrays
 
@@ -719,12 +722,32 @@ class ClientSession(_Party):
         self.conn.send_array(A.sub(z, self.masks.pop(i), self.p), label="online.reshare")
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0
+_BLAS_LIMIT: threadpool_limits | None = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
     """BLAS on one thread for the online phase: its matrix products are small there, and
     OpenBLAS's idle threads spin for a while after each call, taking the cores the garbled
     circuit evaluation needs (measured: 1.6 -> 1.1-1.3 s online for an all-ReLU ResNet-32
-    with both parties on one 2-core machine)."""
-    return threadpool_limits(limits=1, user_api="blas")
+    with both parties on one 2-core machine). The limit is process-wide, so it is counted:
+    set by the first online phase to start, restored by the last to end (both parties may
+    run in one process)."""
+    global _BLAS_USERS, _BLAS_LIMIT
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0 and _BLAS_LIMIT is not None:
+                _BLAS_LIMIT.restore_original_limits()
+                _BLAS_LIMIT = None
 
 
 def _check(a: np.ndarray, shape: tuple[int, ...], p: int, what: str) -> None:

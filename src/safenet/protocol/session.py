@@ -185,7 +185,7 @@ def client_session(
         if callable(x):  # e.g. a picture prepared as the public plan says
             x = x(public)
         xi = encode_input(public, x, encoded)
-    except (ValueError, OverflowError) as e:
+    except Exception as e:  # also an unreadable picture: the server hears of it at once
         conn.send_error(f"client input rejected: {e}")
         raise
     version = handshake(conn, "client", public.fingerprint()).get("model_version")

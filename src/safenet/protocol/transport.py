@@ -539,7 +539,8 @@ class HandshakeError(ProtocolError):
 
 PROTOCOL_NAME = "safenet"
 #: 2: polynomial channels truncate exactly (online.open, online.poly); 3: statistical bounds
-#: per session (ReLU masks as wide as the session needs, polynomial plaintexts in digits)
+#: per session (ReLU masks as wide as the session needs, polynomial plaintexts in digits);
+#: 4: max pools, and the masks' high parts as garbled output rows (gc.rows)
 PROTOCOL_VERSION = 4
 
 

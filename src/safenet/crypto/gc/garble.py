@@ -163,8 +163,8 @@ def _thread_aes() -> FixedKeyAES:
 
 def _thread_buffer(name: str, words: int) -> np.ndarray:
     """A uint64 scratch array of ``words`` owned by this thread and reused by its next chunks
-    (fresh arrays of tens of MB per chunk cost page faults that rival the work itself); its
-    contents are whatever the last user left."""
+    of the same :func:`run_chunks` call (fresh arrays of tens of MB per chunk cost page
+    faults); its contents are whatever the last chunk left."""
     bufs = _local.__dict__.setdefault("buffers", {})
     buf = bufs.get(name)
     if buf is None or buf.size < words:
@@ -190,6 +190,13 @@ def _forget_pool() -> None:  # after fork: the parent's threads do not exist in 
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+def _release_thread_state() -> None:
+    """Drop this thread's AES context and buffers (they held labels): a pool thread keeps
+    nothing between garblings or evaluations."""
+    _local.__dict__.pop("aes", None)
+    _local.__dict__.pop("buffers", None)
+
+
 def run_chunks(
     chunks: list[tuple[int, int]], workers: int, body: Callable[[FixedKeyAES, int, int], None]
 ) -> None:
@@ -197,26 +204,25 @@ def run_chunks(
     helpers from a persistent pool, each taking the next chunk when it is free.
 
     Chunks are independent (disjoint instances, disjoint output slices); each thread has its
-    own AES context.
+    own AES context and buffers, reused across its chunks of this call and dropped after it.
     """
-    if workers <= 1 or len(chunks) <= 1:
-        aes = _thread_aes()
-        for i0, i1 in chunks:
-            body(aes, i0, i1)
-        return
     todo = iter(chunks)
     lock = threading.Lock()
 
     def drain() -> None:
-        aes = _thread_aes()
-        while True:
-            with lock:
-                nxt = next(todo, None)
-            if nxt is None:
-                return
-            body(aes, *nxt)
+        try:
+            aes = _thread_aes()
+            while True:
+                with lock:
+                    nxt = next(todo, None)
+                if nxt is None:
+                    return
+                body(aes, *nxt)
+        finally:
+            _release_thread_state()
 
-    helpers = [_pool().submit(drain) for _ in range(min(workers, len(chunks)) - 1)]
+    n_helpers = min(workers, len(chunks)) - 1
+    helpers = [_pool().submit(drain) for _ in range(max(n_helpers, 0))]
     try:
         drain()
     finally:
@@ -420,8 +426,9 @@ def garble(
         delta: a session-wide Delta (uint64 (2,), lsb 1) shared by several garblings, so
             that one correlated-OT sender (s = Delta) serves all of them.
         tweak_base: added to every tweak; garblings sharing a Delta must use disjoint
-            ranges ``[tweak_base, tweak_base + circuit.and_count * n_instances)``, all
-            below :data:`TWEAK_LIMIT`.
+            ranges ``[tweak_base, tweak_base + tweak_span(circuit, n_instances, len(rows)))``
+            (:func:`tweak_span`: the AND gates', then the rows'), all below
+            :data:`TWEAK_LIMIT`.
         workers: threads (default :func:`default_workers`); results do not depend on it.
         rows: for one-bit output groups, ``name -> (v0, v1)`` (128-bit values, uint64
             ``(n_instances, 2)`` each): the garbled output rows that give the evaluator
@@ -480,6 +487,8 @@ def garble(
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)
+    for name in rows:  # read only through their rows: a decode bit would reveal the bit
+        decode_bits[slices[name]] = 0
     return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits, out_rows)
 
 
