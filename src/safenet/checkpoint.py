@@ -128,8 +128,9 @@ def import_model(
     """A checkpoint of your own model: ``definition`` is ``path/to/file.py:build_fn`` (called
     with ``kwargs``), ``weights`` a state dict file (``None``: the function's initial
     weights), ``dataset`` what it was trained on (a known name or ``folder:PATH[:SIZE]``),
-    ``input_shape`` (C, H, W) defaults to the dataset's. Checks that the weights fit and the
-    model runs on that shape; the checkpoint then works with every safenet command."""
+    ``input_shape`` (C, H, W), if given, must be the dataset's (the checkpoint's preprocessing
+    is the dataset's). Checks that the weights fit and the model runs on that shape; the
+    checkpoint then works with every safenet command."""
     from safenet.data.images import canonical, preprocessing
     from safenet.data.registry import dataset_info
     from safenet.nn.modelfile import parse

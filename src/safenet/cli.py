@@ -637,7 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the function's initial weights)")  # fmt: skip
     p.add_argument("--dataset", required=True,
                    help="what it was trained on: a dataset name or folder:PATH[:SIZE]")  # fmt: skip
-    p.add_argument("--input-shape", default=None, help="C,H,W (default: the dataset's)")
+    p.add_argument(
+        "--input-shape", default=None,
+        help="C,H,W, checked against the dataset's pictures (resize a folder with :SIZE)",
+    )  # fmt: skip
     p.add_argument("--kwargs", default=None, help="JSON keyword arguments for the function")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.set_defaults(func=cmd_import)
