@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from safenet.crypto import aesni
 from safenet.crypto.aes import FixedKeyAES
+from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
-from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.circuit import Circuit, Schedule
 from safenet.crypto.gc.garble import (
     EVAL_HALVES,
     _chunk_labels,
@@ -66,22 +68,39 @@ def evaluate(
             raise ValueError(f"labels of {name!r} must have shape {(len(slots), n, 2)}")
     out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
 
+    fused = aesni.available()
+
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         L = _chunk_labels(sch, input_labels, i0, i1)
-
-        def gather(lo: int, hi: int, X: np.ndarray) -> None:
-            K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
-
-        def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
-            K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
-
-        sc = _Scratch(EVAL_HALVES, i1 - i0)
-        walk_layers(sch, L, sc, aes, n, i0 + tweak_base, gather, combine)
+        if fused:
+            F.eval_chunk(
+                L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
+                sch.and_b, sch.and_ptr, tables, i0, n, i0 + tweak_base, aesni.FIXED_ROUND_KEYS,
+            )  # fmt: skip
+        else:
+            _evaluate_buffered(sch, L, aes, tables, i0, n, tweak_base)
         out[:, i0:i1] = L[sch.out_slots]
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n, chunk, w), w, body)
     return out
+
+
+def _evaluate_buffered(
+    sch: Schedule, L: np.ndarray, aes: FixedKeyAES, tables: np.ndarray, i0: int, n: int,
+    tweak_base: int,
+) -> None:  # fmt: skip
+    """Evaluate one chunk through scratch buffers and ``cryptography``'s AES (no AES-NI)."""
+    i1 = i0 + L.shape[1]
+
+    def gather(lo: int, hi: int, X: np.ndarray) -> None:
+        K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
+
+    def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
+        K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+    sc = _Scratch(EVAL_HALVES, L.shape[1])
+    walk_layers(sch, L, sc, aes, n, i0 + tweak_base, gather, combine)
 
 
 def decode(labels: np.ndarray, decode_bits: np.ndarray) -> np.ndarray:

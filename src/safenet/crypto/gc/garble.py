@@ -37,7 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from safenet.crypto import aesni
 from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
+from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
 from safenet.crypto.gc.tables import encrypt_rows
@@ -188,6 +190,12 @@ def _forget_pool() -> None:  # after fork: the parent's threads do not exist in 
 
 
 os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _wipe_thread_buffers() -> None:
+    """Zero this thread's scratch buffers (after a garbling chunk: they held labels)."""
+    for buf in _local.__dict__.get("buffers", {}).values():
+        buf.fill(0)
 
 
 def _release_thread_state() -> None:
@@ -404,6 +412,23 @@ def tables_from_bytes(data: bytes, circuit: Circuit, n_instances: int) -> np.nda
     return np.frombuffer(data, dtype="<u8").reshape(circuit.and_count, n_instances, 2, 2)
 
 
+def _garble_buffered(
+    sch: Schedule, L: np.ndarray, aes: FixedKeyAES, d0: np.uint64, d1: np.uint64,
+    tables: np.ndarray, i0: int, n_total: int, tweak_base: int,
+) -> None:  # fmt: skip
+    """Garble one chunk through scratch buffers and ``cryptography``'s AES (no AES-NI)."""
+    i1 = i0 + L.shape[1]
+
+    def gather(lo: int, hi: int, X: np.ndarray) -> None:
+        K.garble_gather(L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg, lo, hi, d0, d1, X)
+
+    def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
+        K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+    sc = _Scratch(GARBLE_HALVES, L.shape[1])
+    walk_layers(sch, L, sc, aes, n_total, i0 + tweak_base, gather, combine)
+
+
 def garble(
     circuit: Circuit,
     n_instances: int,
@@ -461,19 +486,18 @@ def garble(
     out_rows = {name: np.empty((n_instances, 2, 2), dtype=np.uint64) for name in rows}
     slices = circuit.output_slices
 
+    fused = aesni.available()
+
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         L = _chunk_labels(sch, input_zero, i0, i1)
-
-        def gather(lo: int, hi: int, X: np.ndarray) -> None:
-            K.garble_gather(
-                L, sch.and_a, sch.and_a_neg, sch.and_b, sch.and_b_neg, lo, hi, d0, d1, X
-            )
-
-        def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
-            K.garble_combine(X, P, R, d0, d1, tables[lo:hi, i0:i1], L, sch.and_out, lo)
-
-        sc = _Scratch(GARBLE_HALVES, i1 - i0)
-        walk_layers(sch, L, sc, aes, n_instances, i0 + tweak_base, gather, combine)
+        if fused:
+            F.garble_chunk(
+                L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
+                sch.and_a_neg, sch.and_b, sch.and_b_neg, sch.and_ptr, d0, d1, tables, i0,
+                n_instances, i0 + tweak_base, aesni.FIXED_ROUND_KEYS,
+            )  # fmt: skip
+        else:
+            _garble_buffered(sch, L, aes, d0, d1, tables, i0, n_instances, tweak_base)
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
@@ -482,8 +506,7 @@ def garble(
             zero = L[sch.out_slots[j]] ^ (np.uint64(sch.out_neg[j]) * delta)  # logical 0
             base = tweak_base + circuit.and_count * n_instances + k * n_instances + i0
             out_rows[name][i0:i1] = encrypt_rows(zero, delta, v0[i0:i1], v1[i0:i1], base, aes)
-        for buf in (L, sc.xf, sc.pf, sc.rf):  # reused buffers: no zero labels, no Delta left
-            buf.fill(0)
+        _wipe_thread_buffers()  # reused buffers: no zero labels, no Delta left
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)

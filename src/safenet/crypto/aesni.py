@@ -1,0 +1,168 @@
+"""AES-NI inside numba kernels: the tweakable hash of :mod:`safenet.crypto.aes`, callable per
+block from compiled code so that hashing fuses with the label arithmetic of garbling.
+
+``cryptography`` encrypts whole buffers at the AES floor, but a garbled AND gate needs its
+hash inputs gathered into a buffer, encrypted twice and combined again: six label copies
+around four AES calls. Here the hash is a numba intrinsic (:func:`tccr1`, :func:`tccr2`)
+that emits the round instructions (``llvm.x86.aesni.aesenc``) into the gate loop, and a block
+stays in vector registers from its first round to its last XOR. The key schedule of the fixed
+public key is expanded once in Python (FIPS-197, section 5.2); :func:`supported` checks the
+compiled hash against ``cryptography``'s before any kernel uses it.
+
+:func:`available` is false on CPUs without AES-NI (or outside x86-64), if that check fails,
+or with ``SAFENET_AESNI=0`` (for comparisons); callers then keep the buffer path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from safenet.crypto.aes import FIXED_KEY, FixedKeyAES
+
+__all__ = [
+    "FIXED_ROUND_KEYS",
+    "available",
+    "hash_blocks",
+    "round_keys",
+    "supported",
+    "tccr1",
+    "tccr2",
+]
+
+_V2 = ir.VectorType(ir.IntType(64), 2)
+_I32 = ir.IntType(32)
+_U64 = types.uint64
+
+
+def _tccr(n: int):  # noqa: ANN202 - returns a numba intrinsic
+    """An intrinsic ``(x, t, k) -> h`` hashing ``n`` blocks at once, interleaved round by round:
+    ``h_j = pi(pi(x_j) ^ t_j) ^ pi(x_j)`` (:meth:`safenet.crypto.aes.FixedKeyAES.hash`).
+
+    ``x`` and ``h`` are tuples of ``2 n`` words (block ``j`` is words ``2j, 2j + 1``, low word
+    first), ``t`` holds ``n`` tweaks (XORed into the low word), ``k`` the 22 round-key words.
+    The blocks stay in vector registers from the first round to the last XOR.
+    """
+
+    @intrinsic
+    def tccr(typingctx, x, t, k):  # noqa: ANN001, ANN202, ARG001
+        sig = types.UniTuple(_U64, 2 * n)(
+            types.UniTuple(_U64, 2 * n), types.UniTuple(_U64, n), types.UniTuple(_U64, 22)
+        )
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            xs, ts, ks = args
+
+            def vec(lo: ir.Value, hi: ir.Value) -> ir.Value:
+                v = builder.insert_element(ir.Constant(_V2, ir.Undefined), lo, _I32(0))
+                return builder.insert_element(v, hi, _I32(1))
+
+            def word(tup: ir.Value, i: int) -> ir.Value:
+                return builder.extract_value(tup, i)
+
+            fnty = ir.FunctionType(_V2, [_V2, _V2])
+            enc = builder.module.declare_intrinsic("llvm.x86.aesni.aesenc", fnty=fnty)
+            last = builder.module.declare_intrinsic("llvm.x86.aesni.aesenclast", fnty=fnty)
+            rk = [vec(word(ks, 2 * r), word(ks, 2 * r + 1)) for r in range(11)]
+
+            def aes(vs: list[ir.Value]) -> list[ir.Value]:
+                vs = [builder.xor(v, rk[0]) for v in vs]
+                for r in range(1, 10):
+                    vs = [builder.call(enc, [v, rk[r]]) for v in vs]
+                return [builder.call(last, [v, rk[10]]) for v in vs]
+
+            p = aes([vec(word(xs, 2 * j), word(xs, 2 * j + 1)) for j in range(n)])
+            zero = ir.Constant(ir.IntType(64), 0)
+            r = aes([builder.xor(p[j], vec(word(ts, j), zero)) for j in range(n)])
+            parts = []
+            for j in range(n):
+                h = builder.xor(r[j], p[j])
+                parts += [builder.extract_element(h, _I32(0)), builder.extract_element(h, _I32(1))]
+            return context.make_tuple(builder, signature.return_type, parts)
+
+        return sig, codegen
+
+    return tccr
+
+
+#: the hash of one block, and of two and four blocks interleaved (see :func:`_tccr`)
+tccr1 = _tccr(1)
+tccr2 = _tccr(2)
+tccr4 = _tccr(4)
+
+
+@numba.njit(nogil=True, cache=True)
+def hash_blocks(k: tuple, x: np.ndarray, tweaks: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = H(x[i], tweaks[i])`` over uint64 blocks ``(n, 2)`` (self-check and tests)."""
+    for i in range(x.shape[0]):
+        out[i, 0], out[i, 1] = tccr1((x[i, 0], x[i, 1]), (tweaks[i],), k)
+
+
+def _sbox() -> list[int]:
+    """The AES S-box: multiplicative inverse in GF(2^8) (through powers of the generator 3),
+    then the affine map (FIPS-197 5.1.1)."""
+    exp, log, x = [0] * 255, [0] * 256, 1
+    for i in range(255):
+        exp[i], log[x] = x, i
+        x ^= ((x << 1) ^ (0x11B if x & 0x80 else 0)) & 0xFF  # x * 3
+    out = []
+    for a in range(256):
+        v = exp[(255 - log[a]) % 255] if a else 0
+        rot = [((v << s) | (v >> (8 - s))) & 0xFF for s in range(1, 5)]
+        out.append(v ^ rot[0] ^ rot[1] ^ rot[2] ^ rot[3] ^ 0x63)
+    return out
+
+
+def round_keys(key: bytes) -> tuple[np.uint64, ...]:
+    """The 11 AES-128 round keys of ``key`` as 22 little-endian words (FIPS-197 5.2)."""
+    if len(key) != 16:
+        raise ValueError("AES-128 needs a 16-byte key")
+    sbox = _sbox()
+    words = [list(key[4 * i : 4 * i + 4]) for i in range(4)]
+    rcon = 1
+    for i in range(4, 44):
+        t = list(words[i - 1])
+        if i % 4 == 0:
+            t = [sbox[b] for b in t[1:] + t[:1]]
+            t[0] ^= rcon
+            rcon = ((rcon << 1) ^ (0x11B if rcon & 0x80 else 0)) & 0xFF
+        words.append([a ^ b for a, b in zip(words[i - 4], t, strict=True)])
+    flat = np.frombuffer(bytes(sum(words, [])), dtype="<u8")
+    return tuple(np.uint64(w) for w in flat)
+
+
+def available() -> bool:
+    """Whether the fused AES-NI kernels may run here: ``SAFENET_AESNI`` is not ``0`` and the
+    CPU passes :func:`supported`."""
+    return os.environ.get("SAFENET_AESNI", "1") != "0" and supported()
+
+
+@functools.cache
+def supported() -> bool:
+    """Whether this is an x86-64 CPU with AES-NI whose compiled rounds match
+    ``cryptography``'s AES (checked once per process)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        if not llvm.get_host_cpu_features().get("aes", False):
+            return False
+        src = np.arange(64, dtype=np.uint64).reshape(32, 2) * np.uint64(0x9E3779B97F4A7C15)
+        tweaks = np.arange(32, dtype=np.uint64) << np.uint64(40)
+        dst = np.empty_like(src)
+        hash_blocks(FIXED_ROUND_KEYS, src, tweaks, dst)
+        return bool(np.array_equal(dst, FixedKeyAES().hash(src, tweaks)))
+    except Exception:  # noqa: BLE001 - any failure means: use the buffer path
+        return False
+
+
+#: round keys of the fixed public key of :class:`safenet.crypto.aes.FixedKeyAES`
+FIXED_ROUND_KEYS = round_keys(FIXED_KEY)

@@ -1,0 +1,112 @@
+"""The AES-NI path: the compiled hash against ``cryptography``, and the fused garbling and
+evaluation kernels against the buffer path, bit for bit."""
+
+import numpy as np
+import pytest
+
+from safenet.crypto import aesni
+from safenet.crypto.aes import FixedKeyAES
+from safenet.crypto.gc import (
+    CircuitBuilder,
+    decode,
+    evaluate,
+    garble,
+    relu_circuit,
+    tables_from_bytes,
+)
+from safenet.field import DELPHI_PRIME
+
+needs_aesni = pytest.mark.skipif(not aesni.supported(), reason="no AES-NI on this CPU")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_key_schedule_matches_fips197():
+    """FIPS-197 appendix A.1: key 2b7e1516..., round key 10 d014f9a8 c9ee2589 e13f0cc8 b6630ca6."""
+    k = aesni.round_keys(bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c"))
+    assert len(k) == 22
+    assert np.array(k[:2], dtype="<u8").tobytes().hex() == "2b7e151628aed2a6abf7158809cf4f3c"
+    assert np.array(k[20:], dtype="<u8").tobytes().hex() == "d014f9a8c9ee2589e13f0cc8b6630ca6"
+    with pytest.raises(ValueError, match="16-byte"):
+        aesni.round_keys(b"short")
+
+
+@needs_aesni
+def test_compiled_hash_matches_cryptography(rng):
+    x = rng.integers(0, 2**64, (1000, 2), dtype=np.uint64)
+    tweaks = rng.integers(0, 2**63, 1000, dtype=np.uint64)
+    out = np.empty_like(x)
+    aesni.hash_blocks(aesni.FIXED_ROUND_KEYS, x, tweaks, out)
+    np.testing.assert_array_equal(out, FixedKeyAES().hash(x, tweaks))
+
+
+def test_switch_off(monkeypatch):
+    monkeypatch.setenv("SAFENET_AESNI", "0")
+    assert not aesni.available()
+    monkeypatch.setenv("SAFENET_AESNI", "1")
+    assert aesni.available() == aesni.supported()
+
+
+def _random_circuit(r: np.random.Generator):
+    """A random XOR/AND/OR/NOT DAG over a garbler and an evaluator input group."""
+    bld = CircuitBuilder()
+    lits = bld.input("g", 4) + bld.input("e", 5)
+    for _ in range(int(r.integers(40, 160))):
+        op, (i, j) = r.integers(0, 4), r.integers(0, len(lits), 2)
+        if op == 0:
+            lits.append(bld.xor(lits[i], lits[j]))
+        elif op == 1:
+            lits.append(bld.and_(lits[i], lits[j]))
+        elif op == 2:
+            lits.append(bld.or_(lits[i], lits[j]))
+        else:
+            lits.append(bld.not_(lits[i]))
+    bld.output("out", [lits[i] for i in r.integers(0, len(lits), 10)])
+    return bld.build()
+
+
+def _run(circuit, n, seed, chunk, tweak_base, workers):
+    """Garble with a seeded generator, evaluate on random inputs from the same seed; returns
+    the tables, decode bits and output labels."""
+    r = np.random.default_rng(seed)
+    g = garble(circuit, n, rng=r, chunk=chunk, tweak_base=tweak_base, workers=workers)
+    labels = {}
+    for name, wires in circuit.inputs.items():
+        bits = r.integers(0, 2, (len(wires), n), dtype=np.uint8)
+        l0, l1 = g.label_pairs(name)
+        labels[name] = np.where(bits[..., None].astype(bool), l1, l0)
+    tables = tables_from_bytes(g.take_tables().tobytes(), circuit, n)  # read-only, as received
+    out = evaluate(circuit, tables, labels, chunk=chunk, tweak_base=tweak_base, workers=workers)
+    return tables, g.decode_bits, out
+
+
+@needs_aesni
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_kernels_equal_the_buffer_path(seed, monkeypatch):
+    """Same tables, decode bits and output labels with and without AES-NI, for random
+    circuits (negated inputs included), odd chunks, threads and tweak bases."""
+    circuit = _random_circuit(np.random.default_rng(100 + seed))
+    n, chunk, base = 301, (None, 7, 64, 1000)[seed], (0, 5, 1 << 20, 12345)[seed]
+    workers = 1 + seed % 2
+    fused = _run(circuit, n, seed, chunk, base, workers)
+    monkeypatch.setenv("SAFENET_AESNI", "0")
+    buffered = _run(circuit, n, seed, chunk, base, workers)
+    for a, b in zip(fused, buffered, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_aesni
+def test_fused_relu_is_exact(rng, monkeypatch):
+    """The ReLU circuit garbled and evaluated through the fused kernels, decoded against the
+    plain evaluation of the same circuit."""
+    circuit = relu_circuit(DELPHI_PRIME, 9, 20)
+    n = 2000
+    ins = {k: rng.integers(0, 2, (len(w), n), dtype=np.uint8) for k, w in circuit.inputs.items()}
+    g = garble(circuit, n)
+    labels = {name: g.encode(name, bits) for name, bits in ins.items()}
+    got = decode(evaluate(circuit, g.take_tables(), labels), g.decode_bits)
+    want = circuit.evaluate_plain(ins)
+    np.testing.assert_array_equal(got, np.concatenate([want[k] for k in circuit.outputs]))
