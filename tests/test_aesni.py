@@ -84,18 +84,30 @@ def _run(circuit, n, seed, chunk, tweak_base, workers):
 
 
 @needs_aesni
+@pytest.mark.parametrize("mode", ["1", "128"])
 @pytest.mark.parametrize("seed", range(4))
-def test_fused_kernels_equal_the_buffer_path(seed, monkeypatch):
-    """Same tables, decode bits and output labels with and without AES-NI, for random
-    circuits (negated inputs included), odd chunks, threads and tweak bases."""
+def test_fused_kernels_equal_the_buffer_path(seed, mode, monkeypatch):
+    """Same tables, decode bits and output labels with AES-NI (four lanes where the CPU has
+    VAES, ``1``; one lane, ``128``) and without (``0``), for random circuits (negated inputs
+    included), chunks that leave remainders of four, threads and tweak bases."""
+    if mode == "1" and not aesni.wide_supported():
+        pytest.skip("no VAES/AVX-512 on this CPU")
     circuit = _random_circuit(np.random.default_rng(100 + seed))
     n, chunk, base = 301, (None, 7, 64, 1000)[seed], (0, 5, 1 << 20, 12345)[seed]
     workers = 1 + seed % 2
+    monkeypatch.setenv("SAFENET_AESNI", mode)
     fused = _run(circuit, n, seed, chunk, base, workers)
     monkeypatch.setenv("SAFENET_AESNI", "0")
     buffered = _run(circuit, n, seed, chunk, base, workers)
     for a, b in zip(fused, buffered, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_modes(monkeypatch):
+    monkeypatch.setenv("SAFENET_AESNI", "128")
+    assert not aesni.wide_available()
+    monkeypatch.setenv("SAFENET_AESNI", "1")
+    assert aesni.wide_available() == (aesni.supported() and aesni.wide_supported())
 
 
 @needs_aesni

@@ -295,3 +295,29 @@ def test_overlapping_online_phases_restore_the_blas_threads():
     assert set(blas()) <= {1}
     second.__exit__(None, None, None)
     assert blas() == before
+
+
+def test_garbling_worker_stays_within_its_lookahead():
+    """With room for one layer, the worker garbles the next only after the previous was sent;
+    an error in the worker reaches the session's thread."""
+    from safenet.protocol.garbled import GarblingWorker
+
+    delta = np.array([3, 5], dtype=np.uint64)
+    layers = {i: ReluServer(DELPHI_PRIME, 4, 64, delta, 10_000 * i) for i in (2, 5, 7)}
+    worker = GarblingWorker(layers, ahead_bytes=1).start()
+    try:
+        assert worker.wait(2) is layers[2]
+        assert not worker._done[5].wait(0.3)  # blocked: layer 2's tables are still here
+        worker.sent(2)
+        assert worker.wait(5) is layers[5]
+        assert not worker._done[7].is_set()
+        worker.sent(5)
+        worker.wait(7)
+        assert worker.seconds > 0
+    finally:
+        worker.close()
+    bad = {0: ReluServer(DELPHI_PRIME, 4, 64, np.array([2, 0], dtype=np.uint64), 0)}
+    worker = GarblingWorker(bad).start()  # an even Delta: garble() refuses it
+    with pytest.raises(ValueError, match="lowest bit"):
+        worker.wait(0)
+    worker.close()

@@ -35,6 +35,10 @@ __all__ = [
     "supported",
     "tccr1",
     "tccr2",
+    "tccr4",
+    "wide_available",
+    "wide_supported",
+    "Wide",
 ]
 
 _V2 = ir.VectorType(ir.IntType(64), 2)
@@ -90,6 +94,98 @@ def _tccr(n: int):  # noqa: ANN202 - returns a numba intrinsic
         return sig, codegen
 
     return tccr
+
+
+#: four blocks (one 512-bit register) per AES instruction with VAES
+V8 = ir.VectorType(ir.IntType(64), 8)
+
+
+def lanes(*idx: int) -> ir.Constant:
+    """A shuffle mask picking the given 64-bit lanes."""
+    return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
+
+
+class Wide:
+    """LLVM IR for the hash over 512-bit registers (VAES + AVX-512: four blocks per
+    instruction), for intrinsics that process four instances per step.
+
+    A ``<8 x i64>`` holds blocks ``q = 0..3`` in words ``2q`` (low) and ``2q + 1``. Built inside
+    an intrinsic's codegen with its ``builder`` and the round-key tuple ``ks``.
+    """
+
+    def __init__(self, builder: ir.IRBuilder, ks: ir.Value) -> None:
+        self.b = builder
+        fnty = ir.FunctionType(V8, [V8, V8])
+        mod = builder.module
+        self._enc = mod.declare_intrinsic("llvm.x86.aesni.aesenc.512", fnty=fnty)
+        self._last = mod.declare_intrinsic("llvm.x86.aesni.aesenclast.512", fnty=fnty)
+        word = builder.extract_value
+        self.rk = [self.pairs(word(ks, 2 * r), word(ks, 2 * r + 1)) for r in range(11)]
+
+    def pairs(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
+        """The block ``(lo, hi)`` in all four lanes."""
+        v = ir.Constant(V8, ir.Undefined)
+        for q in range(4):
+            v = self.b.insert_element(v, lo, _I32(2 * q))
+            v = self.b.insert_element(v, hi, _I32(2 * q + 1))
+        return v
+
+    def aes(self, vs: list[ir.Value]) -> list[ir.Value]:
+        """AES-128 of every register of ``vs``, round by round across them."""
+        vs = [self.b.xor(v, self.rk[0]) for v in vs]
+        for r in range(1, 10):
+            vs = [self.b.call(self._enc, [v, self.rk[r]]) for v in vs]
+        return [self.b.call(self._last, [v, self.rk[10]]) for v in vs]
+
+    def hash(self, xs: list[ir.Value], ts: list[ir.Value]) -> list[ir.Value]:
+        """``H(x, t) = pi(pi(x) ^ t) ^ pi(x)`` per block (``ts`` hold tweaks in the low words
+        and zeros in the high words)."""
+        p = self.aes(xs)
+        r = self.aes([self.b.xor(x, t) for x, t in zip(p, ts, strict=True)])
+        return [self.b.xor(x, y) for x, y in zip(r, p, strict=True)]
+
+    def low_bit_masks(self, v: ir.Value) -> ir.Value:
+        """Per lane, all ones where the block's low word is odd (its permute bit), else zero."""
+        dup = self.b.shuffle_vector(v, v, lanes(0, 0, 2, 2, 4, 4, 6, 6))
+        return self.b.ashr(self.b.shl(dup, ir.Constant(V8, [63] * 8)), ir.Constant(V8, [63] * 8))
+
+    def tweaks(self, t: ir.Value, step: int, plus: int) -> ir.Value:
+        """Low words ``t + step q + plus`` for lanes ``q = 0..3``, high words zero."""
+        v = ir.Constant(V8, [0] * 8)
+        for q in range(4):
+            v = self.b.insert_element(v, t, _I32(2 * q))
+        return self.b.add(v, ir.Constant(V8, [w for q in range(4) for w in (step * q + plus, 0)]))
+
+    def ptr(self, data: ir.Value, word: ir.Value) -> ir.Value:
+        """A ``<8 x i64>*`` at word offset ``word`` of an array's data."""
+        return self.b.bitcast(self.b.gep(data, [word]), V8.as_pointer())
+
+    def load(self, data: ir.Value, word: ir.Value) -> ir.Value:
+        return self.b.load(self.ptr(data, word), align=8)
+
+    def store(self, v: ir.Value, data: ir.Value, word: ir.Value) -> None:
+        self.b.store(v, self.ptr(data, word), align=8)
+
+
+@functools.cache
+def wide_supported() -> bool:
+    """Whether the CPU has VAES and AVX-512F (the :class:`Wide` kernels), besides
+    :func:`supported`."""
+    if not supported():
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        f = llvm.get_host_cpu_features()
+        return bool(f.get("vaes", False) and f.get("avx512f", False))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def wide_available() -> bool:
+    """Whether the four-lane kernels may run: :func:`available`, :func:`wide_supported`, and
+    ``SAFENET_AESNI`` is not ``128`` (which keeps the one-block path, for comparisons)."""
+    return available() and os.environ.get("SAFENET_AESNI", "1") != "128" and wide_supported()
 
 
 #: the hash of one block, and of two and four blocks interleaved (see :func:`_tccr`)

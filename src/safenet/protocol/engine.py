@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ from threadpoolctl import threadpool_limits
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.gc import relu_circuit
 from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.evaluate import warm_up
 from safenet.crypto.gc.garble import tweak_span
 from safenet.crypto.gc.maxpool import max_circuit
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
@@ -59,7 +59,7 @@ from safenet.plan.ir import Op, Plan
 from safenet.protocol import arith as A
 from safenet.protocol import linear as L
 from safenet.protocol import poly as P
-from safenet.protocol.garbled import GarbledClient, GarbledServer
+from safenet.protocol.garbled import GarbledClient, GarbledServer, GarblingWorker
 from safenet.protocol.maxpool import MaxPoolClient, MaxPoolServer, pool_windows
 from safenet.protocol.profile import Profile
 from safenet.protocol.relu import ReluClient, ReluServer
@@ -304,6 +304,7 @@ class _Party:
         self._advance("new", "offline")
         with self.prof.phase("offline"):
             self._offline()
+            warm_up()  # numba kernels loaded before the online clock starts
         self._state = "ready"
 
     def _offline(self) -> None:
@@ -349,28 +350,7 @@ class ServerSession(_Party):
             ot.setup()
         # ReLU and max-pool layers, garbled in a worker thread while HE runs here
         gcs = {i: g.server(delta) for i, g in garbled_layers(self.plan).items()}
-        done = {i: threading.Event() for i in gcs}
-        stop = threading.Event()  # set when this thread fails: the worker quits early
-        errors: list[BaseException] = []
-        garble_time = [0.0]
-
-        def garble_all() -> None:
-            for i, r in gcs.items():
-                if stop.is_set():
-                    return
-                try:
-                    t = time.perf_counter()
-                    r.garble()
-                    garble_time[0] += time.perf_counter() - t
-                except BaseException as e:  # surfaced in the main thread
-                    errors.append(e)
-                    for ev in done.values():
-                        ev.set()
-                    return
-                done[i].set()
-
-        worker = threading.Thread(target=garble_all, name="garble", daemon=True)
-        worker.start()
+        worker = GarblingWorker(gcs).start()
         self.T: dict[int, np.ndarray] = {}
         self.garbled = gcs
         self.polys: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
@@ -386,17 +366,15 @@ class ServerSession(_Party):
                     elif op.kind in ("activation", "maxpool"):
                         if i in gcs:
                             with self.prof.primitive("gc.wait"):
-                                done[i].wait()
-                            if errors:
-                                raise errors[0]
+                                layer = worker.wait(i)
                             with self.prof.primitive("gc.send+ot"):
-                                gcs[i].send_offline(conn, ot)
+                                layer.send_offline(conn, ot)
+                            worker.sent(i)
                         if op.kind == "activation":
                             self._poly_offline(i, op, pk)
         finally:
-            stop.set()
-            worker.join()
-        self.prof.seconds["offline", "gc.garble(thread)"] += garble_time[0]
+            worker.close()
+        self.prof.seconds["offline", "gc.garble(thread)"] += worker.seconds
         conn.send_json("offline-done", label="offline.done")
 
     def _poly_offline(self, i: int, op: Op, pk: Any) -> None:
@@ -450,6 +428,7 @@ class ServerSession(_Party):
         want = {i for i, op in enumerate(model.plan.ops) if op.kind in ("conv", "linear")}
         if set(sess.T) != want:
             raise ValueError("stored material does not match the plan's linear layers")
+        warm_up()
         sess._state = "ready"
         return sess
 
@@ -660,6 +639,7 @@ class ClientSession(_Party):
         want = {i for i, op in enumerate(sess.plan.ops) if op.kind in kinds}
         if set(sess.masks) != want or sess.C_out.shape != tuple(sess.plan.output.shape):
             raise ValueError("stored material does not match the plan")
+        warm_up()
         sess._state = "ready"
         return sess
 

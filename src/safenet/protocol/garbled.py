@@ -21,6 +21,8 @@ only the labels of its own shares, ``m bits(p)`` labels of 16 bytes per instance
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,14 @@ from safenet.protocol import arith as A
 from safenet.protocol.arith import STAT_BITS
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
-__all__ = ["GarbledClient", "GarbledServer", "add_one128", "share_bits", "words128"]
+__all__ = [
+    "GarbledClient",
+    "GarbledServer",
+    "GarblingWorker",
+    "add_one128",
+    "share_bits",
+    "words128",
+]
 
 
 def words128(bits: np.ndarray) -> np.ndarray:
@@ -249,3 +258,73 @@ class GarbledClient:
         row_base = self.tweak_base + self.circuit.and_count * self.n
         high = decrypt_rows(out[sl["carry"].start], m["rows"], row_base)  # r_high + carry
         return _join_mod_p(low, high, self.p)
+
+
+class GarblingWorker:
+    """Garbles a session's layers in a background thread, in layer order, while the session
+    runs its HE work: :meth:`wait` for a layer before sending it, :meth:`sent` after.
+
+    At most ``ahead_bytes`` of tables are garbled and not yet sent (one layer more if a single
+    layer is larger): the garbler's memory stays bounded however fast it runs ahead.
+    """
+
+    def __init__(self, layers: dict[int, GarbledServer], ahead_bytes: int = 384 << 20) -> None:
+        self.layers = layers
+        self.ahead_bytes = ahead_bytes
+        self.seconds = 0.0  #: time spent garbling
+        self._done = {i: threading.Event() for i in layers}
+        self._cond = threading.Condition()
+        self._pending = 0  # table bytes garbled and not yet sent
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="garble", daemon=True)
+
+    @staticmethod
+    def _size(layer: GarbledServer) -> int:
+        return layer.circuit.table_bytes * layer.n
+
+    def start(self) -> GarblingWorker:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        for i, layer in self.layers.items():
+            size = self._size(layer)
+            with self._cond:
+                self._cond.wait_for(
+                    lambda s=size: self._stop or self._pending + s <= max(self.ahead_bytes, s)
+                )
+                if self._stop:
+                    return
+                self._pending += size
+            try:
+                t = time.perf_counter()
+                layer.garble()
+                self.seconds += time.perf_counter() - t
+            except BaseException as e:  # surfaced by wait() in the session's thread
+                self._error = e
+                for ev in self._done.values():
+                    ev.set()
+                return
+            self._done[i].set()
+
+    def wait(self, i: int) -> GarbledServer:
+        """Layer ``i``, once garbled (re-raises the worker's error)."""
+        self._done[i].wait()
+        if self._error is not None:
+            raise self._error
+        return self.layers[i]
+
+    def sent(self, i: int) -> None:
+        """Layer ``i``'s tables have left: the worker may garble further ahead."""
+        with self._cond:
+            self._pending -= self._size(self.layers[i])
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop (after the current layer) and join the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()

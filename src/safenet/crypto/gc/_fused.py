@@ -3,97 +3,194 @@
 The buffer path (:mod:`._kernels` around ``cryptography``) gathers each AND layer's hash
 inputs into scratch arrays, encrypts them twice and combines them again, with Python between
 layers. Here one call walks every XOR block and AND layer of a chunk, and each gate-instance
-hashes its labels with :func:`safenet.crypto.aesni.tccr2` in registers: the label
-slots, the tables and nothing else touch memory. Same hash, same tweaks, same tables as the
-buffer path (``tests/crypto/test_aesni.py`` compares them bit for bit).
+hashes its labels in registers: the label slots, the tables and nothing else touch memory.
+Two widths, chosen once per process (:func:`kernels`):
 
-Hash ``H(x, t) = pi(pi(x) ^ t) ^ pi(x)`` with ``t`` XORed into the low word; the tweak of AND
-gate ``g`` of instance ``i`` (of ``n_total``, chunk starting at tweak offset ``tw0``) is
-``2 * (g * n_total + tw0 + i) + half`` (see :mod:`._kernels`).
+* one instance per step (:func:`safenet.crypto.aesni.tccr2`, 128-bit AES-NI);
+* four instances per step where the CPU has VAES and AVX-512: a label row ``L[s, i:i + 4]``
+  is one 512-bit register, so a step loads, hashes and stores whole registers
+  (:class:`safenet.crypto.aesni.Wide`); the last ``m mod 4`` instances take the first path.
+
+Same hash, same tweaks, same tables as the buffer path (``tests/test_aesni.py`` compares
+them bit for bit). Hash ``H(x, t) = pi(pi(x) ^ t) ^ pi(x)`` with ``t`` XORed into the low
+word; the tweak of AND gate ``g`` of instance ``i`` (of ``n_total``, chunk starting at tweak
+offset ``tw0``) is ``2 * (g * n_total + tw0 + i) + half`` (see :mod:`._kernels`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
-from safenet.crypto.aesni import tccr2, tccr4
+from safenet.crypto import aesni
+from safenet.crypto.aesni import Wide, lanes, tccr2, tccr4
+from safenet.crypto.gc._kernels import xor_block
+
+__all__ = ["kernels"]
 
 Arr = np.ndarray
 U64 = np.uint64
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
+_KEYS = types.UniTuple(types.uint64, 22)
 
 
-@numba.njit(inline="always")
-def _xor_block(L: Arr, out: Arr, a: Arr, b: Arr, lo: int, hi: int) -> None:
-    m = L.shape[1]
-    for g in range(lo, hi):
-        o, x, y = out[g], a[g], b[g]
-        for i in range(m):
-            L[o, i, 0] = L[x, i, 0] ^ L[y, i, 0]
-            L[o, i, 1] = L[x, i, 1] ^ L[y, i, 1]
+@intrinsic
+def _eval4(typingctx, L, tab, wa, wb, wo, wt, t, k):  # noqa: ANN001, ANN202, ARG001
+    """Evaluate one AND gate on four instances: labels at word offsets ``wa``, ``wb`` of
+    ``L``, output at ``wo``, tables at word offset ``wt`` of ``tab``, tweak ``t`` for the
+    first instance (the others follow by 2)."""
+    i = types.intp
+    sig = types.void(L, tab, i, i, i, i, types.uint64, _KEYS)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        la = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ta = context.make_array(signature.args[1])(context, builder, args[1]).data
+        _, _, wa, wb, wo, wt, t, ks = args
+        w = Wide(builder, ks)
+        a, b = w.load(la, wa), w.load(la, wb)
+        t0, t1 = w.load(ta, wt), w.load(ta, builder.add(wt, wt.type(8)))
+        tg = builder.shuffle_vector(t0, t1, lanes(0, 1, 4, 5, 8, 9, 12, 13))
+        te = builder.shuffle_vector(t0, t1, lanes(2, 3, 6, 7, 10, 11, 14, 15))
+        ha, hb = w.hash([a, b], [w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)])
+        sel_a = builder.and_(w.low_bit_masks(a), tg)
+        sel_b = builder.and_(w.low_bit_masks(b), builder.xor(te, a))
+        out = builder.xor(builder.xor(ha, hb), builder.xor(sel_a, sel_b))
+        w.store(out, la, wo)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
-@numba.njit(cache=True, nogil=True)
-def garble_chunk(
-    L: Arr, xo: Arr, xa: Arr, xb: Arr, xptr: Arr, ao: Arr, aa: Arr, an: Arr, ab: Arr, bn: Arr,
-    aptr: Arr, d0: U64, d1: U64, tab: Arr, i0: int, n_total: int, tw0: int, k: tuple,
-) -> None:  # fmt: skip
-    """Garble instances ``i0 .. i0 + m`` of a circuit (``L``: zero labels of the chunk, inputs
-    loaded): tables into ``tab[g, i0 + i]``, output zero labels into ``L``.
+@intrinsic
+def _garble4(typingctx, L, tab, wa, wb, wo, wt, na, nb, t, d0, d1, k):  # noqa: ANN001, ANN202, ARG001
+    """Garble one AND gate on four instances (offsets as :func:`_eval4`; ``na``, ``nb`` the
+    input negation masks, ``(d0, d1)`` Delta); tables as ``(T_G, T_E)`` per instance."""
+    i, u = types.intp, types.uint64
+    sig = types.void(L, tab, i, i, i, i, u, u, u, u, u, _KEYS)
 
-    Per AND gate with zero labels ``A0, B0`` (after input negation): ``T_G = H(A0) ^ H(A1) ^
-    p_b Delta``, ``T_E = H(B0) ^ H(B1) ^ A0``, output ``H(A0) ^ p_a T_G ^ H(B0) ^ p_b
-    (T_E ^ A0)`` (ZRE15 half-gates; ``p`` the permute bits).
-    """
-    m, depth = L.shape[1], len(aptr) - 1
-    for d in range(depth + 1):
-        _xor_block(L, xo, xa, xb, xptr[d], xptr[d + 1])
-        if d == depth:
-            return
-        for g in range(aptr[d], aptr[d + 1]):
-            o, sa, sb, ma, mb = ao[g], aa[g], ab[g], an[g], bn[g]
-            base = U64(g) * U64(n_total) + U64(tw0)
-            for i in range(m):
-                x0, x1 = L[sa, i, 0] ^ (ma & d0), L[sa, i, 1] ^ (ma & d1)
-                y0, y1 = L[sb, i, 0] ^ (mb & d0), L[sb, i, 1] ^ (mb & d1)
-                t = (base + U64(i)) << _ONE
-                tb = t | _ONE
-                ha0, ha1, hA0, hA1, hb0, hb1, hB0, hB1 = tccr4(
-                    (x0, x1, x0 ^ d0, x1 ^ d1, y0, y1, y0 ^ d0, y1 ^ d1), (t, t, tb, tb), k
-                )
-                pa, pb = _ZERO - (x0 & _ONE), _ZERO - (y0 & _ONE)
-                tg0, tg1 = ha0 ^ hA0 ^ (pb & d0), ha1 ^ hA1 ^ (pb & d1)
-                fb0, fb1 = hb0 ^ hB0, hb1 ^ hB1
-                j = i0 + i
-                tab[g, j, 0, 0], tab[g, j, 0, 1] = tg0, tg1
-                tab[g, j, 1, 0], tab[g, j, 1, 1] = fb0 ^ x0, fb1 ^ x1
-                L[o, i, 0] = ha0 ^ (pa & tg0) ^ hb0 ^ (pb & fb0)
-                L[o, i, 1] = ha1 ^ (pa & tg1) ^ hb1 ^ (pb & fb1)
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        la = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ta = context.make_array(signature.args[1])(context, builder, args[1]).data
+        _, _, wa, wb, wo, wt, na, nb, t, d0, d1, ks = args
+        w = Wide(builder, ks)
+        x, b = builder.xor, builder.and_
+        delta = w.pairs(d0, d1)
+        a0 = x(w.load(la, wa), b(w.pairs(na, na), delta))
+        b0 = x(w.load(la, wb), b(w.pairs(nb, nb), delta))
+        tw_g, tw_e = w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)
+        ha0, ha1, hb0, hb1 = w.hash([a0, x(a0, delta), b0, x(b0, delta)], [tw_g, tw_g, tw_e, tw_e])
+        pa, pb = w.low_bit_masks(a0), w.low_bit_masks(b0)
+        tg = x(x(ha0, ha1), b(pb, delta))
+        fb = x(hb0, hb1)
+        te = x(fb, a0)
+        w.store(builder.shuffle_vector(tg, te, lanes(0, 1, 8, 9, 2, 3, 10, 11)), ta, wt)
+        hi = builder.add(wt, wt.type(8))
+        w.store(builder.shuffle_vector(tg, te, lanes(4, 5, 12, 13, 6, 7, 14, 15)), ta, hi)
+        w.store(x(x(ha0, b(pa, tg)), x(hb0, b(pb, fb))), la, wo)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
-@numba.njit(cache=True, nogil=True)
-def eval_chunk(
-    L: Arr, xo: Arr, xa: Arr, xb: Arr, xptr: Arr, ao: Arr, aa: Arr, ab: Arr, aptr: Arr,
-    tab: Arr, i0: int, n_total: int, tw0: int, k: tuple,
-) -> None:  # fmt: skip
-    """Evaluate instances ``i0 .. i0 + m`` (``L``: active labels of the chunk, inputs loaded)
-    on tables ``tab[g, i0 + i]``: ``W = H(A) ^ s_a T_G ^ H(B) ^ s_b (T_E ^ A)``, s = lsb."""
-    m, depth = L.shape[1], len(aptr) - 1
-    for d in range(depth + 1):
-        _xor_block(L, xo, xa, xb, xptr[d], xptr[d + 1])
-        if d == depth:
-            return
-        for g in range(aptr[d], aptr[d + 1]):
-            o, sa, sb = ao[g], aa[g], ab[g]
-            base = U64(g) * U64(n_total) + U64(tw0)
-            for i in range(m):
-                a0, a1 = L[sa, i, 0], L[sa, i, 1]
-                b0, b1 = L[sb, i, 0], L[sb, i, 1]
-                t = (base + U64(i)) << _ONE
-                ha0, ha1, hb0, hb1 = tccr2((a0, a1, b0, b1), (t, t | _ONE), k)
-                s_a, s_b = _ZERO - (a0 & _ONE), _ZERO - (b0 & _ONE)
-                j = i0 + i
-                L[o, i, 0] = ha0 ^ hb0 ^ (s_a & tab[g, j, 0, 0]) ^ (s_b & (tab[g, j, 1, 0] ^ a0))
-                L[o, i, 1] = ha1 ^ hb1 ^ (s_a & tab[g, j, 0, 1]) ^ (s_b & (tab[g, j, 1, 1] ^ a1))
+def _make_kernels(wide: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The garbling and evaluation kernels, four instances per step where ``wide`` (a
+    compile-time constant: the other path is not compiled)."""
+
+    @numba.njit(cache=True, nogil=True)
+    def garble_chunk(
+        L: Arr, xo: Arr, xa: Arr, xb: Arr, xptr: Arr, ao: Arr, aa: Arr, an: Arr, ab: Arr,
+        bn: Arr, aptr: Arr, d0: U64, d1: U64, tab: Arr, i0: int, n_total: int, tw0: int,
+        k: tuple,
+    ) -> None:  # fmt: skip
+        """Garble instances ``i0 .. i0 + m`` (``L``: zero labels of the chunk, inputs
+        loaded): tables into ``tab[g, i0 + i]``, output zero labels into ``L``.
+
+        Per AND gate with zero labels ``A0, B0`` (after input negation): ``T_G = H(A0) ^
+        H(A1) ^ p_b Delta``, ``T_E = H(B0) ^ H(B1) ^ A0``, output ``H(A0) ^ p_a T_G ^ H(B0) ^
+        p_b (T_E ^ A0)`` (ZRE15 half-gates; ``p`` the permute bits).
+        """
+        m, depth = L.shape[1], len(aptr) - 1
+        for d in range(depth + 1):
+            xor_block(L, xo, xa, xb, xptr[d], xptr[d + 1])
+            if d == depth:
+                return
+            for g in range(aptr[d], aptr[d + 1]):
+                o, sa, sb, ma, mb = ao[g], aa[g], ab[g], an[g], bn[g]
+                base = U64(g) * U64(n_total) + U64(tw0)
+                lanes4 = 0
+                if wide:
+                    for i in range(0, m - 3, 4):
+                        t = (base + U64(i)) << _ONE
+                        wt = (g * n_total + i0 + i) * 4
+                        _garble4(L, tab, (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2,
+                                 wt, ma, mb, t, d0, d1, k)  # fmt: skip
+                    lanes4 = m - m % 4
+                for i in range(lanes4, m):
+                    x0, x1 = L[sa, i, 0] ^ (ma & d0), L[sa, i, 1] ^ (ma & d1)
+                    y0, y1 = L[sb, i, 0] ^ (mb & d0), L[sb, i, 1] ^ (mb & d1)
+                    t = (base + U64(i)) << _ONE
+                    tb = t | _ONE
+                    ha0, ha1, hA0, hA1, hb0, hb1, hB0, hB1 = tccr4(
+                        (x0, x1, x0 ^ d0, x1 ^ d1, y0, y1, y0 ^ d0, y1 ^ d1), (t, t, tb, tb), k
+                    )
+                    pa, pb = _ZERO - (x0 & _ONE), _ZERO - (y0 & _ONE)
+                    tg0, tg1 = ha0 ^ hA0 ^ (pb & d0), ha1 ^ hA1 ^ (pb & d1)
+                    fb0, fb1 = hb0 ^ hB0, hb1 ^ hB1
+                    j = i0 + i
+                    tab[g, j, 0, 0], tab[g, j, 0, 1] = tg0, tg1
+                    tab[g, j, 1, 0], tab[g, j, 1, 1] = fb0 ^ x0, fb1 ^ x1
+                    L[o, i, 0] = ha0 ^ (pa & tg0) ^ hb0 ^ (pb & fb0)
+                    L[o, i, 1] = ha1 ^ (pa & tg1) ^ hb1 ^ (pb & fb1)
+
+    @numba.njit(cache=True, nogil=True)
+    def eval_chunk(
+        L: Arr, xo: Arr, xa: Arr, xb: Arr, xptr: Arr, ao: Arr, aa: Arr, ab: Arr, aptr: Arr,
+        tab: Arr, i0: int, n_total: int, tw0: int, k: tuple,
+    ) -> None:  # fmt: skip
+        """Evaluate instances ``i0 .. i0 + m`` (``L``: active labels of the chunk, inputs
+        loaded) on tables ``tab[g, i0 + i]``: ``W = H(A) ^ s_a T_G ^ H(B) ^ s_b (T_E ^ A)``,
+        s = lsb."""
+        m, depth = L.shape[1], len(aptr) - 1
+        for d in range(depth + 1):
+            xor_block(L, xo, xa, xb, xptr[d], xptr[d + 1])
+            if d == depth:
+                return
+            for g in range(aptr[d], aptr[d + 1]):
+                o, sa, sb = ao[g], aa[g], ab[g]
+                base = U64(g) * U64(n_total) + U64(tw0)
+                lanes4 = 0
+                if wide:
+                    for i in range(0, m - 3, 4):
+                        t = (base + U64(i)) << _ONE
+                        wt = (g * n_total + i0 + i) * 4
+                        _eval4(L, tab, (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2,
+                               wt, t, k)  # fmt: skip
+                    lanes4 = m - m % 4
+                for i in range(lanes4, m):
+                    a0, a1 = L[sa, i, 0], L[sa, i, 1]
+                    b0, b1 = L[sb, i, 0], L[sb, i, 1]
+                    t = (base + U64(i)) << _ONE
+                    ha0, ha1, hb0, hb1 = tccr2((a0, a1, b0, b1), (t, t | _ONE), k)
+                    s_a, s_b = _ZERO - (a0 & _ONE), _ZERO - (b0 & _ONE)
+                    tg, te = tab[g, i0 + i, 0], tab[g, i0 + i, 1]
+                    L[o, i, 0] = ha0 ^ hb0 ^ (s_a & tg[0]) ^ (s_b & (te[0] ^ a0))
+                    L[o, i, 1] = ha1 ^ hb1 ^ (s_a & tg[1]) ^ (s_b & (te[1] ^ a1))
+
+    return garble_chunk, eval_chunk
+
+
+_NARROW = _make_kernels(False)
+_WIDE = _make_kernels(True)
+
+
+def kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """``(garble_chunk, eval_chunk)`` for this process, or ``None`` without AES-NI (the
+    buffer path runs then); four-lane kernels where :func:`aesni.wide_available`."""
+    if not aesni.available():
+        return None
+    return _WIDE if aesni.wide_available() else _NARROW

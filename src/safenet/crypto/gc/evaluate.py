@@ -8,24 +8,27 @@ AES call per AND layer piece, two hashes per AND gate.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from safenet.crypto import aesni
 from safenet.crypto.aes import FixedKeyAES
+from safenet.crypto.aesni import FIXED_ROUND_KEYS
 from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
-from safenet.crypto.gc.circuit import Circuit, Schedule
+from safenet.crypto.gc.circuit import Circuit, CircuitBuilder, Schedule
 from safenet.crypto.gc.garble import (
     EVAL_HALVES,
     _chunk_labels,
     _chunks,
     _Scratch,
     default_workers,
+    garble,
     run_chunks,
     walk_layers,
 )
 
-__all__ = ["decode", "evaluate"]
+__all__ = ["decode", "evaluate", "warm_up"]
 
 
 def evaluate(
@@ -68,14 +71,16 @@ def evaluate(
             raise ValueError(f"labels of {name!r} must have shape {(len(slots), n, 2)}")
     out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
 
-    fused = aesni.available()
+    fused = F.kernels()
+    if fused and not tables.flags.c_contiguous:
+        tables = np.ascontiguousarray(tables)  # the four-lane kernel reads whole rows
 
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         L = _chunk_labels(sch, input_labels, i0, i1)
         if fused:
-            F.eval_chunk(
+            fused[1](
                 L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
-                sch.and_b, sch.and_ptr, tables, i0, n, i0 + tweak_base, aesni.FIXED_ROUND_KEYS,
+                sch.and_b, sch.and_ptr, tables, i0, n, i0 + tweak_base, FIXED_ROUND_KEYS,
             )  # fmt: skip
         else:
             _evaluate_buffered(sch, L, aes, tables, i0, n, tweak_base)
@@ -101,6 +106,21 @@ def _evaluate_buffered(
 
     sc = _Scratch(EVAL_HALVES, L.shape[1])
     walk_layers(sch, L, sc, aes, n, i0 + tweak_base, gather, combine)
+
+
+@functools.cache
+def warm_up() -> None:
+    """Load (or compile) the garbling, evaluation and encoding kernels now, once per process:
+    their first call costs tens of milliseconds from numba's cache (seconds on a fresh
+    install), which belongs in the offline phase, not in the first online layer. Runs a
+    five-instance garbling of a two-gate circuit (four lanes and a remainder)."""
+    bld = CircuitBuilder()
+    x = bld.input("x", 2)
+    bld.output("y", [bld.and_(bld.xor(x[0], x[1]), x[1])])
+    circuit = bld.build()
+    g = garble(circuit, 5, workers=1)
+    labels = {"x": g.encode("x", np.ones((2, 5), dtype=np.uint8))}
+    evaluate(circuit, g.take_tables(), labels, workers=1)
 
 
 def decode(labels: np.ndarray, decode_bits: np.ndarray) -> np.ndarray:

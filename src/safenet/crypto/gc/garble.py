@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from safenet.crypto import aesni
 from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
+from safenet.crypto.aesni import FIXED_ROUND_KEYS
 from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
@@ -486,15 +486,15 @@ def garble(
     out_rows = {name: np.empty((n_instances, 2, 2), dtype=np.uint64) for name in rows}
     slices = circuit.output_slices
 
-    fused = aesni.available()
+    fused = F.kernels()
 
     def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
         L = _chunk_labels(sch, input_zero, i0, i1)
         if fused:
-            F.garble_chunk(
+            fused[0](
                 L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
                 sch.and_a_neg, sch.and_b, sch.and_b_neg, sch.and_ptr, d0, d1, tables, i0,
-                n_instances, i0 + tweak_base, aesni.FIXED_ROUND_KEYS,
+                n_instances, i0 + tweak_base, FIXED_ROUND_KEYS,
             )  # fmt: skip
         else:
             _garble_buffered(sch, L, aes, d0, d1, tables, i0, n_instances, tweak_base)
