@@ -5,10 +5,9 @@ tables received offline (cold in memory by then). This garbles one layer per dis
 copies the tables once per layer (as many fresh, cold arrays as the model has layers), then
 times evaluating every layer in order, ``--repeats`` times (fresh copies each time), and
 reports the minimum and median in seconds and ns per AND gate. It times the AND gates only:
-no output rows are garbled or decrypted, and the input labels of same-sized layers are
+no output rows are garbled or opened, and the input labels of same-sized layers are
 shared (warm); only the tables are cold. Default: ResNet-32's 31 ReLU
-layers on 3x32x32 (11 x 16,384, 10 x 8,192, 10 x 4,096 ReLUs) under the 41-bit prime at its
-session mask width.
+layers on 3x32x32 (11 x 16,384, 10 x 8,192, 10 x 4,096 ReLUs) under the 41-bit prime.
 
     python bench/gc_eval_replay.py [--layers 16384x11,8192x10,4096x10] [--repeats 5]
 """
@@ -24,7 +23,6 @@ import numpy as np
 
 from safenet.crypto.gc import evaluate, garble, relu_circuit
 from safenet.field import DELPHI_PRIME
-from safenet.protocol.statistical import element_bits
 
 
 def main() -> None:
@@ -35,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     layers = [(int(a), int(b)) for a, b in (part.split("x") for part in args.layers.split(","))]
     total = sum(n * k for n, k in layers)
-    circuit = relu_circuit(DELPHI_PRIME, args.shift, element_bits(total))
+    circuit = relu_circuit(DELPHI_PRIME, args.shift)
     rng = np.random.default_rng(0)
     material = {}
     for n, _ in layers:

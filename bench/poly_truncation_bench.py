@@ -1,16 +1,18 @@
 """An older engine revision against this checkout, side by side, same machine, same run,
-interleaved: the price of a protocol change. Used for exact polynomial truncation (issue
-11: ``--old 0fdc005``, the last commit with local, wrapping truncation) and for the
-per-session statistical bounds (issue 14: ``--old 86d4a9b``, the last commit with 40-bit
-ReLU masks and full-size polynomial plaintexts).
+interleaved: the price (or the gain) of an engine change. Used for exact polynomial
+truncation (issue 11: ``--old 0fdc005``, the last commit with local, wrapping truncation),
+for the per-session statistical bounds (issue 14: ``--old 86d4a9b``, the last commit with
+40-bit ReLU masks and full-size polynomial plaintexts) and for the AES-NI kernels and
+output bits as shares (issue 12: ``--old 74693ea``).
 
 The old engine is the one at ``--old``, checked out into a temporary git worktree; the
 new one is this checkout. Each repetition runs, for every configuration, one secure
 inference (``safenet.benchmark.run_bench``: server and client as two processes over loopback
 TCP, random weights) with the old code and then with the new, each in a fresh interpreter,
-so neither warms the other's caches. Reports the median online seconds, the online bytes
-and the new/old ratios, and whether each run matched the reference (``argmax`` for plans
-with polynomial channels, bit-exact for all-ReLU ones).
+so neither warms the other's caches. Reports the median online and offline seconds, the
+client's garbled-circuit evaluation time (``gc.eval``), bytes, the client's peak RSS and the
+new/old ratios, and whether each run matched the reference (``argmax`` for plans with
+polynomial channels, bit-exact for all-ReLU ones).
 
     python bench/poly_truncation_bench.py [--repeats 3] [--old REV] [--only polynomial]
                                           [--json out.json]
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: (label, arch, input shape, relu ratio, degree)
 CONFIGS = [
+    ("ResNet-32 3x32x32, all ReLU", "resnet32", (3, 32, 32), 1.0, 2),
     ("ResNet-20 3x32x32, all ReLU", "resnet20", (3, 32, 32), 1.0, 2),
     ("ResNet-20 3x32x32, 25 % ReLU, degree 2", "resnet20", (3, 32, 32), 0.25, 2),
     ("ResNet-32 3x32x32, half polynomial, degree 2", "resnet32", (3, 32, 32), 0.5, 2),
@@ -60,6 +63,11 @@ def one_run(src: Path, arch: str, shape: tuple, ratio: float, degree: int) -> di
     return json.loads(line[len("REPORT ") :])
 
 
+def _eval_s(rep: dict) -> float:
+    """The client's garbled-circuit evaluation time of one run (0 without garbled layers)."""
+    return rep["client"]["primitives"].get("gc.eval", {}).get("online_s", 0.0)
+
+
 def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
     """Medians per variant and the new/old ratios."""
     row: dict = {"config": label}
@@ -73,6 +81,9 @@ def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
             "argmax_agrees": sum(r["argmax_agrees"] for r in reps),
             "matches_reference": sum(r["matches_reference"] for r in reps),
             "max_abs_error_ulp": max(r["max_abs_error_ulp"] for r in reps),
+            "gc_eval_s": statistics.median(_eval_s(r) for r in reps),
+            "client_rss_mib": max(r["peak_rss_mib"]["client"] for r in reps),
+            "server_rss_mib": max(r["peak_rss_mib"]["server"] for r in reps),
             "runs": len(reps),
         }
     for variant, reps in runs.items():
@@ -109,17 +120,19 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)],
                            check=False)  # fmt: skip
     rows = [summarise(label, r) for label, r in runs.items()]
-    print("| configuration | online s old / new | ratio | online MiB old / new | ratio |"
-          " offline s old / new | ratio | offline MiB ratio |"
-          " argmax agrees old / new |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| configuration | online s old / new | ratio | gc.eval s old / new |"
+          " online MiB old / new | ratio | offline s old / new | ratio | offline MiB ratio |"
+          " client peak RSS MiB old / new | argmax agrees old / new |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         o, n = r["old"], r["new"]
         print(f"| {r['config']} | {o['online_s']:.3f} / {n['online_s']:.3f} | "
-              f"{r['online_ratio']:.3f} | {o['online_bytes'] / 2**20:.2f} / "
+              f"{r['online_ratio']:.3f} | {o['gc_eval_s']:.3f} / {n['gc_eval_s']:.3f} | "
+              f"{o['online_bytes'] / 2**20:.2f} / "
               f"{n['online_bytes'] / 2**20:.2f} | {r['bytes_ratio']:.4f} | "
               f"{o['offline_s']:.2f} / {n['offline_s']:.2f} | {r['offline_ratio']:.3f} | "
               f"{r['offline_bytes_ratio']:.4f} | "
+              f"{o['client_rss_mib']:,.0f} / {n['client_rss_mib']:,.0f} | "
               f"{o['argmax_agrees']}/{o['runs']} / {n['argmax_agrees']}/{n['runs']} |")  # fmt: skip
     if args.json:
         meta = {"python": platform.python_version(), "machine": platform.machine(),

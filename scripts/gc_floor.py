@@ -2,9 +2,10 @@
 
 Counts what the client must do in the online phase of an all-ReLU ResNet-32 (3x32x32) or any
 zoo architecture: AND gates (two tweakable hashes each, two AES blocks per hash with the
-current hash), output rows (one hash each), table bytes read from memory; measures
-single-core AES-128-ECB throughput (``cryptography``, AES-NI) and memory read bandwidth; and
-prints the floor: AES time spread over the cores, and table bytes over bandwidth.
+current hash), output bits read through rows (one hash each), table bytes read from memory;
+measures single-core AES-128-ECB throughput (``cryptography``, AES-NI) and memory read
+bandwidth; and prints the floor: AES time spread over the cores, and table bytes over
+bandwidth.
 
     python scripts/gc_floor.py [--arch resnet32] [--input-shape 3,32,32]
 """
@@ -58,7 +59,7 @@ def main() -> None:
     aes_ns = aes_ns_per_block()
     gbs = read_gb_per_s()
     blocks = AES_PER_HASH * (2 * c.ands + c.gc_rows)
-    table_bytes = 32 * (c.ands + c.gc_rows)
+    table_bytes = 32 * c.ands + 16 * c.gc_rows  # two 8-byte rows per output bit
     aes_s = blocks * aes_ns * 1e-9
     mem_s = table_bytes / gbs / 1e9
     print(json.dumps({

@@ -41,17 +41,17 @@ def reply_budget(model: ServerModel, degree: int) -> int:
 
 
 def main() -> None:
-    print("| model | ReLU masks (bits) | linear coefficients (bits over noise) "
+    print("| model | linear coefficients (bits over noise) "
           "| polynomial coefficients (bits over noise, digits) | session total "
           "| polynomial reply budget left |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, plan in plans().items():
         m = ServerModel(plan)
-        (_, lin, lb), (_, pol, pb), (_, rel, rb) = m.budget.rows()
+        (_, lin, lb), (_, pol, pb) = m.budget.rows()
         digits = f"{m.poly_params.digits} x {m.poly_params.base_bits} bits" if pol else "-"
         degree = max(op.attrs.get("degree", 0) for _, op in plan.activations())
         budget = f"{reply_budget(m, degree)} bits" if pol else "-"
-        print(f"| {name} | {rel:,} ({rb}) | {lin:,} ({lb}) | {pol:,} ({pb}, {digits}) "
+        print(f"| {name} | {lin:,} ({lb}) | {pol:,} ({pb}, {digits}) "
               f"| {m.budget.total_distance():.1e} | {budget} |")  # fmt: skip
 
 

@@ -3,7 +3,6 @@ latency accuracy is validated in bench/cost_validate.py and docs/cost-model.md).
 
 import dataclasses
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from safenet.benchmark import random_plan
 from safenet.cli import main
 from safenet.crypto.gc import relu_circuit
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession
-from safenet.protocol.relu import STAT_BITS
 from safenet.protocol.session import encode_input
 
 
@@ -36,14 +34,15 @@ def test_counts_match_the_plan(half_plan):
     c = count(half_plan)
     assert {"relu_count": c.relu, "poly_count": c.poly} == half_plan.counts()
     p = half_plan.field.p
-    ands = 0
-    stat = STAT_BITS + 2 + math.ceil(math.log2(c.relu))  # 2^-42 over the session's ReLU masks
+    ands = rows = 0
     for _, op in half_plan.activations():
         n = int(op.arrays["relu_mask"].sum()) * int(
             np.prod(op.shape[1:]) if len(op.shape) > 1 else 1
         )
-        ands += relu_circuit(p, op.attrs["shift"], stat).and_count * n
-    assert c.ands == ands and c.label_bits == c.relu * p.bit_length()
+        circuit = relu_circuit(p, op.attrs["shift"])
+        ands += circuit.and_count * n
+        rows += circuit.n_outputs * n
+    assert c.ands == ands and c.label_bits == c.relu * p.bit_length() and c.gc_rows == rows
     conv = half_plan.ops[1]
     assert conv.kind == "conv"
     assert c.layers[1]["macs"] == int(np.prod(conv.shape)) * int(
@@ -80,8 +79,8 @@ def test_predicted_bytes_match_a_real_session(half_plan, run_parties):
     assert pred["online_rounds"] == traffic["rounds"]["online"]
     parts = pred["offline_bytes_parts"]
     assert abs(parts["gc_tables"] - measured("offline", "gc.tables")) < 1000
-    assert abs(parts["gc_mask_labels"] - measured("offline", "gc.mask")) < 1000
-    assert abs(parts["gc_decode_bits"] - measured("offline", "gc.decode")) < 1000
+    assert abs(parts["gc_rows"] - measured("offline", "gc.rows")) < 1000
+    assert "gc.mask" not in traffic["offline"] and "gc.decode" not in traffic["offline"]
     ot = measured("offline", "ot.ext")
     assert abs(parts["ot"] - ot) / ot < 0.02
 

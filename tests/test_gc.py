@@ -19,7 +19,7 @@ from safenet.crypto.gc import (
     int_to_bits,
     relu_circuit,
     relu_reference,
-    relu_width,
+    relu_weights,
     tables_from_bytes,
 )
 from safenet.field import DELPHI_PRIME, POLY_PRIME, is_probable_prime
@@ -332,14 +332,14 @@ def test_every_and_tweak_is_unique():
 # -- ReLU -----------------------------------------------------------------------------------------
 
 
-def relu_int(a, b, r, p, k):
+def relu_int(a, b, p, k):
     v = (a + b) % p
     x = (v - p if v > p // 2 else v) >> k  # Python >> floors negatives
-    return (max(x, 0) + r) % p
+    return max(x, 0)
 
 
 def relu_cases(p, k, m, rng):
-    """Random (a, b, r) plus edge cases for v, the truncation boundaries, s and the mask."""
+    """Random shares (a, b) plus edge cases for v, the truncation boundaries and s = a + b."""
     h = p // 2
     vs = [0, 1, 2, h - 1, h, h + 1, h + 2, p - 1, p - 2]
     for base in (0, h - h % (1 << k), p):  # multiples of 2^k near 0, h, and just below p
@@ -349,7 +349,6 @@ def relu_cases(p, k, m, rng):
     n_edge = len(vs)
     a = [int(x) for x in rng.integers(0, p, m)]
     b = [int(x) for x in rng.integers(0, p, m)]
-    r = [int(x) for x in rng.integers(0, p, m)]
     for i, v in enumerate(vs):  # random split of each special v
         b[i] = (v - a[i]) % p
     # extreme splits: s = a + b at 0, h, h+1, p-1, p, p+h, p+h+1, 2p-2
@@ -358,11 +357,13 @@ def relu_cases(p, k, m, rng):
          (h + 1, p - 1), (p - 1, h + 2), (0, p - 1), (h, h), (h + 1, h)]
     ):  # fmt: skip
         a[n_edge + i], b[n_edge + i] = x, y
-    # masks at the wrap boundary of the final reduction, and at 0 and p - 1
-    for i in range(0, 3 * n_edge, 3):
-        y = relu_int(a[i], b[i], 0, p, k)
-        r[i], r[i + 1], r[i + 2] = (p - y) % p, (p - y - 1) % p, [0, p - 1][i % 2]
-    return a, b, r
+    return a, b
+
+
+def weighted(circuit, outputs, weights):
+    """The weighted sum of a circuit's output bits (dict of ``(nbits, n)`` arrays), as ints."""
+    bits = np.concatenate([outputs[k] for k in circuit.outputs]).astype(object)
+    return [int(x) for x in np.asarray(weights, dtype=object) @ bits]
 
 
 RELU_PARAMS = [
@@ -371,6 +372,8 @@ RELU_PARAMS = [
     (DELPHI_PRIME, 1),
     (DELPHI_PRIME, 13),
     (DELPHI_PRIME, 38),
+    (POLY_PRIME, 9),
+    (POLY_PRIME, 17),
     (5, 0),
     (7, 1),
     (97, 3),
@@ -387,87 +390,48 @@ def _ntt_prime(bits, two_adicity):
     return c * (1 << two_adicity) + 1
 
 
+def _share_bits(p, a, b):
+    nb = p.bit_length()
+    return {"server_share": int_to_bits(np.array(a, np.uint64), nb),
+            "client_share": int_to_bits(np.array(b, np.uint64), nb)}  # fmt: skip
+
+
 @pytest.mark.parametrize("p, k", RELU_PARAMS + [(_ntt_prime(52, 14), 16)])
 def test_relu_circuit_plain(p, k):
-    """Exact semantics against Python ints, in plaintext over many cases."""
+    """Exact semantics against Python ints, in plaintext over many cases: the weighted output
+    bits sum to the truncated ReLU, and ``delta`` is set only on positive inputs."""
     rng = np.random.default_rng(p % 1000 + k)
     circuit = relu_circuit(p, k)
-    a, b, r = relu_cases(p, k, 3000, rng)
-    got = run_plain(circuit, {"server_share": a, "client_share": b, "server_mask": r})["z"]
-    want = [relu_int(x, y, m, p, k) for x, y, m in zip(a, b, r, strict=True)]
-    np.testing.assert_array_equal(got, np.array(want, dtype=np.uint64))
+    a, b = relu_cases(p, k, 3000, rng)
+    out = circuit.evaluate_plain(_share_bits(p, a, b))
+    want = [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
+    assert weighted(circuit, out, relu_weights(p, k)) == want
+    assert list(relu_reference(a, b, p, k)) == want
 
 
-@pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (97, 3), (2**31 - 1, 12)])
+@pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (POLY_PRIME, 9), (97, 3), (2**31 - 1, 12)])
 def test_relu_garbled(p, k):
     rng = np.random.default_rng(k)
     circuit = relu_circuit(p, k)
-    a, b, r = relu_cases(p, k, 4000 if p == DELPHI_PRIME else 1000, rng)
-    got = run_garbled(
-        circuit,
-        {"server_share": a, "client_share": b, "server_mask": r},
-        evaluator=("client_share",),
-    )["z"]
-    want = [relu_int(x, y, m, p, k) for x, y, m in zip(a, b, r, strict=True)]
-    np.testing.assert_array_equal(got, np.array(want, dtype=np.uint64))
-    np.testing.assert_array_equal(got, relu_reference(a, b, r, p, k))
+    a, b = relu_cases(p, k, 4000 if p == DELPHI_PRIME else 1000, rng)
+    got = run_garbled(circuit, {"server_share": a, "client_share": b}, evaluator=("client_share",))
+    bits = {name: int_to_bits(np.asarray(v, np.uint64), len(circuit.outputs[name]))
+            for name, v in got.items()}  # fmt: skip
+    want = [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
+    assert weighted(circuit, bits, relu_weights(p, k)) == want
 
 
 def test_relu_cost():
+    """129 ANDs for the default prime (Delphi's circuit: about 533), with no mask input."""
     circuit = relu_circuit(DELPHI_PRIME, 9)
-    assert circuit.and_count <= 248  # Delphi's circuit: ~533
+    assert circuit.and_count == 129
+    assert relu_circuit(POLY_PRIME, 9).and_count == 150
     assert circuit.table_bytes == 32 * circuit.and_count
     assert sum(circuit.and_count_by_stage().values()) == circuit.and_count
-    assert set(circuit.inputs) == {"server_share", "client_share", "server_mask"}
+    assert set(circuit.inputs) == {"server_share", "client_share"}
     assert all(len(v) == 41 for v in circuit.inputs.values())
-    assert len(circuit.outputs["z"]) == 41
-
-
-def _bits_to_pyint(bits):
-    """(nbits, n) bits -> Python ints (any width)."""
-    return [sum(int(bit) << j for j, bit in enumerate(col)) for col in np.asarray(bits).T]
-
-
-@pytest.mark.parametrize("p, k", [(DELPHI_PRIME, 9), (DELPHI_PRIME, 0), (POLY_PRIME, 9),
-                                  (POLY_PRIME, 17), (97, 3), (2**31 - 1, 12)])  # fmt: skip
-def test_relu_integer_mask_garbled(p, k):
-    """stat_bits mode: relu + r_low + 1 as an integer (outputs z: W bits, carry: bit W), never
-    reduced; the mask's high bits are added outside the circuit (output rows)."""
-    s = 40
-    circuit = relu_circuit(p, k, stat_bits=s)
-    wz = relu_width(p, k)
-    assert len(circuit.inputs["server_mask"]) == wz and len(circuit.outputs["z"]) == wz
-    assert len(circuit.outputs["carry"]) == 1
-    rng = np.random.default_rng(k + 7)
-    a, b, _ = relu_cases(p, k, 1500, rng)
-    n = len(a)
-    rbits = rng.integers(0, 2, (wz, n), dtype=np.uint8)
-    rbits[:, 0] = 1  # all-ones mask: the carry runs to the top bit
-    rbits[:, 1] = 0
-    nb = p.bit_length()
-    g = garble(circuit, n)
-    labels = {
-        "server_share": g.encode("server_share", int_to_bits(np.array(a, np.uint64), nb)),
-        "server_mask": g.encode("server_mask", rbits),
-    }
-    l0, l1 = g.label_pairs("client_share")
-    cb = int_to_bits(np.array(b, np.uint64), nb)
-    labels["client_share"] = np.where(cb[..., None].astype(bool), l1, l0)
-    out = evaluate(circuit, g.take_tables(), labels)
-    got = _bits_to_pyint(decode(out, g.decode_bits))
-    r = _bits_to_pyint(rbits)
-    want = relu_reference(np.array(a), np.array(b), np.array(r, dtype=object), p, k, stat_bits=s)
-    assert got == [int(w) for w in want]
-    assert got == [relu_int(x, y, 0, p, k) + m + 1 for x, y, m in zip(a, b, r, strict=True)]
-
-
-def test_relu_integer_mask_cost():
-    """160 ANDs whatever the mask width (the s carries into its high bits became one row)."""
-    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count == 160
-    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=61).and_count == 160
-    assert relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count == 188
-    with pytest.raises(ValueError, match="stat_bits"):
-        relu_circuit(DELPHI_PRIME, 9, stat_bits=0)
+    assert {k: len(v) for k, v in circuit.outputs.items()} == {"y": 31, "delta": 1}
+    assert relu_weights(DELPHI_PRIME, 9) == [1 << j for j in range(31)] + [-1]
 
 
 class _RefusesOverlap:
@@ -510,97 +474,88 @@ def test_permute_words_in_place_matches_permute(in_place):
                                      (POLY_PRIME, 17, (1 << 10) - 1)])  # fmt: skip
 def test_clipped_relu_is_exact_at_its_bound(p, k, c):
     """ReLU6-style clipping: ``min(max(x, 0), c)``, exact on every side of the bound and
-    whatever the hidden carry (values near c, both share orders), garbled and in the clear."""
-    s = 40
-    circuit = relu_circuit(p, k, stat_bits=s, clip=c)
+    whatever the hidden ``delta`` (values near c, both share orders), garbled and in the
+    clear."""
+    circuit = relu_circuit(p, k, clip=c)
     rng = np.random.default_rng(c + k)
     ys = np.repeat(np.arange(max(c - 3, -3), c + 4), 300)
     v = ys * (1 << k) + rng.integers(0, 1 << k, len(ys))  # every low part, both signs
     a = rng.integers(0, p, len(ys))
     b = (v - a) % p
-    nb, wz = p.bit_length(), relu_width(p, k)
-    rbits = rng.integers(0, 2, (wz, len(ys)), dtype=np.uint8)
-    r = np.array(_bits_to_pyint(rbits), dtype=object)
-    want = relu_reference(a, b, r, p, k, stat_bits=s, clip=c)
-    assert [int(w) - int(m) - 1 for w, m in zip(want, r, strict=True)] == list(
-        np.clip(np.floor_divide(v, 1 << k), 0, c)
-    )
-    inputs = {"server_share": int_to_bits(a.astype(np.uint64), nb),
-              "client_share": int_to_bits(b.astype(np.uint64), nb),
-              "server_mask": rbits}  # fmt: skip
-    plain = circuit.evaluate_plain(inputs)
-    assert _bits_to_pyint(np.concatenate([plain["z"], plain["carry"]])) == [int(w) for w in want]
+    want = list(np.clip(np.floor_divide(v, 1 << k), 0, c))
+    assert list(relu_reference(a, b, p, k, clip=c)) == want
+    inputs = _share_bits(p, a, b)
+    weights = relu_weights(p, k)
+    assert weighted(circuit, circuit.evaluate_plain(inputs), weights) == want
     g = garble(circuit, len(ys))
-    labels = {"server_share": g.encode("server_share", inputs["server_share"]),
-              "server_mask": g.encode("server_mask", rbits)}  # fmt: skip
+    labels = {"server_share": g.encode("server_share", inputs["server_share"])}
     l0, l1 = g.label_pairs("client_share")
     labels["client_share"] = np.where(inputs["client_share"][..., None].astype(bool), l1, l0)
-    got = _bits_to_pyint(decode(evaluate(circuit, g.take_tables(), labels), g.decode_bits))
-    assert got == [int(w) for w in want]
+    bits = circuit.split_outputs(decode(evaluate(circuit, g.take_tables(), labels), g.decode_bits))
+    assert weighted(circuit, bits, weights) == want
 
 
 def test_clipped_relu_cost_and_no_op_bound():
-    base = relu_circuit(DELPHI_PRIME, 9, stat_bits=40).and_count
-    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=6 << 8).and_count == base + 92
-    poly = relu_circuit(POLY_PRIME, 9, stat_bits=40).and_count
-    assert poly == 188 and relu_circuit(POLY_PRIME, 9, stat_bits=40, clip=6 << 8).and_count == 301
+    base = relu_circuit(DELPHI_PRIME, 9).and_count
+    assert relu_circuit(DELPHI_PRIME, 9, clip=6 << 8).and_count == base + 92
+    poly = relu_circuit(POLY_PRIME, 9).and_count
+    assert relu_circuit(POLY_PRIME, 9, clip=6 << 8).and_count == poly + 113
     big = DELPHI_PRIME // 2 >> 9  # no output exceeds it: no clipping stage at all
-    assert relu_circuit(DELPHI_PRIME, 9, stat_bits=40, clip=big).and_count == base
-    with pytest.raises(ValueError, match="clip needs integer masking"):
-        relu_circuit(DELPHI_PRIME, 9, clip=5)
+    assert relu_circuit(DELPHI_PRIME, 9, clip=big).and_count == base
+    with pytest.raises(ValueError, match="clip needs a bound"):
+        relu_circuit(DELPHI_PRIME, 9, clip=-1)
 
 
 def test_output_rows_give_the_value_of_the_held_bit_only():
-    """A garbled row per instance: the evaluator holding the label of bit b reads v_b; with
-    the other label (which it never has) it would read v_{1-b}; a wrong tweak reads noise."""
-    from safenet.crypto.gc.tables import decrypt_rows, encrypt_rows
+    """Two garbled rows per output bit and instance: the evaluator holding the label of bit b
+    reads v_b; with the other label (which it never has) it would read v_{1-b}; a wrong tweak
+    reads noise."""
+    from safenet.crypto.gc.tables import decrypt_rows, encrypt_rows, row_tweaks
 
     rng = np.random.default_rng(5)
-    n = 500
+    k, n = 3, 500
     delta = random_blocks((1,), rng)[0]
     delta[0] |= np.uint64(1)
-    zero = random_blocks((n,), rng)
-    v0, v1 = random_blocks((n,), rng), random_blocks((n,), rng)
-    rows = encrypt_rows(zero, delta, v0, v1, 1000)
-    bits = rng.integers(0, 2, n).astype(bool)
-    held = np.where(bits[:, None], zero ^ delta, zero)
-    assert np.array_equal(decrypt_rows(held, rows, 1000), np.where(bits[:, None], v1, v0))
-    other = np.where(bits[:, None], zero, zero ^ delta)
-    assert np.array_equal(decrypt_rows(other, rows, 1000), np.where(bits[:, None], v0, v1))
-    assert not (decrypt_rows(held, rows, 1001) == np.where(bits[:, None], v1, v0)).all(1).any()
+    zero = random_blocks((k, n), rng)
+    v0, v1 = (rng.integers(0, 2**63, (k, n), dtype=np.uint64) for _ in range(2))
+    tw = row_tweaks(1000, k, n, 0, n)
+    assert len(np.unique(tw)) == k * n and (tw % 2 == 0).all()
+    rows = encrypt_rows(zero, delta, v0, v1, tw)
+    assert rows.shape == (k, n, 2)
+    bits = rng.integers(0, 2, (k, n)).astype(bool)
+    held = np.where(bits[..., None], zero ^ delta, zero)
+    assert np.array_equal(decrypt_rows(held, rows, tw), np.where(bits, v1, v0))
+    other = np.where(bits[..., None], zero, zero ^ delta)
+    assert np.array_equal(decrypt_rows(other, rows, tw), np.where(bits, v0, v1))
+    assert not (decrypt_rows(held, rows, tw + np.uint64(2)) == np.where(bits, v1, v0)).any()
 
 
-def test_garble_rows_carry_the_mask_high_part_and_no_decode_leaks_it():
-    """``garble(rows=...)``: the carry output reaches the evaluator only as its row's value;
-    rows use the tweaks after the AND gates' (tweak_span), so layers sharing Delta stay apart."""
+def test_garble_rows_turn_every_output_bit_into_its_value_and_no_decode_leaks_it():
+    """``garble(rows=...)``: each output bit reaches the evaluator only as its row's value;
+    the rows use the tweaks after the AND gates' (tweak_span), chunks and threads change
+    nothing, and no decode bits are kept."""
     from safenet.crypto.gc.garble import tweak_span
-    from safenet.crypto.gc.tables import decrypt_rows
+    from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 
-    p, k, s = DELPHI_PRIME, 9, 40
-    circuit = relu_circuit(p, k, stat_bits=s)
+    p, k = DELPHI_PRIME, 9
+    circuit = relu_circuit(p, k)
     rng = np.random.default_rng(9)
-    a, b, _ = relu_cases(p, k, 400, rng)
-    n, nb, w = len(a), p.bit_length(), relu_width(p, k)
-    r_low = rng.integers(0, 2, (w, n), dtype=np.uint8)
-    high = rng.integers(0, 2**62, (n, 2), dtype=np.uint64)
-    plus = high.copy()
-    plus[:, 0] += np.uint64(1)
-    g = garble(circuit, n, tweak_base=77, rows={"carry": (high, plus)})
-    assert tweak_span(circuit, n, 1) == (circuit.and_count + 1) * n
-    labels = {"server_share": g.encode("server_share", int_to_bits(np.array(a, np.uint64), nb)),
-              "server_mask": g.encode("server_mask", r_low)}  # fmt: skip
+    a, b = relu_cases(p, k, 401, rng)
+    n, m = len(a), circuit.n_outputs
+    s = rng.integers(0, p, (m, n), dtype=np.uint64)
+    w = np.array([x % p for x in relu_weights(p, k)], dtype=object)[:, None]
+    v1 = ((s.astype(object) + w) % p).astype(np.uint64)
+    g = garble(circuit, n, tweak_base=77, rows=(s, v1), chunk=37)
+    assert tweak_span(circuit, n, rows=True) == (circuit.and_count + m) * n
+    assert not g.decode_bits.any()
+    bits = _share_bits(p, a, b)
+    labels = {"server_share": g.encode("server_share", bits["server_share"])}
     l0, l1 = g.label_pairs("client_share")
-    cb = int_to_bits(np.array(b, np.uint64), nb)
-    labels["client_share"] = np.where(cb[..., None].astype(bool), l1, l0)
+    labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
     out = evaluate(circuit, g.take_tables(), labels, tweak_base=77)
-    sl = circuit.output_slices
-    z_low = _bits_to_pyint(decode(out[sl["z"]], g.decode_bits[sl["z"]]))
-    got = decrypt_rows(out[sl["carry"].start], g.rows["carry"], 77 + circuit.and_count * n)
-    r = _bits_to_pyint(r_low)
-    for i in range(n):
-        full = relu_int(a[i], b[i], 0, p, k) + r[i] + 1  # y + r_low + 1
-        carry = full >> w
-        assert z_low[i] == full % (1 << w)
-        assert int(got[i, 0]) == int(high[i, 0]) + carry and got[i, 1] == high[i, 1]
-    with pytest.raises(ValueError, match="one-bit output group"):
-        garble(circuit, 4, rows={"z": (high[:4], plus[:4])})
+    tw = row_tweaks(77 + circuit.and_count * n, m, n, 0, n)
+    got = decrypt_rows(out, g.rows, tw).astype(object)
+    total = (got.sum(axis=0) - s.astype(object).sum(axis=0)) % p
+    assert list(total) == [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
+    with pytest.raises(ValueError, match="row values"):
+        garble(circuit, 4, rows=(s[:, :4], v1[:, :3]))

@@ -14,7 +14,6 @@ from safenet.benchmark import random_plan
 from safenet.crypto.he import ClientKeys, HEContext
 from safenet.crypto.ot import OTReceiver
 from safenet.plan.ir import Plan
-from safenet.protocol import statistical as S
 from safenet.protocol.bank import Bank, BankError
 from safenet.protocol.engine import ServerModel, ServerSession, garbled_layers
 from safenet.protocol.transport import (
@@ -40,11 +39,12 @@ def plan():
 def test_every_statistical_term_meets_2_to_minus_40_per_session(plan):
     model = ServerModel(plan)
     b = model.budget
-    n_relu = S.garbled_outputs(plan)
-    assert n_relu == plan.counts()["relu_count"]
-    # ReLU masks: 42 + log2(all ReLUs of the session) bits, in every layer's circuit
-    bits = {g.stat_bits for g in garbled_layers(plan).values()}
-    assert bits == {42 + math.ceil(math.log2(n_relu))}
+    # garbled layers: no statistical term (their outputs are perfect additive shares)
+    assert [name for name, _, _ in b.rows()] == [
+        "linear replies (coefficients)",
+        "polynomial replies (coefficients)",
+    ]
+    assert all("server_mask" not in g.circuit.inputs for g in garbled_layers(plan).values())
     # linear floods exceed each layer's weight noise by 42 + log2(all reply coefficients)
     coeffs = 8192 * sum(lin.packing.n_out for lin in model.linear.values())
     for lin in model.linear.values():

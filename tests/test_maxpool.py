@@ -1,8 +1,6 @@
 """Max pooling: the garbled max circuit, its lowering from PyTorch (any kernel, stride,
 padding, dilation, ceil_mode, adaptive), exactness against the reference in secure runs
-(live and banked), and its place in the cost model and the statistical budget."""
-
-import math
+(live and banked), and its place in the cost model."""
 
 import numpy as np
 import pytest
@@ -13,12 +11,11 @@ import torch.nn.functional as F
 import safenet
 from safenet.approx.cost import count
 from safenet.crypto.gc import decode, evaluate, garble
-from safenet.crypto.gc.maxpool import max_circuit, max_reference
+from safenet.crypto.gc.maxpool import max_circuit, max_reference, max_weights
 from safenet.field import DELPHI_PRIME, POLY_PRIME
 from safenet.nn.activation import ChannelActivation
 from safenet.plan.ir import UnsupportedLayerError
 from safenet.plan.pooling import window_index
-from safenet.protocol import statistical as S
 from safenet.protocol.engine import (
     garbled_layers,
     garbled_table_bytes,
@@ -53,22 +50,17 @@ def _window_cases(p: int, k: int, n: int, rng: np.random.Generator):
                                   (97, 2), (2**31 - 1, 1)])  # fmt: skip
 def test_max_circuit_is_exact_in_plaintext_and_garbled(p, k):
     rng = np.random.default_rng(k)
-    s = 40
-    circ = max_circuit(p, k, s)
+    circ = max_circuit(p, k)
     n = 300
     a, b, v = _window_cases(p, k, n, rng)
     nb = p.bit_length()
-    mask_bits = rng.integers(0, 2, size=(nb, n), dtype=np.uint8)  # r_low: the circuit's part
-    mask_bits[:, 0], mask_bits[:, 1] = 0, 1  # the mask's extremes
-    r = _ints(mask_bits)
-    bits = {"server_share": share_bits(a, nb), "client_share": share_bits(b, nb),
-            "server_mask": mask_bits}  # fmt: skip
-    want = [int(m) + p // 2 + int(x) for m, x in zip(v.max(axis=0), r, strict=True)]
-    assert list(max_reference(a, b, np.array(r, dtype=object), p)) == want
-    plain = circ.evaluate_plain(bits)
-    assert _ints(np.concatenate([plain["z"], plain["carry"]])) == want
+    bits = {"server_share": share_bits(a, nb), "client_share": share_bits(b, nb)}
+    want = [int(m) + p // 2 for m in v.max(axis=0)]
+    assert list(max_reference(a, b, p)) == want
+    weights = np.array(max_weights(p), dtype=object)
+    assert list(weights @ circ.evaluate_plain(bits)["z"].astype(object)) == want
     g = garble(circ, n)
-    labels = {name: g.encode(name, x) for name, x in bits.items() if name != "client_share"}
+    labels = {"server_share": g.encode("server_share", bits["server_share"])}
     l0, l1 = g.label_pairs("client_share")
     labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
     out = decode(evaluate(circ, g.take_tables(), labels), g.decode_bits)
@@ -76,10 +68,10 @@ def test_max_circuit_is_exact_in_plaintext_and_garbled(p, k):
 
 
 def test_max_circuit_cost_is_stated():
-    c = max_circuit(DELPHI_PRIME, 4, 60)
-    assert c.and_count == 775 and max_circuit(DELPHI_PRIME, 9, 60).and_count == 1795
-    assert c.and_count_by_stage() == {"1 add shares mod p": 488, "2 max": 246, "3 add mask": 41}
-    assert [len(c.outputs[k]) for k in ("z", "carry")] == [41, 1]
+    c = max_circuit(DELPHI_PRIME, 4)
+    assert c.and_count == 734 and max_circuit(DELPHI_PRIME, 9).and_count == 1754
+    assert c.and_count_by_stage() == {"1 add shares mod p": 488, "2 max": 246}
+    assert set(c.inputs) == {"server_share", "client_share"} and len(c.outputs["z"]) == 41
 
 
 POOLS = [
@@ -188,12 +180,11 @@ def test_max_pools_in_the_cost_model_and_the_budget(stem_plan):
     layers = garbled_layers(plan)
     pools = {i for i, op in enumerate(plan.ops) if op.kind == "maxpool"}
     assert pools <= set(layers)
-    assert 32 * (c.ands + c.gc_rows) == garbled_table_bytes(plan)
+    assert 32 * c.ands + 16 * c.gc_rows == garbled_table_bytes(plan)
     assert c.maxpool_layers == 3
     outputs = sum(int(np.prod(plan.ops[i].shape)) for i in pools)
-    assert S.garbled_outputs(plan) == plan.counts()["relu_count"] + outputs
-    want = 42 + math.ceil(math.log2(plan.counts()["relu_count"] + outputs))
-    assert {g.stat_bits for g in layers.values()} == {want}
+    bits = plan.field.p.bit_length()
+    assert sum(layers[i].circuit.n_outputs * layers[i].n for i in pools) == bits * outputs
 
 
 def test_banked_max_pool_sessions_run_online_only(tmp_path):

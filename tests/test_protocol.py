@@ -266,16 +266,6 @@ def test_relu_layer_protocol(p, k, run_parties):
         assert (y == want).all()
 
 
-@pytest.mark.parametrize("nbits", [1, 41, 64, 72, 130])
-def test_bits_mod_p_any_width(nbits):
-    p = POLY_PRIME
-    b = A.random_bits(nbits, 500)
-    assert b.shape == (nbits, 500) and set(np.unique(b)) <= {0, 1}
-    b[:, 0] = 1  # all ones: 2^nbits - 1
-    want = [sum(int(x) << j for j, x in enumerate(col)) % p for col in b.T]
-    assert A.bits_mod_p(b, p).tolist() == want
-
-
 def test_overlapping_online_phases_restore_the_blas_threads():
     """The one-BLAS-thread limit of the online phase is process-wide: two parties in one
     process (server thread, client thread) ending in either order leave the original."""

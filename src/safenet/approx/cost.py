@@ -77,9 +77,7 @@ class PlanCounts:
     poly: int = 0
     ands: int = 0  # AND gates over all ReLU instances
     label_bits: int = 0  # server-share input bits of all garbled layers (online labels)
-    mask_bits: int = 0  # server-mask input bits (offline labels)
-    output_bits: int = 0  # decoded circuit output bits (decode bits)
-    gc_rows: int = 0  # garbled output rows (one per garbled output: its mask's high part)
+    gc_rows: int = 0  # garbled output bits, each read through two 8-byte output rows
     poly_cts: int = 0  # HE ciphertexts the client sends for polynomial tuples (x digits)
     poly_replies: int = 0
     macs: int = 0  # online multiply-accumulates of linear layers
@@ -103,11 +101,9 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
     from safenet.crypto.he import HEContext, HEParams
     from safenet.protocol.engine import poly_reply_params
     from safenet.protocol.linear import LinearPacking
-    from safenet.protocol.statistical import garbled_stat_bits
 
     p = plan.field.p
     he = HEContext(HEParams(poly_degree, p))
-    stat_bits = garbled_stat_bits(plan)
     digits = poly_reply_params(plan, he).digits  # the client sends each power in digits
     c = PlanCounts(
         input_elements=int(np.prod(plan.input_shape)),
@@ -134,21 +130,17 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
             per = int(np.prod(op.shape[1:])) if len(op.shape) > 1 else 1
             n_relu = int(mask.sum()) * per
             n_poly = (len(mask) - int(mask.sum())) * per
-            ands = mbits = obits = 0
+            ands = 0
             if n_relu:
-                circ = relu_circuit(p, op.attrs["shift"], stat_bits, op.attrs.get("clip"))
+                circ = relu_circuit(p, op.attrs["shift"], op.attrs.get("clip"))
                 ands = circ.and_count * n_relu
-                mbits = len(circ.inputs["server_mask"]) * n_relu
-                obits = len(circ.outputs["z"]) * n_relu
-                c.gc_rows += n_relu
+                c.gc_rows += circ.n_outputs * n_relu
             cts = -(-n_poly // he.slots) * op.attrs.get("degree", 0) if n_poly else 0
             row |= {"relu": n_relu, "poly": n_poly, "ands": ands}
             c.relu += n_relu
             c.poly += n_poly
             c.ands += ands
             c.label_bits += n_relu * p.bit_length()
-            c.mask_bits += mbits
-            c.output_bits += obits
             c.poly_cts += cts * digits
             c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers
             c.act_layers += 1
@@ -158,13 +150,11 @@ def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
         elif op.kind == "maxpool":
             n = int(np.prod(op.shape))
             k = len(max(op.attrs["rows"], key=len)) * len(max(op.attrs["cols"], key=len))
-            circ = max_circuit(p, k, stat_bits)
+            circ = max_circuit(p, k)
             row |= {"maxpool": n, "ands": circ.and_count * n}
             c.ands += circ.and_count * n
             c.label_bits += n * k * p.bit_length()
-            c.mask_bits += len(circ.inputs["server_mask"]) * n
-            c.output_bits += len(circ.outputs["z"]) * n
-            c.gc_rows += n
+            c.gc_rows += circ.n_outputs * n
             c.maxpool_layers += 1
             c.act_elements += n
         c.layers.append(row)
@@ -251,15 +241,13 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
         "public_key": cal.public_key_bytes,
         "base_ot": 4200.0,
         "gc_tables": 32.0 * c.ands,
-        "gc_rows": 32.0 * c.gc_rows,
-        "gc_mask_labels": 16.0 * c.mask_bits,
-        "gc_decode_bits": float(c.output_bits),
+        "gc_rows": 16.0 * c.gc_rows,
         "ot": 32.0 * c.label_bits,  # one correlated OT per client-share bit: IKNP u + y
         "he_linear": c.he_in * cal.ct_in_bytes + c.he_out * cal.ct_reply_bytes,
         "he_poly": c.poly_cts * cal.ct_in_bytes + c.poly_replies * cal.ct_reply_bytes,
     }
     n_linear = sum(1 for r in c.layers if r["kind"] in ("conv", "linear"))
-    messages = 3 + 2 * n_linear + 5 * c.act_layers + 4 * c.maxpool_layers
+    messages = 3 + 2 * n_linear + 3 * c.act_layers + 2 * c.maxpool_layers
     return offline, online, messages, 1 + c.act_layers + c.maxpool_layers
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from safenet.field import trunc_bound
 
-#: statistical security parameter of the protocol (bits): HE flooding and integer masks
+#: statistical security parameter of the protocol (bits): HE flooding
 STAT_BITS = 40
 
 __all__ = [
@@ -40,11 +40,9 @@ __all__ = [
     "bounded_mask",
     "mask_trunc",
     "open_trunc",
-    "bits_mod_p",
     "from_bits",
     "mulmod",
     "neg",
-    "random_bits",
     "sub",
     "to_residues",
     "trunc_client",
@@ -186,29 +184,6 @@ def bits(v: np.ndarray, nbits: int) -> np.ndarray:
     flat = np.asarray(v, dtype=np.int64).reshape(-1).astype(np.uint64)
     shifts = np.arange(nbits, dtype=np.uint64)[:, None]
     return ((flat[None, :] >> shifts) & np.uint64(1)).astype(np.uint8)
-
-
-def random_bits(nbits: int, n: int) -> np.ndarray:
-    """Uniform bits from the OS CSPRNG, uint8 ``(nbits, n)`` (an integer mask of any width)."""
-    raw = np.frombuffer(secrets.token_bytes(-(-nbits * n // 8)), dtype=np.uint8)
-    return np.unpackbits(raw)[: nbits * n].reshape(nbits, n)
-
-
-def bits_mod_p(b: np.ndarray, p: int) -> np.ndarray:
-    """Little-endian bits ``(nbits, n)`` of integers of any width -> the integers mod p."""
-    b = np.asarray(b, dtype=np.uint8)
-    nbits, n = b.shape
-    words = -(-nbits // 64)
-    packed = np.zeros((words * 8, n), dtype=np.uint8)
-    packed[: -(-nbits // 8)] = np.packbits(b, axis=0, bitorder="little")
-    w = np.ascontiguousarray(packed.T).view("<u8")  # (n, words) little-endian 64-bit words
-    acc = np.zeros(n, dtype=np.int64)
-    for j in range(words):
-        lo = np.mod(w[:, j] & np.uint64(0xFFFFFFFF), np.uint64(p)).astype(np.int64)
-        hi = np.mod(w[:, j] >> np.uint64(32), np.uint64(p)).astype(np.int64)
-        acc = add(acc, mulmod(lo, pow(2, 64 * j, p), p), p)
-        acc = add(acc, mulmod(hi, pow(2, 64 * j + 32, p), p), p)
-    return acc
 
 
 def from_bits(b: np.ndarray) -> np.ndarray:

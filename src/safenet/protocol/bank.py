@@ -41,8 +41,9 @@ __all__ = ["Bank", "BankError"]
 
 #: material layout; 2: polynomial layers keep the exact-truncation masks; 3: ReLU masks as
 #: wide as the session needs, manifests carry the model version; 4: garbled layers under
-#: gc/ (ReLU channels and max pools), with their output rows
-FORMAT = "safenet-bank/4"
+#: gc/ (ReLU channels and max pools), with their output rows; 5: rows per output bit, no
+#: mask labels or decode bits
+FORMAT = "safenet-bank/5"
 
 _ID = re.compile(r"[0-9a-f]{32}")
 

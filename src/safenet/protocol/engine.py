@@ -65,8 +65,6 @@ from safenet.protocol.profile import Profile
 from safenet.protocol.relu import ReluClient, ReluServer
 from safenet.protocol.statistical import (
     SessionBudget,
-    garbled_outputs,
-    garbled_stat_bits,
     poly_replies,
 )
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes
@@ -121,7 +119,6 @@ class GarbledLayer:
         p: the field prime.
         n: circuit instances (ReLU elements, or max-pool outputs).
         tweak: first tweak of the layer's range (all layers share the session's Delta).
-        stat_bits: width of the output masks beyond the output (the session's).
         shift, clip: the ReLU circuit's truncation and clip bound.
         windows: a max pool's input indices per output (:func:`.maxpool.pool_windows`).
     """
@@ -130,7 +127,6 @@ class GarbledLayer:
     p: int
     n: int
     tweak: int
-    stat_bits: int
     shift: int = 0
     clip: int | None = None
     windows: np.ndarray | None = None
@@ -138,48 +134,46 @@ class GarbledLayer:
     @property
     def circuit(self) -> Circuit:
         if self.windows is not None:
-            return max_circuit(self.p, self.windows.shape[1], self.stat_bits)
-        return relu_circuit(self.p, self.shift, self.stat_bits, self.clip)
+            return max_circuit(self.p, self.windows.shape[1])
+        return relu_circuit(self.p, self.shift, self.clip)
 
     def server(self, delta: np.ndarray) -> GarbledServer:
         """The garbler's half (a fresh layer to garble, or one to :meth:`restore` into)."""
         if self.windows is not None:
-            return MaxPoolServer(self.p, self.windows, delta, self.tweak, self.stat_bits)
-        return ReluServer(self.p, self.shift, self.n, delta, self.tweak, self.stat_bits, self.clip)
+            return MaxPoolServer(self.p, self.windows, delta, self.tweak)
+        return ReluServer(self.p, self.shift, self.n, delta, self.tweak, self.clip)
 
     def client(self) -> GarbledClient:
         """The evaluator's half."""
         if self.windows is not None:
-            return MaxPoolClient(self.p, self.windows, self.tweak, self.stat_bits)
-        return ReluClient(self.p, self.shift, self.n, self.tweak, self.stat_bits, self.clip)
+            return MaxPoolClient(self.p, self.windows, self.tweak)
+        return ReluClient(self.p, self.shift, self.n, self.tweak, self.clip)
 
 
 def garbled_layers(plan: Plan) -> dict[int, GarbledLayer]:
     """``{op index: layer}`` of every activation with ReLU channels and every max pool, each
-    with the next tweak range and the session's mask width
-    (:func:`.statistical.garbled_stat_bits`)."""
-    stat_bits = garbled_stat_bits(plan)
+    with the next tweak range."""
     p = plan.field.p
     out: dict[int, GarbledLayer] = {}
     tweak = 0
     for i, op in enumerate(plan.ops):
         if op.kind == "activation" and (n := int(_channel_select(op).sum())):
-            layer = GarbledLayer("relu", p, n, tweak, stat_bits, op.attrs["shift"],
-                                 op.attrs.get("clip"))  # fmt: skip
+            layer = GarbledLayer("relu", p, n, tweak, op.attrs["shift"], op.attrs.get("clip"))
         elif op.kind == "maxpool":
             windows = pool_windows(op, plan.ops[op.inputs[0]].shape)
-            layer = GarbledLayer("maxpool", p, len(windows), tweak, stat_bits, windows=windows)
+            layer = GarbledLayer("maxpool", p, len(windows), tweak, windows=windows)
         else:
             continue
         out[i] = layer
-        tweak += tweak_span(layer.circuit, layer.n, 1)
+        tweak += tweak_span(layer.circuit, layer.n, rows=True)
     return out
 
 
 def garbled_table_bytes(plan: Plan) -> int:
-    """Bytes of all garbled tables of one session of ``plan``: 32 per AND gate, and 32 per
-    output row (one per instance: the high part of its mask)."""
-    return sum(32 * (g.circuit.and_count + 1) * g.n for g in garbled_layers(plan).values())
+    """Bytes of all garbled tables of one session of ``plan``: 32 per AND gate, and 16 per
+    output bit (its two 8-byte rows)."""
+    layers = garbled_layers(plan).values()
+    return sum((32 * g.circuit.and_count + 16 * g.circuit.n_outputs) * g.n for g in layers)
 
 
 def model_version(plan: Plan) -> str:
@@ -272,7 +266,6 @@ class ServerModel:
             poly_degree=self.config.poly_degree,
             linear_replies=sum(lin.packing.n_out for lin in self.linear.values()),
             poly_replies=poly_replies(plan, self.he.slots),
-            garbled_outputs=garbled_outputs(plan),
         )
         for lin in self.linear.values():
             lin.check_flood(self.budget.linear_bits)

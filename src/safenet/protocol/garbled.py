@@ -1,22 +1,22 @@
-"""One garbled layer run between the parties: shares in, a masked integer out.
+"""One garbled layer run between the parties: shares in, additive shares mod p out.
 
-A layer is ``n`` instances of one circuit with three input groups: ``server_share`` and
+A layer is ``n`` instances of one circuit with two input groups, ``server_share`` and
 ``client_share`` (``m`` field elements of ``bits(p)`` bits per instance, element ``j`` in bits
-``j bits(p) ..``) and ``server_mask``, and two output groups: ``z`` (``W`` bits) and ``carry``
-(one bit). The server's mask is an integer ``r = r_low + 2^W r_high`` of ``W + s`` bits: the
-circuit adds ``r_low`` and the carry ``c`` of that sum selects ``r_high + c`` through one
-garbled output row (:mod:`safenet.crypto.gc.tables`), so the client learns the integer
-``z = y + r + offset`` (each circuit fixes its ``offset``) and keeps ``z mod p``; the server
-keeps ``-(r + offset) mod p``. ``r`` is ``s`` bits wider than ``y + offset``, so ``z`` hides
-``y`` up to statistical distance ``2^-s`` (:mod:`.statistical` sets ``s`` per session); the
-decode bits of ``z`` are sent, never the carry's.
+``j bits(p) ..``), whose output bits ``b_j`` carry public weights ``w_j`` (the circuit module
+says which): the layer's value is ``y = sum_j w_j b_j - offset`` (each layer kind fixes its
+``offset``). Every output bit becomes an additive share through a pair of garbled output rows
+(:mod:`safenet.crypto.gc.tables`): the server draws uniform ``s_j`` mod p and the rows give the
+client ``w_j b_j + s_j mod p`` for the bit it holds, so the client's share is the sum of what
+it reads and the server's is ``-(sum_j s_j + offset) mod p``. Each value the client reads is
+uniform on its own: the shares hide ``y`` perfectly, with no statistical term and no mask
+inside the circuit. No decode bits are ever sent.
 
 Offline the server garbles the instances under the session's Delta with the layer's own tweak
 range (:func:`~safenet.crypto.gc.garble.tweak_span`: the AND gates', then the rows'), sends
-the tables, the labels of ``r_low``, the decode bits of ``z`` and the rows, and hands the
-client the labels of the client's shares (known offline) by correlated OT. Online it sends
-only the labels of its own shares, ``m bits(p)`` labels of 16 bytes per instance.
-:mod:`.relu` and :mod:`.maxpool` say what their circuits compute.
+the tables and the rows, and hands the client the labels of the client's shares (known
+offline) by correlated OT. Online it sends only the labels of its own shares, ``m bits(p)``
+labels of 16 bytes per instance. :mod:`.relu` and :mod:`.maxpool` say what their circuits
+compute.
 """
 
 from __future__ import annotations
@@ -27,42 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from safenet.crypto.gc import decode, evaluate, garble
+from safenet.crypto.gc import evaluate, garble
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.garble import Garbled, encode_labels, tweak_span
-from safenet.crypto.gc.tables import decrypt_rows
+from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
-from safenet.protocol.arith import STAT_BITS
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
-__all__ = [
-    "GarbledClient",
-    "GarbledServer",
-    "GarblingWorker",
-    "add_one128",
-    "share_bits",
-    "words128",
-]
-
-
-def words128(bits: np.ndarray) -> np.ndarray:
-    """Little-endian bits ``(k, n)`` (``k <= 128``) -> 128-bit integers as uint64 ``(n, 2)``."""
-    k, n = bits.shape
-    if k > 128:
-        raise ValueError(f"{k} bits do not fit 128")
-    padded = np.zeros((128, n), dtype=np.uint8)
-    padded[:k] = bits
-    packed = np.packbits(padded, axis=0, bitorder="little")  # (16, n)
-    return np.ascontiguousarray(packed.T).view("<u8").reshape(n, 2).astype(np.uint64)
-
-
-def add_one128(v: np.ndarray) -> np.ndarray:
-    """``v + 1`` for 128-bit integers as uint64 ``(n, 2)`` (below 2^128 - 1)."""
-    out = v.copy()
-    out[:, 0] += np.uint64(1)
-    out[:, 1] += (out[:, 0] == 0).astype(np.uint64)
-    return out
+__all__ = ["GarbledClient", "GarbledServer", "GarblingWorker", "share_bits"]
 
 
 def share_bits(values: np.ndarray, nbits: int) -> np.ndarray:
@@ -74,22 +47,9 @@ def share_bits(values: np.ndarray, nbits: int) -> np.ndarray:
     return A.bits(v, nbits).reshape(nbits, m, n).transpose(1, 0, 2).reshape(m * nbits, n)
 
 
-def _join_mod_p(low: np.ndarray, high: np.ndarray, p: int) -> np.ndarray:
-    """``(z_low + 2^W high) mod p`` for the bits ``(W, n)`` of ``z_low`` and the 128-bit
-    ``high`` as uint64 ``(n, 2)``, with vector mulmods (no per-bit work on the 128 bits)."""
-    w = len(low)
-    words = [np.mod(high[:, j], np.uint64(p)).astype(np.int64) for j in (0, 1)]
-    out = A.bits_mod_p(low, p)
-    for j, word in enumerate(words):
-        out = A.add(out, A.mulmod(word, pow(2, w + 64 * j, p), p), p)
-    return out
-
-
 class GarbledServer:
-    """The garbler's half of one garbled layer (``n`` instances of ``circuit``)."""
-
-    #: the server's output share is ``-(r + offset)``; each circuit fixes it
-    offset: int = 0
+    """The garbler's half of one garbled layer (``n`` instances of ``circuit`` whose output
+    bits carry ``weights``; the weighted sum is the layer's value plus ``offset``)."""
 
     def __init__(
         self,
@@ -98,21 +58,24 @@ class GarbledServer:
         n: int,
         delta: np.ndarray,
         tweak_base: int,
-        stat_bits: int = STAT_BITS,
+        weights: list[int],
+        offset: int = 0,
     ) -> None:
+        if len(weights) != circuit.n_outputs:
+            raise ValueError(f"{len(weights)} weights for {circuit.n_outputs} output bits")
         self.p, self.n, self.circuit = p, n, circuit
         self.tweak_base = tweak_base
         self.delta = delta
-        self.stat_bits = stat_bits
+        self.weights = [w % p for w in weights]
+        self.offset = offset
         self._garbled: Garbled | None = None
         self._stored: tuple[np.ndarray, np.ndarray] | None = None
-        self._mask: np.ndarray | None = None  # bits of r: r_low (W rows), then r_high
-        self.out_share: np.ndarray | None = None  # -(r + offset)
+        self.out_share: np.ndarray | None = None  # -(sum_j s_j + offset)
 
     @property
     def tweak_end(self) -> int:
         """First tweak after this layer's range (the next layer's ``tweak_base``)."""
-        return self.tweak_base + tweak_span(self.circuit, self.n, 1)
+        return self.tweak_base + tweak_span(self.circuit, self.n, rows=True)
 
     @property
     def share_width(self) -> int:
@@ -120,30 +83,29 @@ class GarbledServer:
         return len(self.circuit.inputs["server_share"])
 
     def garble(self) -> None:
-        """Draw the mask and garble the layer with the row of its high part (CPU work, no
+        """Draw the row masks ``s_j`` and garble the layer with its output rows (CPU work, no
         communication; may run in a worker thread)."""
-        w = len(self.circuit.inputs["server_mask"])
-        self._mask = A.random_bits(w + self.stat_bits, self.n)
-        high = words128(self._mask[w:])
-        rows = {"carry": (high, add_one128(high))}
+        p = self.p
+        s = A.uniform((self.circuit.n_outputs, self.n), p)
+        w = np.array(self.weights, dtype=np.int64)[:, None]
+        v1 = A.add(s, np.broadcast_to(w, s.shape), p)
         self._garbled = garble(self.circuit, self.n, delta=self.delta,
-                               tweak_base=self.tweak_base, rows=rows)  # fmt: skip
+                               tweak_base=self.tweak_base, rows=(s, v1))  # fmt: skip
+        total = np.zeros(self.n, dtype=np.int64)
+        for row in s:
+            total = A.add(total, row, p)
+        self.out_share = A.neg(A.add(total, self.offset % p, p), p)
 
     def send_offline(self, conn: Connection, ot: OTSender) -> None:
-        """Tables, mask labels, decode bits of ``z`` and the carry's rows to the client;
-        client-share labels by OT."""
-        g, r = self._garbled, self._mask
-        if g is None or r is None:
+        """Tables and rows to the client; client-share labels by OT."""
+        g = self._garbled
+        if g is None or self.out_share is None:
             raise RuntimeError("garble() first")
-        w = len(self.circuit.inputs["server_mask"])
         conn.send_array(g.take_tables(), label="gc.tables")  # no copy on either side
-        conn.send_array(g.encode("server_mask", r[:w]), label="gc.mask")
-        conn.send_array(g.decode_bits[self.circuit.output_slices["z"]], label="gc.decode")
-        conn.send_array(g.rows["carry"], label="gc.rows")
+        conn.send_array(g.rows, label="gc.rows")
+        g.rows = None
         zero, _ = g.label_pairs("client_share")
         ot.send_correlated(zero.reshape(-1, 2))
-        self._mask = None
-        self.out_share = A.neg(A.add(A.bits_mod_p(r, self.p), self.offset % self.p, self.p), self.p)
 
     def online_labels(self, s: np.ndarray) -> np.ndarray:
         """Labels of the server's inputs for its share ``s`` of the layer input: once.
@@ -190,31 +152,26 @@ class GarbledClient:
 
     @property
     def tweak_end(self) -> int:
-        return self.tweak_base + tweak_span(self.circuit, self.n, 1)
+        return self.tweak_base + tweak_span(self.circuit, self.n, rows=True)
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         c, n = self.circuit, self.n
         return {"tables": (c.and_count, n, 2, 2),
                 "client_share": (len(c.inputs["client_share"]), n, 2),
-                "server_mask": (len(c.inputs["server_mask"]), n, 2),
-                "decode": (len(c.outputs["z"]), n),
-                "rows": (n, 2, 2)}  # fmt: skip
+                "rows": (c.n_outputs, n, 2)}  # fmt: skip
 
     def inputs(self, c: np.ndarray) -> np.ndarray:
         """Our circuit inputs ``(m, n)`` from our share ``c`` of the layer input (as given)."""
         return c
 
     def recv_offline(self, conn: Connection, ot: OTReceiver, c: np.ndarray) -> None:
-        """Receive tables, mask labels, decode bits; get the labels of our shares ``c``
-        (residues ``(m, n)``, or ``(n,)`` for one element per instance) by OT."""
+        """Receive tables and rows; get the labels of our shares ``c`` (residues ``(m, n)``,
+        or ``(n,)`` for one element per instance) by OT."""
         want = self._shapes()
-        dtypes = {"tables": np.uint64, "server_mask": np.uint64, "decode": np.uint8,
-                  "rows": np.uint64}  # fmt: skip
         got: dict[str, Any] = {}
-        for key, label in (("tables", "gc.tables"), ("server_mask", "gc.mask"),
-                           ("decode", "gc.decode"), ("rows", "gc.rows")):  # fmt: skip
-            a = conn.recv_array(label, array_bytes(want[key], dtypes[key]))
-            if a.shape != want[key] or a.dtype != dtypes[key]:
+        for key, label in (("tables", "gc.tables"), ("rows", "gc.rows")):
+            a = conn.recv_array(label, array_bytes(want[key], np.uint64))
+            if a.shape != want[key] or a.dtype != np.uint64:
                 raise ProtocolError(f"bad {label} {a.dtype} {a.shape}, want {want[key]}")
             got[key] = a
         bits = share_bits(c, self.p.bit_length())
@@ -249,15 +206,18 @@ class GarbledClient:
         out = evaluate(
             self.circuit,
             m["tables"],
-            {"server_share": server_labels, "client_share": m["client_share"],
-             "server_mask": m["server_mask"]},
+            {"server_share": server_labels, "client_share": m["client_share"]},
             tweak_base=self.tweak_base,
-        )  # fmt: skip
-        sl = self.circuit.output_slices
-        low = decode(out[sl["z"]], m["decode"])
-        row_base = self.tweak_base + self.circuit.and_count * self.n
-        high = decrypt_rows(out[sl["carry"].start], m["rows"], row_base)  # r_high + carry
-        return _join_mod_p(low, high, self.p)
+        )
+        k, n, p = self.circuit.n_outputs, self.n, self.p
+        tweaks = row_tweaks(self.tweak_base + self.circuit.and_count * n, k, n, 0, n)
+        values = decrypt_rows(out, m["rows"], tweaks)
+        if (values >= np.uint64(p)).any():
+            raise ProtocolError("a garbled output row opened to a value outside [0, p)")
+        z = np.zeros(n, dtype=np.int64)
+        for row in values.astype(np.int64):
+            z = A.add(z, row, p)
+        return z
 
 
 class GarblingWorker:

@@ -1,22 +1,23 @@
-"""Statistical security of one session: every statistically hiding mask and noise flood.
+"""Statistical security of one session: every statistically hiding noise flood.
 
-Three mechanisms hide secrets only statistically, each element by itself within a distance
+Two mechanisms hide secrets only statistically, each element by itself within a distance
 ``eps`` of a secret-free view; for a whole session the distances add up (union bound over
 independent draws):
 
 * **linear replies**: c0 of every reply ciphertext of a conv/linear layer is flooded,
   ``N`` coefficients per ciphertext (:mod:`safenet.protocol.linear`);
 * **polynomial replies**: likewise for the HE tuples of polynomial channels
-  (:mod:`safenet.protocol.poly`);
-* **garbled output masks**: the client decodes ``y + r`` with an integer mask ``r``
-  (:mod:`safenet.protocol.garbled`), one per ReLU element and one per max-pool output.
+  (:mod:`safenet.protocol.poly`).
 
-The session's budget ``2^-STAT_BITS`` is split evenly over the three (``SPLIT_BITS`` = 2 bits
-each: ``3 * 2^-42 < 2^-40``), and within a mechanism over its elements: an element needs
-``STAT_BITS + SPLIT_BITS + ceil(log2(elements))`` bits (:func:`element_bits`). Every count
-comes from the public plan and parameters, so both parties derive the same circuits and
-floods. The openings of polynomial channels are statistical too but cannot meet this bound
-under SEAL's primes; docs/security.md states their figure separately.
+Garbled layers add no term: their outputs become additive shares through garbled output rows
+with uniform masks mod p (:mod:`safenet.protocol.garbled`), which hide perfectly.
+
+The session's budget ``2^-STAT_BITS`` is split over the mechanisms (``SPLIT_BITS`` = 2 bits
+each, room for up to four: ``2 * 2^-42 < 2^-40``), and within a mechanism over its elements:
+an element needs ``STAT_BITS + SPLIT_BITS + ceil(log2(elements))`` bits
+(:func:`element_bits`). Every count comes from the public plan and parameters, so both
+parties derive the same floods. The openings of polynomial channels are statistical too but
+cannot meet this bound under SEAL's primes; docs/security.md states their figure separately.
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ __all__ = [
     "SessionBudget",
     "element_bits",
     "poly_replies",
-    "garbled_outputs",
-    "garbled_stat_bits",
 ]
 
-#: bits each of the three mechanisms gives up so that their sum stays within 2^-STAT_BITS
+#: bits each mechanism gives up so that their sum stays within 2^-STAT_BITS
 SPLIT_BITS = 2
 
 
@@ -50,23 +49,6 @@ def element_bits(elements: int) -> int:
 
 def _per_channel(op_shape: tuple[int, ...]) -> int:
     return int(np.prod(op_shape[1:])) if len(op_shape) > 1 else 1
-
-
-def garbled_outputs(plan: Plan) -> int:
-    """Masked garbled-circuit outputs of one inference of ``plan``: ReLU elements of all
-    activation layers plus the outputs of all max pools."""
-    total = 0
-    for op in plan.ops:
-        if op.kind == "activation":
-            total += int(op.arrays["relu_mask"].astype(bool).sum()) * _per_channel(op.shape)
-        elif op.kind == "maxpool":
-            total += int(np.prod(op.shape))
-    return total
-
-
-def garbled_stat_bits(plan: Plan) -> int:
-    """Width beyond the output of each integer output mask of ``plan``'s circuits."""
-    return element_bits(garbled_outputs(plan))
 
 
 def poly_replies(plan: Plan, slots: int) -> int:
@@ -88,13 +70,11 @@ class SessionBudget:
         poly_degree: BFV ring dimension ``N`` (coefficients per ciphertext).
         linear_replies: reply ciphertexts of all conv/linear layers.
         poly_replies: reply ciphertexts of all polynomial layers.
-        garbled_outputs: ReLU elements and max-pool outputs (one integer mask each).
     """
 
     poly_degree: int
     linear_replies: int
     poly_replies: int
-    garbled_outputs: int
 
     @property
     def linear_bits(self) -> int:
@@ -106,18 +86,12 @@ class SessionBudget:
         """Bits by which a polynomial reply's flood must exceed its noise."""
         return element_bits(self.poly_degree * self.poly_replies)
 
-    @property
-    def garbled_bits(self) -> int:
-        """Width beyond the output of each integer garbled-circuit output mask."""
-        return element_bits(self.garbled_outputs)
-
     def rows(self) -> list[tuple[str, int, int]]:
         """``(mechanism, hidden elements, bits per element)`` per mechanism, for reports."""
         n = self.poly_degree
         return [
             ("linear replies (coefficients)", n * self.linear_replies, self.linear_bits),
             ("polynomial replies (coefficients)", n * self.poly_replies, self.poly_bits),
-            ("garbled output masks", self.garbled_outputs, self.garbled_bits),
         ]
 
     def total_distance(self) -> float:

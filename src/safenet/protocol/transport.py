@@ -540,8 +540,9 @@ class HandshakeError(ProtocolError):
 PROTOCOL_NAME = "safenet"
 #: 2: polynomial channels truncate exactly (online.open, online.poly); 3: statistical bounds
 #: per session (ReLU masks as wide as the session needs, polynomial plaintexts in digits);
-#: 4: max pools, and the masks' high parts as garbled output rows (gc.rows)
-PROTOCOL_VERSION = 4
+#: 4: max pools, and the masks' high parts as garbled output rows (gc.rows); 5: every garbled
+#: output bit read through two 8-byte rows into an additive share (no masks, no decode bits)
+PROTOCOL_VERSION = 5
 
 
 def handshake(conn: Connection, role: str, fingerprint: str, **extra: Any) -> dict[str, Any]:

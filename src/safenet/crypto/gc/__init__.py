@@ -5,8 +5,10 @@
 * :mod:`.garble` / :mod:`.evaluate`: half-gates with free-XOR and point-and-permute over
   fixed-key AES; garbled material is single-use by construction;
 * :mod:`.relu`: the protocol's ReLU circuit (share addition mod p, sign, exact truncation,
-  fresh output mask); :mod:`.maxpool`: the max over a pooling window of shares;
-* :mod:`.tables`: garbled output rows (a one-bit output turned into one of two values).
+  weighted output bits); :mod:`.maxpool`: the max over a pooling window of shares;
+* :mod:`.tables`: garbled output rows (an output bit turned into one of two 64-bit values);
+* :mod:`._fused`: the AES-NI kernels (:mod:`safenet.crypto.aesni`) garbling and evaluation
+  run on where the CPU has it.
 """
 
 from safenet.crypto.gc.circuit import (
@@ -27,7 +29,7 @@ from safenet.crypto.gc.garble import (
     label_pairs,
     tables_from_bytes,
 )
-from safenet.crypto.gc.relu import relu_circuit, relu_reference, relu_width
+from safenet.crypto.gc.relu import relu_circuit, relu_reference, relu_weights, relu_width
 
 __all__ = [
     "FALSE",
@@ -46,6 +48,7 @@ __all__ = [
     "label_pairs",
     "relu_circuit",
     "relu_reference",
+    "relu_weights",
     "relu_width",
     "tables_from_bytes",
 ]

@@ -27,10 +27,10 @@ from numba import types
 from numba.extending import intrinsic
 
 from safenet.crypto import aesni
-from safenet.crypto.aesni import Wide, lanes, tccr2, tccr4
+from safenet.crypto.aesni import Wide, lanes, tccr1, tccr2, tccr4
 from safenet.crypto.gc._kernels import xor_block
 
-__all__ = ["kernels"]
+__all__ = ["decrypt_rows", "encrypt_rows", "kernels"]
 
 Arr = np.ndarray
 U64 = np.uint64
@@ -194,3 +194,38 @@ def kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
     if not aesni.available():
         return None
     return _WIDE if aesni.wide_available() else _NARROW
+
+
+@numba.njit(cache=True, nogil=True)
+def encrypt_rows(
+    zero: Arr, d0: U64, d1: U64, v0: Arr, v1: Arr, tweaks: Arr, rows: Arr, k: tuple
+) -> None:
+    """Output rows (:mod:`.tables`): for labels ``zero[j, i]`` (of bit 0) and ``zero ^ Delta``
+    (bit 1), ``rows[j, i, lsb(W_b)] = low64(H(W_b, t)) ^ v_b[j, i]``; arrays ``(K, m[, 2])``."""
+    for j in range(zero.shape[0]):
+        for i in range(zero.shape[1]):
+            z0, z1, t = zero[j, i, 0], zero[j, i, 1], tweaks[j, i]
+            h0, _, h1, _ = tccr2((z0, z1, z0 ^ d0, z1 ^ d1), (t, t), k)
+            c0, c1 = h0 ^ v0[j, i], h1 ^ v1[j, i]
+            if z0 & _ONE:
+                rows[j, i, 0], rows[j, i, 1] = c1, c0
+            else:
+                rows[j, i, 0], rows[j, i, 1] = c0, c1
+
+
+@numba.njit(cache=True, nogil=True)
+def decrypt_rows(labels: Arr, rows: Arr, tweaks: Arr, out: Arr, k: tuple) -> None:
+    """The values ``out[j, i]`` that the active ``labels[j, i]`` open in ``rows[j, i]``."""
+    m = labels.shape[1]
+    for j in range(labels.shape[0]):
+        for i in range(0, m - 1, 2):  # two instances per hash call: two AES chains in flight
+            a0, a1 = labels[j, i, 0], labels[j, i, 1]
+            b0, b1 = labels[j, i + 1, 0], labels[j, i + 1, 1]
+            ha, _, hb, _ = tccr2((a0, a1, b0, b1), (tweaks[j, i], tweaks[j, i + 1]), k)
+            out[j, i] = ha ^ rows[j, i, a0 & _ONE]
+            out[j, i + 1] = hb ^ rows[j, i + 1, b0 & _ONE]
+        if m % 2:
+            i = m - 1
+            a0 = labels[j, i, 0]
+            ha, _ = tccr1((a0, labels[j, i, 1]), (tweaks[j, i],), k)
+            out[j, i] = ha ^ rows[j, i, a0 & _ONE]

@@ -42,7 +42,7 @@ from safenet.crypto.aesni import FIXED_ROUND_KEYS
 from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
 from safenet.crypto.gc.circuit import Circuit, Schedule
-from safenet.crypto.gc.tables import encrypt_rows
+from safenet.crypto.gc.tables import encrypt_rows, row_tweaks
 
 __all__ = [
     "Garbled",
@@ -293,7 +293,7 @@ class Garbled:
         n_instances: independent copies garbled.
         decode_bits: uint8 ``(n_outputs, n_instances)``, lsb of each output zero label;
             sent to the evaluator so that it can :func:`decode` its outputs (never those of
-            an output read through rows: they would reveal its bit).
+            a garbling with output rows: they would reveal the bits).
     """
 
     def __init__(
@@ -304,7 +304,7 @@ class Garbled:
         input_zero: dict[str, np.ndarray],
         tables: np.ndarray,
         decode_bits: np.ndarray,
-        rows: dict[str, np.ndarray] | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         self.circuit = circuit
         self.n_instances = n_instances
@@ -313,8 +313,9 @@ class Garbled:
         self._input_zero: dict[str, np.ndarray] = dict(input_zero)
         self._tables: np.ndarray | None = tables
         self._released: set[str] = set()
-        #: garbled output rows by output group (:func:`garble`'s ``rows``); public
-        self.rows: dict[str, np.ndarray] = dict(rows or {})
+        #: garbled output rows ``(n_outputs, n_instances, 2)`` (:func:`garble`'s ``rows``), or
+        #: ``None``; public
+        self.rows = rows
 
     def __copy__(self) -> Garbled:
         raise TypeError("a Garbled object is single-use and cannot be copied")
@@ -438,7 +439,7 @@ def garble(
     delta: np.ndarray | None = None,
     tweak_base: int = 0,
     workers: int | None = None,
-    rows: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Garbled:
     """Garble ``n_instances`` copies of ``circuit`` under a fresh Delta (or a given one).
 
@@ -451,22 +452,22 @@ def garble(
         delta: a session-wide Delta (uint64 (2,), lsb 1) shared by several garblings, so
             that one correlated-OT sender (s = Delta) serves all of them.
         tweak_base: added to every tweak; garblings sharing a Delta must use disjoint
-            ranges ``[tweak_base, tweak_base + tweak_span(circuit, n_instances, len(rows)))``
+            ranges ``[tweak_base, tweak_base + tweak_span(circuit, n_instances, rows))``
             (:func:`tweak_span`: the AND gates', then the rows'), all below
             :data:`TWEAK_LIMIT`.
         workers: threads (default :func:`default_workers`); results do not depend on it.
-        rows: for one-bit output groups, ``name -> (v0, v1)`` (128-bit values, uint64
-            ``(n_instances, 2)`` each): the garbled output rows that give the evaluator
-            ``v_b`` for the bit ``b`` it holds (:mod:`.tables`), in :attr:`Garbled.rows`;
-            they use the tweaks just after the AND gates' (:func:`tweak_span`).
+        rows: ``(v0, v1)``, uint64 ``(n_outputs, n_instances)`` each: garbled output rows for
+            every output bit, which give the evaluator ``v_b`` for the bit ``b`` it holds
+            (:mod:`.tables`), in :attr:`Garbled.rows`; they use the tweaks just after the AND
+            gates' (:func:`tweak_span`), and no decode bits are kept.
     """
-    rows = dict(rows or {})
     if n_instances < 1:
         raise ValueError("n_instances must be positive")
-    for name in rows:
-        if len(circuit.outputs.get(name, ())) != 1:
-            raise ValueError(f"output rows need a one-bit output group, not {name!r}")
-    span = tweak_span(circuit, n_instances, len(rows))
+    vals = None if rows is None else [np.asarray(v, dtype=np.uint64) for v in rows]
+    want = (circuit.n_outputs, n_instances)
+    if vals is not None and (len(vals) != 2 or any(v.shape != want for v in vals)):
+        raise ValueError(f"row values must be two arrays of shape {want}")
+    span = tweak_span(circuit, n_instances, vals is not None)
     if tweak_base < 0 or tweak_base + span >= TWEAK_LIMIT:
         raise ValueError("tweak range leaves [0, TWEAK_LIMIT): it would collide with OT tweaks")
     sch: Schedule = circuit.schedule
@@ -483,8 +484,7 @@ def garble(
     }
     tables = np.empty((circuit.and_count, n_instances, 2, 2), dtype=np.uint64)
     decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
-    out_rows = {name: np.empty((n_instances, 2, 2), dtype=np.uint64) for name in rows}
-    slices = circuit.output_slices
+    out_rows = None if vals is None else np.empty((circuit.n_outputs, n_instances, 2), np.uint64)
 
     fused = F.kernels()
 
@@ -501,21 +501,22 @@ def garble(
         decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
             np.uint8
         ) ^ sch.out_neg[:, None]
-        for k, (name, (v0, v1)) in enumerate(rows.items()):
-            j = slices[name].start
-            zero = L[sch.out_slots[j]] ^ (np.uint64(sch.out_neg[j]) * delta)  # logical 0
-            base = tweak_base + circuit.and_count * n_instances + k * n_instances + i0
-            out_rows[name][i0:i1] = encrypt_rows(zero, delta, v0[i0:i1], v1[i0:i1], base, aes)
+        if vals is not None and out_rows is not None:
+            zero = L[sch.out_slots] ^ (sch.out_neg.astype(np.uint64)[:, None, None] * delta)
+            base = tweak_base + circuit.and_count * n_instances
+            tw = row_tweaks(base, circuit.n_outputs, n_instances, i0, i1)
+            v0, v1 = vals[0][:, i0:i1], vals[1][:, i0:i1]
+            out_rows[:, i0:i1] = encrypt_rows(zero, delta, v0, v1, tw, aes)
         _wipe_thread_buffers()  # reused buffers: no zero labels, no Delta left
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)
-    for name in rows:  # read only through their rows: a decode bit would reveal the bit
-        decode_bits[slices[name]] = 0
+    if vals is not None:  # read only through their rows: a decode bit would reveal the bit
+        decode_bits[:] = 0
     return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits, out_rows)
 
 
-def tweak_span(circuit: Circuit, n_instances: int, row_groups: int = 0) -> int:
+def tweak_span(circuit: Circuit, n_instances: int, rows: bool = False) -> int:
     """Tweaks (before the final ``<< 1``) one garbling uses from its ``tweak_base``: its AND
-    gates', then ``n_instances`` per group of output rows."""
-    return (circuit.and_count + row_groups) * n_instances
+    gates', then, with output rows, ``n_instances`` per output bit."""
+    return (circuit.and_count + (circuit.n_outputs if rows else 0)) * n_instances
