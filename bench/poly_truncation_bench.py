@@ -65,7 +65,22 @@ def one_run(src: Path, arch: str, shape: tuple, ratio: float, degree: int) -> di
 
 def _eval_s(rep: dict) -> float:
     """The client's garbled-circuit evaluation time of one run (0 without garbled layers)."""
-    return rep["client"]["primitives"].get("gc.eval", {}).get("online_s", 0.0)
+    return _prim(rep, "client", "gc.eval", "online")
+
+
+def _prim(rep: dict, party: str, name: str, phase: str) -> float:
+    """Seconds of one primitive of one party in one phase (0 if it did not run)."""
+    return rep[party]["primitives"].get(name, {}).get(f"{phase}_s", 0.0)
+
+
+#: (party, primitive, phase) reported per variant: the online and offline breakdown
+PRIMITIVES = [
+    ("client", "gc.eval", "online"), ("server", "gc.encode", "online"),
+    ("server", "linear.plain", "online"), ("client", "poly", "online"),
+    ("server", "gc.garble(thread)", "offline"), ("server", "gc.send+ot", "offline"),
+    ("client", "gc.recv+ot", "offline"), ("server", "he.linear", "offline"),
+    ("client", "he.linear", "offline"),
+]  # fmt: skip
 
 
 def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
@@ -84,6 +99,12 @@ def summarise(label: str, runs: dict[str, list[dict]]) -> dict:
             "gc_eval_s": statistics.median(_eval_s(r) for r in reps),
             "client_rss_mib": max(r["peak_rss_mib"]["client"] for r in reps),
             "server_rss_mib": max(r["peak_rss_mib"]["server"] for r in reps),
+            "primitives_s": {
+                f"{party} {name} ({phase})": round(
+                    statistics.median(_prim(r, party, name, phase) for r in reps), 4
+                )
+                for party, name, phase in PRIMITIVES
+            },
             "runs": len(reps),
         }
     for variant, reps in runs.items():

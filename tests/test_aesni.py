@@ -14,7 +14,10 @@ from safenet.crypto.gc import (
     relu_circuit,
     tables_from_bytes,
 )
+from safenet.crypto.gc.evaluate import evaluate_shares
 from safenet.field import DELPHI_PRIME
+
+P = DELPHI_PRIME
 
 needs_aesni = pytest.mark.skipif(not aesni.supported(), reason="no AES-NI on this CPU")
 
@@ -41,6 +44,11 @@ def test_compiled_hash_matches_cryptography(rng):
     out = np.empty_like(x)
     aesni.hash_blocks(aesni.FIXED_ROUND_KEYS, x, tweaks, out)
     np.testing.assert_array_equal(out, FixedKeyAES().hash(x, tweaks))
+    if aesni.wide_supported():  # four blocks per register, and a remainder (1000 = 4 * 250)
+        for n in (1000, 999):
+            wide = np.empty_like(x[:n])
+            aesni.hash_blocks_wide(aesni.FIXED_ROUND_KEYS, x[:n], tweaks[:n], wide)
+            np.testing.assert_array_equal(wide, out[:n])
 
 
 def test_switch_off(monkeypatch):
@@ -69,10 +77,15 @@ def _random_circuit(r: np.random.Generator):
 
 
 def _run(circuit, n, seed, chunk, tweak_base, workers):
-    """Garble with a seeded generator, evaluate on random inputs from the same seed; returns
-    the tables, decode bits and output labels."""
-    r = np.random.default_rng(seed)
+    """Garble with a seeded generator (and output rows), evaluate on random inputs from the
+    same seed; returns the tables, decode bits, output labels, rows and summed shares."""
+    r, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+    s = r.integers(0, P, (circuit.n_outputs, n), dtype=np.uint64)
+    r2.integers(0, P, s.shape, dtype=np.uint64)  # the same state: the same Delta and labels
+    rows = (s, (s + np.uint64(12345)) % np.uint64(P))
     g = garble(circuit, n, rng=r, chunk=chunk, tweak_base=tweak_base, workers=workers)
+    g2 = garble(circuit, n, rng=r2, chunk=chunk, tweak_base=tweak_base, workers=workers,
+                rows=rows)  # fmt: skip
     labels = {}
     for name, wires in circuit.inputs.items():
         bits = r.integers(0, 2, (len(wires), n), dtype=np.uint8)
@@ -80,7 +93,9 @@ def _run(circuit, n, seed, chunk, tweak_base, workers):
         labels[name] = np.where(bits[..., None].astype(bool), l1, l0)
     tables = tables_from_bytes(g.take_tables().tobytes(), circuit, n)  # read-only, as received
     out = evaluate(circuit, tables, labels, chunk=chunk, tweak_base=tweak_base, workers=workers)
-    return tables, g.decode_bits, out
+    shares = evaluate_shares(circuit, g2.take_tables(), labels, g2.rows, P, chunk=chunk,
+                             tweak_base=tweak_base, workers=workers)  # fmt: skip
+    return tables, g.decode_bits, out, g2.rows, shares
 
 
 @needs_aesni

@@ -559,3 +559,32 @@ def test_garble_rows_turn_every_output_bit_into_its_value_and_no_decode_leaks_it
     assert list(total) == [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
     with pytest.raises(ValueError, match="row values"):
         garble(circuit, 4, rows=(s[:, :4], v1[:, :3]))
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 64])
+def test_evaluate_shares_sums_the_rows_mod_p(chunk):
+    """``evaluate_shares`` opens every output bit's row and sums mod p per instance (odd
+    chunks included); a row that opens outside [0, p) is refused, not summed."""
+    from safenet.crypto.gc.evaluate import evaluate_shares
+
+    p, k = DELPHI_PRIME, 9
+    circuit = relu_circuit(p, k)
+    rng = np.random.default_rng(3)
+    a, b = relu_cases(p, k, 301, rng)
+    n, m = len(a), circuit.n_outputs
+    s = rng.integers(0, p, (m, n), dtype=np.uint64)
+    w = np.array([x % p for x in relu_weights(p, k)], dtype=object)[:, None]
+    v1 = ((s.astype(object) + w) % p).astype(np.uint64)
+    g = garble(circuit, n, tweak_base=5, rows=(s, v1))
+    bits = _share_bits(p, a, b)
+    labels = {"server_share": g.encode("server_share", bits["server_share"])}
+    l0, l1 = g.label_pairs("client_share")
+    labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
+    tables = g.take_tables()
+    z = evaluate_shares(circuit, tables, labels, g.rows, p, chunk=chunk, tweak_base=5)
+    y = (z.astype(object) - s.astype(object).sum(axis=0)) % p
+    assert list(y) == [relu_int(x, q, p, k) for x, q in zip(a, b, strict=True)]
+    bad = g.rows.copy()
+    bad[3, 17] ^= np.uint64(1 << 63)  # both rows: whichever the evaluator opens
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_shares(circuit, tables, labels, bad, p, chunk=chunk, tweak_base=5)

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from safenet.crypto.gc import evaluate, garble
+from safenet.crypto.gc import garble
 from safenet.crypto.gc.circuit import Circuit
+from safenet.crypto.gc.evaluate import evaluate_shares
 from safenet.crypto.gc.garble import Garbled, encode_labels, tweak_span
-from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes
@@ -203,21 +203,12 @@ class GarbledClient:
         want = (len(self.circuit.inputs["server_share"]), self.n, 2)
         if server_labels.shape != want or server_labels.dtype != np.uint64:
             raise ProtocolError(f"bad server labels {server_labels.dtype} {server_labels.shape}")
-        out = evaluate(
-            self.circuit,
-            m["tables"],
-            {"server_share": server_labels, "client_share": m["client_share"]},
-            tweak_base=self.tweak_base,
-        )
-        k, n, p = self.circuit.n_outputs, self.n, self.p
-        tweaks = row_tweaks(self.tweak_base + self.circuit.and_count * n, k, n, 0, n)
-        values = decrypt_rows(out, m["rows"], tweaks)
-        if (values >= np.uint64(p)).any():
-            raise ProtocolError("a garbled output row opened to a value outside [0, p)")
-        z = np.zeros(n, dtype=np.int64)
-        for row in values.astype(np.int64):
-            z = A.add(z, row, p)
-        return z
+        ins = {"server_share": server_labels, "client_share": m["client_share"]}
+        try:
+            return evaluate_shares(self.circuit, m["tables"], ins, m["rows"], self.p,
+                                   tweak_base=self.tweak_base)  # fmt: skip
+        except ValueError as e:  # a row that opens outside [0, p): corrupt material
+            raise ProtocolError(str(e)) from None
 
 
 class GarblingWorker:

@@ -30,7 +30,7 @@ from safenet.crypto import aesni
 from safenet.crypto.aesni import Wide, lanes, tccr1, tccr2, tccr4
 from safenet.crypto.gc._kernels import xor_block
 
-__all__ = ["decrypt_rows", "encrypt_rows", "kernels"]
+__all__ = ["decrypt_rows", "encrypt_rows", "kernels", "open_rows_sum"]
 
 Arr = np.ndarray
 U64 = np.uint64
@@ -229,3 +229,39 @@ def decrypt_rows(labels: Arr, rows: Arr, tweaks: Arr, out: Arr, k: tuple) -> Non
             a0 = labels[j, i, 0]
             ha, _ = tccr1((a0, labels[j, i, 1]), (tweaks[j, i],), k)
             out[j, i] = ha ^ rows[j, i, a0 & _ONE]
+
+
+@numba.njit(inline="always")
+def _add_mod(z: Arr, i: int, v: U64, p: U64) -> int:
+    """``z[i] = (z[i] + v) mod p`` for ``z[i] < p``; 1 if ``v`` was not a residue, else 0."""
+    acc = z[i] + v % p
+    z[i] = acc - p if acc >= p else acc
+    return 1 if v >= p else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def open_rows_sum(
+    L: Arr, slots: Arr, rows: Arr, base: int, n_total: int, i0: int, p: U64, z: Arr, k: tuple
+) -> int:
+    """For instances ``i0 .. i0 + m`` of an evaluated chunk (``L``), open the rows of every
+    output bit ``j`` (label ``L[slots[j], i]``, tweak ``2 (base + j n_total + i0 + i)``) and
+    sum the values mod ``p`` into ``z[i0 + i]``; returns how many values were not below ``p``
+    (a row that does not open to a residue: corrupt material)."""
+    m, bad = L.shape[1], 0
+    for i in range(m):
+        z[i0 + i] = _ZERO
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        tj = U64(base) + U64(j) * U64(n_total) + U64(i0)
+        for i in range(0, m - 1, 2):  # two instances per hash call: two AES chains in flight
+            a0, a1, b0, b1 = L[s, i, 0], L[s, i, 1], L[s, i + 1, 0], L[s, i + 1, 1]
+            t = (tj + U64(i)) << _ONE
+            ha, _, hb, _ = tccr2((a0, a1, b0, b1), (t, t + U64(2)), k)
+            bad += _add_mod(z, i0 + i, ha ^ rows[j, i0 + i, a0 & _ONE], p)
+            bad += _add_mod(z, i0 + i + 1, hb ^ rows[j, i0 + i + 1, b0 & _ONE], p)
+        if m % 2:
+            i = m - 1
+            a0 = L[s, i, 0]
+            ha, _ = tccr1((a0, L[s, i, 1]), ((tj + U64(i)) << _ONE,), k)
+            bad += _add_mod(z, i0 + i, ha ^ rows[j, i0 + i, a0 & _ONE], p)
+    return bad

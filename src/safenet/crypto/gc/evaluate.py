@@ -2,13 +2,16 @@
 
 The evaluator holds one label per input wire (its own through OT, the garbler's sent in the
 clear) and the AND tables; it learns one label per output wire and, with the garbler's
-decode bits, the output bits. It walks the same schedule as the garbler: one vectorised
-AES call per AND layer piece, two hashes per AND gate.
+decode bits, the output bits (:func:`evaluate`), or with the garbler's output rows the
+additive share they sum to (:func:`evaluate_shares`). It walks the same schedule as the
+garbler, two hashes per AND gate: in one compiled call per chunk where the CPU has AES-NI
+(:mod:`._fused`), else one vectorised AES call per AND layer piece.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,8 +30,9 @@ from safenet.crypto.gc.garble import (
     run_chunks,
     walk_layers,
 )
+from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 
-__all__ = ["decode", "evaluate", "warm_up"]
+__all__ = ["decode", "evaluate", "evaluate_shares", "warm_up"]
 
 
 def evaluate(
@@ -54,6 +58,66 @@ def evaluate(
 
     Outputs are concatenated in declaration order; :meth:`Circuit.split_outputs` cuts them.
     """
+    n = _check(circuit, tables, input_labels)
+    out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
+    slots = circuit.schedule.out_slots
+
+    def finish(L: np.ndarray, i0: int, i1: int) -> None:
+        out[:, i0:i1] = L[slots]
+
+    _run(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
+    return out
+
+
+def evaluate_shares(
+    circuit: Circuit,
+    tables: np.ndarray,
+    input_labels: dict[str, np.ndarray],
+    rows: np.ndarray,
+    p: int,
+    *,
+    chunk: int | None = None,
+    tweak_base: int = 0,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Evaluate a garbling made with output rows (``garble(rows=)``) and sum, per instance,
+    the values its output bits open in ``rows`` ``(n_outputs, n_instances, 2)`` mod ``p``
+    (< 2^62): the evaluator's additive share, int64 ``(n_instances,)``. Each chunk's rows are
+    opened right after its evaluation, on the same thread, while its labels are in cache.
+
+    Raises ``ValueError`` if a row opens to a value that is not below ``p`` (corrupt or
+    mismatched material). Other arguments as :func:`evaluate`.
+    """
+    n = _check(circuit, tables, input_labels)
+    k = circuit.n_outputs
+    if rows.shape != (k, n, 2) or rows.dtype != np.uint64:
+        raise ValueError(f"rows must be uint64 {(k, n, 2)}, got {rows.dtype} {rows.shape}")
+    z = np.empty(n, dtype=np.uint64)
+    slots, base = circuit.schedule.out_slots, tweak_base + circuit.and_count * n
+    bad: list[int] = []  # per chunk (list.append is atomic; `+=` across threads is not)
+    fused = F.kernels() is not None
+    rows = np.ascontiguousarray(rows)
+
+    def finish(L: np.ndarray, i0: int, i1: int) -> None:
+        if fused:
+            bad.append(F.open_rows_sum(L, slots, rows, base, n, i0, np.uint64(p), z,
+                                       FIXED_ROUND_KEYS))  # fmt: skip
+            return
+        values = decrypt_rows(L[slots], rows[:, i0:i1], row_tweaks(base, k, n, i0, i1))
+        bad.append(int((values >= np.uint64(p)).sum()))
+        acc = np.zeros(i1 - i0, dtype=np.uint64)
+        for v in values % np.uint64(p):
+            acc = (acc + v) % np.uint64(p)
+        z[i0:i1] = acc
+
+    _run(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
+    if sum(bad):
+        raise ValueError(f"{sum(bad)} garbled output rows opened to values outside [0, p)")
+    return z.astype(np.int64)
+
+
+def _check(circuit: Circuit, tables: np.ndarray, input_labels: dict[str, np.ndarray]) -> int:
+    """The number of instances, after checking tables and labels against the circuit."""
     sch = circuit.schedule
     sizes = {np.asarray(v).shape[1] for v in input_labels.values()}
     if len(sizes) != 1:
@@ -69,8 +133,22 @@ def evaluate(
             raise KeyError(f"missing labels for input {name!r}")
         if name in input_labels and np.shape(input_labels[name]) != (len(slots), n, 2):
             raise ValueError(f"labels of {name!r} must have shape {(len(slots), n, 2)}")
-    out = np.empty((circuit.n_outputs, n, 2), dtype=np.uint64)
+    return n
 
+
+def _run(
+    circuit: Circuit,
+    tables: np.ndarray,
+    input_labels: dict[str, np.ndarray],
+    n: int,
+    chunk: int | None,
+    tweak_base: int,
+    workers: int | None,
+    finish: Callable[[np.ndarray, int, int], None],
+) -> None:
+    """Evaluate every chunk on the thread pool; ``finish(L, i0, i1)`` takes each chunk's
+    wire labels on the thread that computed them."""
+    sch = circuit.schedule
     fused = F.kernels()
     if fused and not tables.flags.c_contiguous:
         tables = np.ascontiguousarray(tables)  # the four-lane kernel reads whole rows
@@ -84,11 +162,10 @@ def evaluate(
             )  # fmt: skip
         else:
             _evaluate_buffered(sch, L, aes, tables, i0, n, tweak_base)
-        out[:, i0:i1] = L[sch.out_slots]
+        finish(L, i0, i1)
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n, chunk, w), w, body)
-    return out
 
 
 def _evaluate_buffered(
@@ -110,17 +187,20 @@ def _evaluate_buffered(
 
 @functools.cache
 def warm_up() -> None:
-    """Load (or compile) the garbling, evaluation and encoding kernels now, once per process:
-    their first call costs tens of milliseconds from numba's cache (seconds on a fresh
-    install), which belongs in the offline phase, not in the first online layer. Runs a
-    five-instance garbling of a two-gate circuit (four lanes and a remainder)."""
+    """Load (or compile) the garbling, evaluation, row and encoding kernels now, once per
+    process: their first call costs tens of milliseconds from numba's cache (seconds on a
+    fresh install), which belongs in the offline phase, not in the first online layer. Runs
+    a five-instance garbling with output rows of a two-gate circuit (four lanes and a
+    remainder)."""
     bld = CircuitBuilder()
     x = bld.input("x", 2)
     bld.output("y", [bld.and_(bld.xor(x[0], x[1]), x[1])])
     circuit = bld.build()
-    g = garble(circuit, 5, workers=1)
+    v = np.zeros((1, 5), dtype=np.uint64)
+    g = garble(circuit, 5, workers=1, rows=(v, v + np.uint64(1)))
     labels = {"x": g.encode("x", np.ones((2, 5), dtype=np.uint8))}
-    evaluate(circuit, g.take_tables(), labels, workers=1)
+    assert g.rows is not None
+    evaluate_shares(circuit, g.take_tables(), labels, g.rows, 7, workers=1)
 
 
 def decode(labels: np.ndarray, decode_bits: np.ndarray) -> np.ndarray:
