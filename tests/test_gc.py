@@ -530,6 +530,26 @@ def test_output_rows_give_the_value_of_the_held_bit_only():
     assert not (decrypt_rows(held, rows, tw + np.uint64(2)) == np.where(bits, v1, v0)).any()
 
 
+def _relu_layer_with_rows(n_cases, seed, tweak_base, chunk=None):
+    """A garbled ReLU layer with output rows as the protocol makes them (row masks ``s``,
+    values ``w_j b + s_j mod p``) and the evaluator's labels; returns what tests need."""
+    p, k = DELPHI_PRIME, 9
+    circuit = relu_circuit(p, k)
+    rng = np.random.default_rng(seed)
+    a, b = relu_cases(p, k, n_cases, rng)
+    n, m = len(a), circuit.n_outputs
+    s = rng.integers(0, p, (m, n), dtype=np.uint64)
+    w = np.array([x % p for x in relu_weights(p, k)], dtype=object)[:, None]
+    v1 = ((s.astype(object) + w) % p).astype(np.uint64)
+    g = garble(circuit, n, tweak_base=tweak_base, rows=(s, v1), chunk=chunk)
+    bits = _share_bits(p, a, b)
+    labels = {"server_share": g.encode("server_share", bits["server_share"])}
+    l0, l1 = g.label_pairs("client_share")
+    labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
+    want = [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
+    return circuit, g, labels, s, v1, want
+
+
 def test_garble_rows_turn_every_output_bit_into_its_value_and_no_decode_leaks_it():
     """``garble(rows=...)``: each output bit reaches the evaluator only as its row's value;
     the rows use the tweaks after the AND gates' (tweak_span), chunks and threads change
@@ -537,26 +557,15 @@ def test_garble_rows_turn_every_output_bit_into_its_value_and_no_decode_leaks_it
     from safenet.crypto.gc.garble import tweak_span
     from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 
-    p, k = DELPHI_PRIME, 9
-    circuit = relu_circuit(p, k)
-    rng = np.random.default_rng(9)
-    a, b = relu_cases(p, k, 401, rng)
-    n, m = len(a), circuit.n_outputs
-    s = rng.integers(0, p, (m, n), dtype=np.uint64)
-    w = np.array([x % p for x in relu_weights(p, k)], dtype=object)[:, None]
-    v1 = ((s.astype(object) + w) % p).astype(np.uint64)
-    g = garble(circuit, n, tweak_base=77, rows=(s, v1), chunk=37)
+    p = DELPHI_PRIME
+    circuit, g, labels, s, v1, want = _relu_layer_with_rows(401, 9, 77, chunk=37)
+    n, m = g.n_instances, circuit.n_outputs
     assert tweak_span(circuit, n, rows=True) == (circuit.and_count + m) * n
     assert not g.decode_bits.any()
-    bits = _share_bits(p, a, b)
-    labels = {"server_share": g.encode("server_share", bits["server_share"])}
-    l0, l1 = g.label_pairs("client_share")
-    labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
     out = evaluate(circuit, g.take_tables(), labels, tweak_base=77)
     tw = row_tweaks(77 + circuit.and_count * n, m, n, 0, n)
     got = decrypt_rows(out, g.rows, tw).astype(object)
-    total = (got.sum(axis=0) - s.astype(object).sum(axis=0)) % p
-    assert list(total) == [relu_int(x, y, p, k) for x, y in zip(a, b, strict=True)]
+    assert list((got.sum(axis=0) - s.astype(object).sum(axis=0)) % p) == want
     with pytest.raises(ValueError, match="row values"):
         garble(circuit, 4, rows=(s[:, :4], v1[:, :3]))
 
@@ -567,23 +576,11 @@ def test_evaluate_shares_sums_the_rows_mod_p(chunk):
     chunks included); a row that opens outside [0, p) is refused, not summed."""
     from safenet.crypto.gc.evaluate import evaluate_shares
 
-    p, k = DELPHI_PRIME, 9
-    circuit = relu_circuit(p, k)
-    rng = np.random.default_rng(3)
-    a, b = relu_cases(p, k, 301, rng)
-    n, m = len(a), circuit.n_outputs
-    s = rng.integers(0, p, (m, n), dtype=np.uint64)
-    w = np.array([x % p for x in relu_weights(p, k)], dtype=object)[:, None]
-    v1 = ((s.astype(object) + w) % p).astype(np.uint64)
-    g = garble(circuit, n, tweak_base=5, rows=(s, v1))
-    bits = _share_bits(p, a, b)
-    labels = {"server_share": g.encode("server_share", bits["server_share"])}
-    l0, l1 = g.label_pairs("client_share")
-    labels["client_share"] = np.where(bits["client_share"][..., None].astype(bool), l1, l0)
+    p = DELPHI_PRIME
+    circuit, g, labels, s, _, want = _relu_layer_with_rows(301, 3, 5)
     tables = g.take_tables()
     z = evaluate_shares(circuit, tables, labels, g.rows, p, chunk=chunk, tweak_base=5)
-    y = (z.astype(object) - s.astype(object).sum(axis=0)) % p
-    assert list(y) == [relu_int(x, q, p, k) for x, q in zip(a, b, strict=True)]
+    assert list((z.astype(object) - s.astype(object).sum(axis=0)) % p) == want
     bad = g.rows.copy()
     bad[3, 17] ^= np.uint64(1 << 63)  # both rows: whichever the evaluator opens
     with pytest.raises(ValueError, match="outside"):
