@@ -171,16 +171,28 @@ class Wide:
 @functools.cache
 def wide_supported() -> bool:
     """Whether the CPU has VAES and AVX-512F (the :class:`Wide` kernels), besides
-    :func:`supported`."""
+    :func:`supported`, and the compiled four-lane hash matches ``cryptography``'s (checked
+    once per process)."""
     if not supported():
         return False
     try:
         import llvmlite.binding as llvm
 
         f = llvm.get_host_cpu_features()
-        return bool(f.get("vaes", False) and f.get("avx512f", False))
-    except Exception:  # noqa: BLE001
+        if not (f.get("vaes", False) and f.get("avx512f", False)):
+            return False
+        src, tweaks = _check_blocks()
+        dst = np.empty_like(src)
+        hash_blocks_wide(FIXED_ROUND_KEYS, src, tweaks, dst)
+        return bool(np.array_equal(dst, FixedKeyAES().hash(src, tweaks)))
+    except Exception:  # noqa: BLE001 - any failure means: use the one-lane path
         return False
+
+
+def _check_blocks() -> tuple[np.ndarray, np.ndarray]:
+    """33 blocks and tweaks for the self-checks (four-lane steps and a remainder)."""
+    src = np.arange(66, dtype=np.uint64).reshape(33, 2) * np.uint64(0x9E3779B97F4A7C15)
+    return src, np.arange(33, dtype=np.uint64) << np.uint64(40)
 
 
 def wide_available() -> bool:
@@ -285,8 +297,7 @@ def supported() -> bool:
 
         if not llvm.get_host_cpu_features().get("aes", False):
             return False
-        src = np.arange(64, dtype=np.uint64).reshape(32, 2) * np.uint64(0x9E3779B97F4A7C15)
-        tweaks = np.arange(32, dtype=np.uint64) << np.uint64(40)
+        src, tweaks = _check_blocks()
         dst = np.empty_like(src)
         hash_blocks(FIXED_ROUND_KEYS, src, tweaks, dst)
         return bool(np.array_equal(dst, FixedKeyAES().hash(src, tweaks)))
