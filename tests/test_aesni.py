@@ -137,3 +137,19 @@ def test_fused_relu_is_exact(rng, monkeypatch):
     got = decode(evaluate(circuit, g.take_tables(), labels), g.decode_bits)
     want = circuit.evaluate_plain(ins)
     np.testing.assert_array_equal(got, np.concatenate([want[k] for k in circuit.outputs]))
+
+
+@pytest.mark.parametrize("n", [0, 15, 4095, 4096, 100_003])
+def test_random_bytes_are_fresh_and_sized(n):
+    """Both branches (OS CSPRNG below 4 KiB, AES-CTR under a fresh key above): the right
+    length, a fresh draw every call, and no run of zeros a keystream bug would leave."""
+    from safenet.crypto.aes import random_bytes
+
+    a, b = random_bytes(n), random_bytes(n)
+    assert a.dtype == np.uint8 and a.shape == b.shape == (n,)
+    if n >= 15:
+        assert not np.array_equal(a, b)
+        assert np.count_nonzero(a) > n // 2
+    if n >= 65536:  # bytes roughly uniform (bounds about 10 standard deviations wide)
+        counts = np.bincount(a, minlength=256)
+        assert counts.min() > 0.5 * n / 256 and counts.max() < 1.5 * n / 256

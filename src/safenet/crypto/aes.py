@@ -73,23 +73,29 @@ class FixedKeyAES:
 PRG_MIN_BYTES = 4096
 
 
-def random_blocks(shape: tuple[int, ...], rng: np.random.Generator | None = None) -> np.ndarray:
-    """Uniform 128-bit blocks (uint64, shape + (2,)) for keys and labels (``rng`` in tests).
+def random_bytes(n: int) -> np.ndarray:
+    """``n`` uniform bytes (uint8) for keys, labels and masks.
 
     Large requests come from a PRG: the AES-128-CTR keystream under a fresh key of 16 bytes
     from the OS CSPRNG (the expansion emp-toolkit and others use for labels; AES-NI makes it
     several GB/s against the kernel's ~0.3 GB/s, which was a third of the garbling time).
     """
-    if rng is not None:
-        return rng.integers(0, 2**64, size=(*shape, 2), dtype=np.uint64)
     import secrets
 
-    n = int(np.prod(shape)) * 16
     if n < PRG_MIN_BYTES:
-        return np.frombuffer(secrets.token_bytes(n), dtype=BLOCK).reshape(*shape, 2).copy()
+        return np.frombuffer(secrets.token_bytes(n), dtype=np.uint8).copy()
     enc = Cipher(algorithms.AES(secrets.token_bytes(16)), modes.CTR(bytes(16))).encryptor()
     zeros = np.zeros(n, dtype=np.uint8)  # the keystream is CTR over zeros
     out = np.empty(n + 16, dtype=np.uint8)  # (separate buffers: cryptography >= 51 refuses
     written = enc.update_into(memoryview(zeros), memoryview(out))  # overlapping ones)
     assert written == n
-    return out[:n].view(BLOCK).reshape(*shape, 2)
+    return out[:n]
+
+
+def random_blocks(shape: tuple[int, ...], rng: np.random.Generator | None = None) -> np.ndarray:
+    """Uniform 128-bit blocks (uint64, shape + (2,)) for keys and labels (``rng`` in tests),
+    from :func:`random_bytes`."""
+    if rng is not None:
+        return rng.integers(0, 2**64, size=(*shape, 2), dtype=np.uint64)
+    n = int(np.prod(shape)) * 16
+    return random_bytes(n).view(BLOCK).reshape(*shape, 2)

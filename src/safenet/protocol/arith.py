@@ -3,7 +3,8 @@
 Shares are int64 arrays of residues in ``[0, p)``; a value ``v`` is held as
 ``(server_share + client_share) mod p`` and read signed (residues above p/2 are negative).
 
-* :func:`uniform` draws masks from the OS CSPRNG by rejection sampling (no modulo bias);
+* :func:`uniform` draws masks from the OS CSPRNG (large draws expanded by AES-CTR under a
+  fresh OS key) by rejection sampling (no modulo bias);
 * :func:`mulmod` multiplies residues exactly with a float-quotient reduction compiled by
   numba (no Python integers, no 128-bit types) for primes below 2^52;
 * :func:`trunc_server` / :func:`trunc_client` are the local (probabilistic) truncation of
@@ -23,11 +24,10 @@ Shares are int64 arrays of residues in ``[0, p)``; a value ``v`` is held as
 
 from __future__ import annotations
 
-import secrets
-
 import numba
 import numpy as np
 
+from safenet.crypto.aes import random_bytes
 from safenet.field import trunc_bound
 
 #: statistical security parameter of the protocol (bits): HE flooding
@@ -58,7 +58,8 @@ def to_residues(v: np.ndarray, p: int) -> np.ndarray:
 
 
 def uniform(shape: tuple[int, ...] | int, p: int) -> np.ndarray:
-    """Uniform residues in [0, p) from the OS CSPRNG (rejection sampling: exactly uniform)."""
+    """Uniform residues in [0, p) from the OS CSPRNG, large draws expanded by AES-CTR
+    (:func:`safenet.crypto.aes.random_bytes`); rejection sampling: exactly uniform."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n = int(np.prod(shape))
     nbits = p.bit_length()
@@ -68,7 +69,7 @@ def uniform(shape: tuple[int, ...] | int, p: int) -> np.ndarray:
     while filled < n:
         want = n - filled
         draw = want + want // 2 + 16  # acceptance probability p / 2^nbits > 1/2
-        raw = np.frombuffer(secrets.token_bytes(8 * draw), dtype="<u8") & mask
+        raw = random_bytes(8 * draw).view("<u8") & mask
         ok = raw[raw < np.uint64(p)][:want]
         out[filled : filled + len(ok)] = ok.astype(np.int64)
         filled += len(ok)
