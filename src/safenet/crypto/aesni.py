@@ -9,8 +9,14 @@ stays in vector registers from its first round to its last XOR. The key schedule
 public key is expanded once in Python (FIPS-197, section 5.2); :func:`supported` checks the
 compiled hash against ``cryptography``'s before any kernel uses it.
 
+Where the CPU also has VAES and AVX-512, :class:`Wide` builds the same hash over 512-bit
+registers, four blocks per instruction, for kernels that step four instances at a time
+(:mod:`safenet.crypto.gc._fused`); :func:`wide_supported` checks it the same way.
+
 :func:`available` is false on CPUs without AES-NI (or outside x86-64), if that check fails,
-or with ``SAFENET_AESNI=0`` (for comparisons); callers then keep the buffer path.
+or with ``SAFENET_AESNI=0``; callers then keep the buffer path. :func:`wide_available` is
+also false with ``SAFENET_AESNI=128`` (one block per step). Both settings exist for
+comparisons; every path gives the same garbled tables.
 """
 
 from __future__ import annotations
