@@ -153,3 +153,13 @@ def test_random_bytes_are_fresh_and_sized(n):
     if n >= 65536:  # bytes roughly uniform (bounds about 10 standard deviations wide)
         counts = np.bincount(a, minlength=256)
         assert counts.min() > 0.5 * n / 256 and counts.max() < 1.5 * n / 256
+
+
+def test_path_names_the_kernels_in_use(monkeypatch):
+    monkeypatch.setenv("SAFENET_AESNI", "0")
+    assert aesni.path() == "cryptography"
+    monkeypatch.setenv("SAFENET_AESNI", "128")
+    assert aesni.path() == ("aes-ni" if aesni.supported() else "cryptography")
+    monkeypatch.setenv("SAFENET_AESNI", "1")
+    want = "vaes-512" if aesni.wide_supported() else "aes-ni" if aesni.supported() else None
+    assert aesni.path() == (want or "cryptography")

@@ -479,7 +479,7 @@ def _print_bench(rep: dict[str, Any], as_json: bool) -> None:
     keys = ("arch", "relu_count", "poly_count", "maxpool_outputs", "offline_s", "online_s",
             "offline_bytes", "online_bytes", "online_rounds", "gc_bytes_per_relu",
             "online_bytes_per_relu", "peak_rss_mib", "matches_reference",
-            "max_abs_error_ulp")  # fmt: skip
+            "max_abs_error_ulp", "gc_aes")  # fmt: skip
     for k in keys:
         print(f"{k:22s} {rep[k]}")
 

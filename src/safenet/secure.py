@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from safenet.crypto import aesni
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank
 from safenet.protocol.engine import ServerModel, SessionConfig, garbled_table_bytes
@@ -503,6 +504,7 @@ def merge_reports(plan: Plan, server: dict[str, Any], client: dict[str, Any]) ->
         "online_bytes_per_relu": round(online_b / relu, 1) if relu else None,
         "peak_rss_mib": {"server": server["peak_rss_mib"], "client": client["peak_rss_mib"]},
         "field": plan.field.to_dict(),
+        "gc_aes": aesni.path(),  # the garbled-circuit hash path of this machine
         "python": sys.version.split()[0],
         "server": server,
         "client": client,

@@ -38,6 +38,7 @@ __all__ = [
     "available",
     "hash_blocks",
     "hash_blocks_wide",
+    "path",
     "round_keys",
     "supported",
     "tccr1",
@@ -199,6 +200,14 @@ def _check_blocks() -> tuple[np.ndarray, np.ndarray]:
     """33 blocks and tweaks for the self-checks (four-lane steps and a remainder)."""
     src = np.arange(66, dtype=np.uint64).reshape(33, 2) * np.uint64(0x9E3779B97F4A7C15)
     return src, np.arange(33, dtype=np.uint64) << np.uint64(40)
+
+
+def path() -> str:
+    """Which hash path garbling and evaluation take in this process: ``"vaes-512"`` (four
+    lanes), ``"aes-ni"`` (one lane) or ``"cryptography"`` (the buffer path)."""
+    if not available():
+        return "cryptography"
+    return "vaes-512" if wide_available() else "aes-ni"
 
 
 def wide_available() -> bool:
