@@ -230,9 +230,10 @@ def limit_memory(budget: int) -> None:
 
 def default_session_memory(plan: Plan) -> int:
     """The default cap (bytes) on what one forked session may allocate: 1 GiB plus 1.25x the
-    plan's garbled tables, which the server may hold all at once (garbling runs ahead).
-    Measured (``scripts/session_memory.py``): a ResNet-32 all-ReLU session (1.45 GiB of
-    tables) runs within 2 GiB, a ``default-approx`` one within 0.25 GiB."""
+    plan's garbled tables and rows (an upper bound: garbling now runs at most 384 MiB ahead of
+    what was sent, ``GarblingWorker``). Measured (``scripts/session_memory.py``, protocol 5):
+    a ResNet-32 all-ReLU session (1.31 GiB of tables and rows) runs within 0.75 GiB and fails
+    cleanly at 0.5 GiB; a ``default-approx`` one runs within 0.25 GiB."""
     return (1 << 30) + int(1.25 * garbled_table_bytes(plan))
 
 
