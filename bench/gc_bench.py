@@ -79,11 +79,7 @@ def main() -> None:
                 "prime": args.prime,
                 "prime_bits": args.prime.bit_length(),
                 "shift": args.shift,
-                "aes": "vaes-512"
-                if aesni.wide_available()
-                else "aes-ni"
-                if aesni.available()
-                else "cryptography",
+                "aes": aesni.path(),
                 "n_relus": args.n,
                 "and_per_relu": circuit.and_count,
                 "and_by_stage": circuit.and_count_by_stage(),

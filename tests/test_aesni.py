@@ -44,10 +44,12 @@ def test_compiled_hash_matches_cryptography(rng):
     out = np.empty_like(x)
     aesni.hash_blocks(aesni.FIXED_ROUND_KEYS, x, tweaks, out)
     np.testing.assert_array_equal(out, FixedKeyAES().hash(x, tweaks))
-    if aesni.wide_supported():  # four blocks per register, and a remainder (1000 = 4 * 250)
-        for n in (1000, 999):
+    for lanes in (2, 4):  # blocks per register, and remainders
+        if aesni.wide_lanes() < lanes:
+            continue
+        for n in (1000, 999, 998):
             wide = np.empty_like(x[:n])
-            aesni.hash_blocks_wide(aesni.FIXED_ROUND_KEYS, x[:n], tweaks[:n], wide)
+            aesni.hash_blocks_wide(aesni.FIXED_ROUND_KEYS, x[:n], tweaks[:n], wide, lanes=lanes)
             np.testing.assert_array_equal(wide, out[:n])
 
 
@@ -99,14 +101,16 @@ def _run(circuit, n, seed, chunk, tweak_base, workers):
 
 
 @needs_aesni
-@pytest.mark.parametrize("mode", ["1", "128"])
+@pytest.mark.parametrize("mode", ["1", "256", "128"])
 @pytest.mark.parametrize("seed", range(4))
 def test_fused_kernels_equal_the_buffer_path(seed, mode, monkeypatch):
-    """Same tables, decode bits and output labels with AES-NI (four lanes where the CPU has
-    VAES, ``1``; one lane, ``128``) and without (``0``), for random circuits (negated inputs
-    included), chunks that leave remainders of four, threads and tweak bases."""
-    if mode == "1" and not aesni.wide_supported():
-        pytest.skip("no VAES/AVX-512 on this CPU")
+    """Same tables, decode bits, output labels, rows and shares with AES-NI (four lanes where
+    the CPU has VAES and AVX-512, ``1``; two lanes, ``256``; one lane, ``128``) and without
+    (``0``), for random circuits (negated inputs included), chunks that leave remainders,
+    threads and tweak bases."""
+    need = {"1": 4, "256": 2, "128": 0}[mode]
+    if aesni.wide_lanes() < need:
+        pytest.skip(f"no {need}-lane VAES on this CPU")
     circuit = _random_circuit(np.random.default_rng(100 + seed))
     n, chunk, base = 301, (None, 7, 64, 1000)[seed], (0, 5, 1 << 20, 12345)[seed]
     workers = 1 + seed % 2
@@ -119,10 +123,16 @@ def test_fused_kernels_equal_the_buffer_path(seed, mode, monkeypatch):
 
 
 def test_modes(monkeypatch):
+    """``SAFENET_AESNI`` picks the lanes per step: 0 (one lane) with 128, at most 2 with 256,
+    the CPU's widest otherwise; never more than the CPU has."""
     monkeypatch.setenv("SAFENET_AESNI", "128")
-    assert not aesni.wide_available()
+    assert aesni.step_lanes() == 0
+    monkeypatch.setenv("SAFENET_AESNI", "256")
+    assert aesni.step_lanes() == min(2, aesni.wide_lanes())
     monkeypatch.setenv("SAFENET_AESNI", "1")
-    assert aesni.wide_available() == (aesni.supported() and aesni.wide_supported())
+    assert aesni.step_lanes() == aesni.wide_lanes() in (0, 2, 4)
+    monkeypatch.setenv("SAFENET_AESNI", "0")
+    assert aesni.step_lanes() == 0
 
 
 @needs_aesni
@@ -161,5 +171,5 @@ def test_path_names_the_kernels_in_use(monkeypatch):
     monkeypatch.setenv("SAFENET_AESNI", "128")
     assert aesni.path() == ("aes-ni" if aesni.supported() else "cryptography")
     monkeypatch.setenv("SAFENET_AESNI", "1")
-    want = "vaes-512" if aesni.wide_supported() else "aes-ni" if aesni.supported() else None
-    assert aesni.path() == (want or "cryptography")
+    want = {4: "vaes-512", 2: "vaes-256", 0: "aes-ni"}[aesni.wide_lanes()]
+    assert aesni.path() == (want if aesni.supported() else "cryptography")

@@ -9,21 +9,24 @@ stays in vector registers from its first round to its last XOR. The key schedule
 public key is expanded once in Python (FIPS-197, section 5.2); :func:`supported` checks the
 compiled hash against ``cryptography``'s before any kernel uses it.
 
-Where the CPU also has VAES and AVX-512, :class:`Wide` builds the same hash over 512-bit
-registers, four blocks per instruction, for kernels that step four instances at a time
-(:mod:`safenet.crypto.gc._fused`); :func:`wide_supported` checks it the same way.
+Where the CPU also has VAES, :class:`Wide` builds the same hash over wide registers, four
+blocks per instruction with AVX-512 (512 bits), two with AVX2 (256 bits), for kernels that
+step that many instances at a time (:mod:`safenet.crypto.gc._fused`); :func:`wide_lanes`
+checks each width the same way.
 
 :func:`available` is false on CPUs without AES-NI (or outside x86-64), if that check fails,
-or with ``SAFENET_AESNI=0``; callers then keep the buffer path. :func:`wide_available` is
-also false with ``SAFENET_AESNI=128`` (one block per step). Both settings exist for
-comparisons; every path gives the same garbled tables.
+or with ``SAFENET_AESNI=0``; callers then keep the buffer path. :func:`step_lanes` says how
+many instances a step takes: one with ``SAFENET_AESNI=128``, at most two with ``=256``. The
+settings exist for comparisons; every path gives the same garbled tables.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -35,19 +38,25 @@ from safenet.crypto.aes import FIXED_KEY, FixedKeyAES
 
 __all__ = [
     "FIXED_ROUND_KEYS",
+    "SOURCE_HASH",
     "available",
     "hash_blocks",
     "hash_blocks_wide",
     "path",
+    "shuffle_mask",
+    "step_lanes",
     "round_keys",
     "supported",
     "tccr1",
     "tccr2",
     "tccr4",
-    "wide_available",
-    "wide_supported",
+    "wide_lanes",
     "Wide",
 ]
+
+#: a digest of this file: numba keys a cached kernel on its own file only, so kernels
+#: elsewhere that compile these intrinsics drop their cache when it changes (gc._fused)
+SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 _V2 = ir.VectorType(ir.IntType(64), 2)
 _I32 = ir.IntType(32)
@@ -104,36 +113,41 @@ def _tccr(n: int):  # noqa: ANN202 - returns a numba intrinsic
     return tccr
 
 
-#: four blocks (one 512-bit register) per AES instruction with VAES
-V8 = ir.VectorType(ir.IntType(64), 8)
-
-
-def lanes(*idx: int) -> ir.Constant:
+def shuffle_mask(*idx: int) -> ir.Constant:
     """A shuffle mask picking the given 64-bit lanes."""
     return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
 
 
 class Wide:
-    """LLVM IR for the hash over 512-bit registers (VAES + AVX-512: four blocks per
-    instruction), for intrinsics that process four instances per step.
+    """LLVM IR for the hash over wide registers, ``lanes`` blocks per AES instruction: 4 with
+    VAES + AVX-512 (512-bit registers), 2 with VAES + AVX2 (256-bit), for intrinsics that
+    process ``lanes`` instances per step.
 
-    A ``<8 x i64>`` holds blocks ``q = 0..3`` in words ``2q`` (low) and ``2q + 1``. Built inside
-    an intrinsic's codegen with its ``builder`` and the round-key tuple ``ks``.
+    A ``<2 lanes x i64>`` holds blocks ``q = 0 .. lanes - 1`` in words ``2q`` (low) and
+    ``2q + 1``. Built inside an intrinsic's codegen with its ``builder`` and the round-key
+    tuple ``ks``.
     """
 
-    def __init__(self, builder: ir.IRBuilder, ks: ir.Value) -> None:
-        self.b = builder
-        fnty = ir.FunctionType(V8, [V8, V8])
+    def __init__(self, builder: ir.IRBuilder, ks: ir.Value, lanes: int = 4) -> None:
+        if lanes not in (2, 4):
+            raise ValueError("lanes must be 2 or 4")
+        self.b, self.lanes = builder, lanes
+        self.vt = ir.VectorType(ir.IntType(64), 2 * lanes)
+        fnty = ir.FunctionType(self.vt, [self.vt, self.vt])
+        bits = 128 * lanes
         mod = builder.module
-        self._enc = mod.declare_intrinsic("llvm.x86.aesni.aesenc.512", fnty=fnty)
-        self._last = mod.declare_intrinsic("llvm.x86.aesni.aesenclast.512", fnty=fnty)
+        self._enc = mod.declare_intrinsic(f"llvm.x86.aesni.aesenc.{bits}", fnty=fnty)
+        self._last = mod.declare_intrinsic(f"llvm.x86.aesni.aesenclast.{bits}", fnty=fnty)
         word = builder.extract_value
         self.rk = [self.pairs(word(ks, 2 * r), word(ks, 2 * r + 1)) for r in range(11)]
 
+    def const(self, words: list[int]) -> ir.Constant:
+        return ir.Constant(self.vt, words)
+
     def pairs(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        """The block ``(lo, hi)`` in all four lanes."""
-        v = ir.Constant(V8, ir.Undefined)
-        for q in range(4):
+        """The block ``(lo, hi)`` in every lane."""
+        v = ir.Constant(self.vt, ir.Undefined)
+        for q in range(self.lanes):
             v = self.b.insert_element(v, lo, _I32(2 * q))
             v = self.b.insert_element(v, hi, _I32(2 * q + 1))
         return v
@@ -154,19 +168,37 @@ class Wide:
 
     def low_bit_masks(self, v: ir.Value) -> ir.Value:
         """Per lane, all ones where the block's low word is odd (its permute bit), else zero."""
-        dup = self.b.shuffle_vector(v, v, lanes(0, 0, 2, 2, 4, 4, 6, 6))
-        return self.b.ashr(self.b.shl(dup, ir.Constant(V8, [63] * 8)), ir.Constant(V8, [63] * 8))
+        low_words = shuffle_mask(*[2 * (i // 2) for i in range(2 * self.lanes)])
+        dup = self.b.shuffle_vector(v, v, low_words)
+        n63 = self.const([63] * 2 * self.lanes)
+        return self.b.ashr(self.b.shl(dup, n63), n63)
 
     def tweaks(self, t: ir.Value, step: int, plus: int) -> ir.Value:
-        """Low words ``t + step q + plus`` for lanes ``q = 0..3``, high words zero."""
-        v = ir.Constant(V8, [0] * 8)
-        for q in range(4):
+        """Low words ``t + step q + plus`` for lanes ``q``, high words zero."""
+        v = self.const([0] * 2 * self.lanes)
+        for q in range(self.lanes):
             v = self.b.insert_element(v, t, _I32(2 * q))
-        return self.b.add(v, ir.Constant(V8, [w for q in range(4) for w in (step * q + plus, 0)]))
+        offsets = [w for q in range(self.lanes) for w in (step * q + plus, 0)]
+        return self.b.add(v, self.const(offsets))
+
+    def split_tables(self, t0: ir.Value, t1: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """``(T_G, T_E)`` per lane from two registers of tables laid out per instance as
+        ``T_G, T_E`` (each instance takes four words)."""
+        tg = [w for q in range(self.lanes) for w in (4 * q, 4 * q + 1)]
+        te = [w + 2 for w in tg]
+        sv = self.b.shuffle_vector
+        return sv(t0, t1, shuffle_mask(*tg)), sv(t0, t1, shuffle_mask(*te))
+
+    def join_tables(self, tg: ir.Value, te: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """The inverse of :meth:`split_tables`: two registers of ``T_G, T_E`` per instance."""
+        n = 2 * self.lanes  # words per register; te's words follow tg's in the shuffle
+        order = [w for q in range(self.lanes) for w in (2 * q, 2 * q + 1, n + 2 * q, n + 2 * q + 1)]
+        sv = self.b.shuffle_vector
+        return sv(tg, te, shuffle_mask(*order[:n])), sv(tg, te, shuffle_mask(*order[n:]))
 
     def ptr(self, data: ir.Value, word: ir.Value) -> ir.Value:
-        """A ``<8 x i64>*`` at word offset ``word`` of an array's data."""
-        return self.b.bitcast(self.b.gep(data, [word]), V8.as_pointer())
+        """A vector pointer at word offset ``word`` of an array's data."""
+        return self.b.bitcast(self.b.gep(data, [word]), self.vt.as_pointer())
 
     def load(self, data: ir.Value, word: ir.Value) -> ir.Value:
         return self.b.load(self.ptr(data, word), align=8)
@@ -176,44 +208,58 @@ class Wide:
 
 
 @functools.cache
-def wide_supported() -> bool:
-    """Whether the CPU has VAES and AVX-512F (the :class:`Wide` kernels), besides
-    :func:`supported`, and the compiled four-lane hash matches ``cryptography``'s (checked
-    once per process)."""
+def wide_lanes() -> int:
+    """Blocks per AES instruction this CPU's wide registers take: 4 with VAES and AVX-512F,
+    2 with VAES and AVX2, else 0; each checked once per process by comparing the compiled
+    wide hash with ``cryptography``'s (a failure falls back to fewer lanes)."""
     if not supported():
-        return False
+        return 0
     try:
         import llvmlite.binding as llvm
 
         f = llvm.get_host_cpu_features()
-        if not (f.get("vaes", False) and f.get("avx512f", False)):
-            return False
+    except Exception:  # noqa: BLE001
+        return 0
+    widths = [(4, "avx512f"), (2, "avx2")] if f.get("vaes", False) else []
+    for n, feature in widths:
+        if f.get(feature, False) and _wide_check(n):
+            return n
+    return 0
+
+
+def _wide_check(n: int) -> bool:
+    try:
         src, tweaks = _check_blocks()
         dst = np.empty_like(src)
-        hash_blocks_wide(FIXED_ROUND_KEYS, src, tweaks, dst)
+        hash_blocks_wide(FIXED_ROUND_KEYS, src, tweaks, dst, lanes=n)
         return bool(np.array_equal(dst, FixedKeyAES().hash(src, tweaks)))
-    except Exception:  # noqa: BLE001 - any failure means: use the one-lane path
+    except Exception:  # noqa: BLE001 - any failure means: not this width
         return False
 
 
 def _check_blocks() -> tuple[np.ndarray, np.ndarray]:
-    """33 blocks and tweaks for the self-checks (four-lane steps and a remainder)."""
+    """33 blocks and tweaks for the self-checks (wide steps and a remainder)."""
     src = np.arange(66, dtype=np.uint64).reshape(33, 2) * np.uint64(0x9E3779B97F4A7C15)
     return src, np.arange(33, dtype=np.uint64) << np.uint64(40)
 
 
+def step_lanes() -> int:
+    """Instances per step of the garbling kernels now: 0 without AES-NI (:func:`available`)
+    or with ``SAFENET_AESNI=128`` (one lane), 2 with ``SAFENET_AESNI=256`` where the CPU has at
+    least two, else :func:`wide_lanes`. The settings exist for comparisons."""
+    mode = os.environ.get("SAFENET_AESNI", "1")
+    if not available() or mode == "128":
+        return 0
+    most = wide_lanes()
+    return min(most, 2) if mode == "256" else most
+
+
 def path() -> str:
     """Which hash path garbling and evaluation take in this process: ``"vaes-512"`` (four
-    lanes), ``"aes-ni"`` (one lane) or ``"cryptography"`` (the buffer path)."""
+    lanes), ``"vaes-256"`` (two), ``"aes-ni"`` (one lane) or ``"cryptography"`` (buffers)."""
     if not available():
         return "cryptography"
-    return "vaes-512" if wide_available() else "aes-ni"
-
-
-def wide_available() -> bool:
-    """Whether the four-lane kernels may run: :func:`available`, :func:`wide_supported`, and
-    ``SAFENET_AESNI`` is not ``128`` (which keeps the one-block path, for comparisons)."""
-    return available() and os.environ.get("SAFENET_AESNI", "1") != "128" and wide_supported()
+    return {4: "vaes-512", 2: "vaes-256"}.get(step_lanes(), "aes-ni")
 
 
 #: the hash of one block, and of two and four blocks interleaved (see :func:`_tccr`)
@@ -229,37 +275,60 @@ def hash_blocks(k: tuple, x: np.ndarray, tweaks: np.ndarray, out: np.ndarray) ->
         out[i, 0], out[i, 1] = tccr1((x[i, 0], x[i, 1]), (tweaks[i],), k)
 
 
-@intrinsic
-def _hash4(typingctx, x, tweaks, out, i, k):  # noqa: ANN001, ANN202, ARG001
-    """``out[i:i+4] = H(x[i:i+4], tweaks[i:i+4])`` in one 512-bit register (:class:`Wide`)."""
-    sig = types.void(x, tweaks, out, types.intp, types.UniTuple(_U64, 22))
+def _hash_wide(n: int):  # noqa: ANN202 - returns a numba intrinsic
+    """An intrinsic ``out[i:i+n] = H(x[i:i+n], tweaks[i:i+n])`` in one register of ``n``
+    lanes (:class:`Wide`)."""
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        xa, ta, oa = (context.make_array(signature.args[j])(context, builder, args[j]).data
-                      for j in range(3))  # fmt: skip
-        i, ks = args[3], args[4]
-        w = Wide(builder, ks)
-        v = ir.Constant(V8, [0] * 8)
-        for q in range(4):
-            t = builder.load(builder.gep(ta, [builder.add(i, i.type(q))]))
-            v = builder.insert_element(v, t, _I32(2 * q))
-        word = builder.mul(i, i.type(2))
-        (h,) = w.hash([w.load(xa, word)], [v])
-        w.store(h, oa, word)
-        return context.get_dummy_value()
+    @intrinsic
+    def hash_step(typingctx, x, tweaks, out, i, k):  # noqa: ANN001, ANN202, ARG001
+        sig = types.void(x, tweaks, out, types.intp, types.UniTuple(_U64, 22))
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            xa, ta, oa = (context.make_array(signature.args[j])(context, builder, args[j]).data
+                          for j in range(3))  # fmt: skip
+            i, ks = args[3], args[4]
+            w = Wide(builder, ks, n)
+            v = w.const([0] * 2 * n)
+            for q in range(n):
+                t = builder.load(builder.gep(ta, [builder.add(i, i.type(q))]))
+                v = builder.insert_element(v, t, _I32(2 * q))
+            word = builder.mul(i, i.type(2))
+            (h,) = w.hash([w.load(xa, word)], [v])
+            w.store(h, oa, word)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return hash_step
 
 
-@numba.njit(nogil=True, cache=True)
-def hash_blocks_wide(k: tuple, x: np.ndarray, tweaks: np.ndarray, out: np.ndarray) -> None:
-    """:func:`hash_blocks` four blocks per register (VAES; only where :func:`wide_supported`;
-    ``x``, ``tweaks`` and ``out`` C-contiguous)."""
-    n = x.shape[0]
-    for i in range(0, n - 3, 4):
-        _hash4(x, tweaks, out, i, k)
-    for i in range(n - n % 4, n):
-        out[i, 0], out[i, 1] = tccr1((x[i, 0], x[i, 1]), (tweaks[i],), k)
+_hash2, _hash4 = _hash_wide(2), _hash_wide(4)  # module-level: cached kernels hold constants
+
+
+def _make_hash_blocks(n: int):  # noqa: ANN202 - returns a numba function
+    @numba.njit(nogil=True, cache=True)
+    def hash_blocks_n(k: tuple, x: np.ndarray, tweaks: np.ndarray, out: np.ndarray) -> None:
+        m = x.shape[0]
+        for i in range(0, m - n + 1, n):
+            if n == 4:
+                _hash4(x, tweaks, out, i, k)
+            else:
+                _hash2(x, tweaks, out, i, k)
+        for i in range(m - m % n, m):
+            out[i, 0], out[i, 1] = tccr1((x[i, 0], x[i, 1]), (tweaks[i],), k)
+
+    return hash_blocks_n
+
+
+_HASH_WIDE = {n: _make_hash_blocks(n) for n in (2, 4)}
+
+
+def hash_blocks_wide(
+    k: tuple, x: np.ndarray, tweaks: np.ndarray, out: np.ndarray, lanes: int = 4
+) -> None:
+    """:func:`hash_blocks` ``lanes`` (2 or 4) blocks per register with VAES (only where
+    :func:`wide_lanes` allows it; ``x``, ``tweaks`` and ``out`` C-contiguous)."""
+    _HASH_WIDE[lanes](k, x, tweaks, out)
 
 
 def _sbox() -> list[int]:

@@ -20,6 +20,7 @@ offset ``tw0``) is ``2 * (g * n_total + tw0 + i) + half`` (see :mod:`._kernels`)
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -27,7 +28,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from safenet.crypto import aesni
-from safenet.crypto.aesni import Wide, lanes, tccr1, tccr2, tccr4
+from safenet.crypto.aesni import Wide, tccr1, tccr2, tccr4
 from safenet.crypto.gc._kernels import xor_block
 
 __all__ = ["decrypt_rows", "encrypt_rows", "kernels", "open_rows_sum"]
@@ -39,67 +40,80 @@ _ZERO = np.uint64(0)
 _KEYS = types.UniTuple(types.uint64, 22)
 
 
-@intrinsic
-def _eval4(typingctx, L, tab, wa, wb, wo, wt, t, k):  # noqa: ANN001, ANN202, ARG001
-    """Evaluate one AND gate on four instances: labels at word offsets ``wa``, ``wb`` of
-    ``L``, output at ``wo``, tables at word offset ``wt`` of ``tab``, tweak ``t`` for the
-    first instance (the others follow by 2)."""
-    i = types.intp
-    sig = types.void(L, tab, i, i, i, i, types.uint64, _KEYS)
+def _eval_step(n: int):  # noqa: ANN202 - returns a numba intrinsic
+    """An intrinsic evaluating one AND gate on ``n`` instances (one register of ``n`` lanes):
+    labels at word offsets ``wa``, ``wb`` of ``L``, output at ``wo``, tables at word offset
+    ``wt`` of ``tab``, tweak ``t`` for the first instance (the others follow by 2)."""
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        la = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ta = context.make_array(signature.args[1])(context, builder, args[1]).data
-        _, _, wa, wb, wo, wt, t, ks = args
-        w = Wide(builder, ks)
-        a, b = w.load(la, wa), w.load(la, wb)
-        t0, t1 = w.load(ta, wt), w.load(ta, builder.add(wt, wt.type(8)))
-        tg = builder.shuffle_vector(t0, t1, lanes(0, 1, 4, 5, 8, 9, 12, 13))
-        te = builder.shuffle_vector(t0, t1, lanes(2, 3, 6, 7, 10, 11, 14, 15))
-        ha, hb = w.hash([a, b], [w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)])
-        sel_a = builder.and_(w.low_bit_masks(a), tg)
-        sel_b = builder.and_(w.low_bit_masks(b), builder.xor(te, a))
-        out = builder.xor(builder.xor(ha, hb), builder.xor(sel_a, sel_b))
-        w.store(out, la, wo)
-        return context.get_dummy_value()
+    @intrinsic
+    def eval_step(typingctx, L, tab, wa, wb, wo, wt, t, k):  # noqa: ANN001, ANN202, ARG001
+        i = types.intp
+        sig = types.void(L, tab, i, i, i, i, types.uint64, _KEYS)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            la = context.make_array(signature.args[0])(context, builder, args[0]).data
+            ta = context.make_array(signature.args[1])(context, builder, args[1]).data
+            _, _, wa, wb, wo, wt, t, ks = args
+            w = Wide(builder, ks, n)
+            a, b = w.load(la, wa), w.load(la, wb)
+            tg, te = w.split_tables(w.load(ta, wt), w.load(ta, builder.add(wt, wt.type(2 * n))))
+            ha, hb = w.hash([a, b], [w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)])
+            sel_a = builder.and_(w.low_bit_masks(a), tg)
+            sel_b = builder.and_(w.low_bit_masks(b), builder.xor(te, a))
+            w.store(builder.xor(builder.xor(ha, hb), builder.xor(sel_a, sel_b)), la, wo)
+            return context.get_dummy_value()
 
+        return sig, codegen
 
-@intrinsic
-def _garble4(typingctx, L, tab, wa, wb, wo, wt, na, nb, t, d0, d1, k):  # noqa: ANN001, ANN202, ARG001
-    """Garble one AND gate on four instances (offsets as :func:`_eval4`; ``na``, ``nb`` the
-    input negation masks, ``(d0, d1)`` Delta); tables as ``(T_G, T_E)`` per instance."""
-    i, u = types.intp, types.uint64
-    sig = types.void(L, tab, i, i, i, i, u, u, u, u, u, _KEYS)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        la = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ta = context.make_array(signature.args[1])(context, builder, args[1]).data
-        _, _, wa, wb, wo, wt, na, nb, t, d0, d1, ks = args
-        w = Wide(builder, ks)
-        x, b = builder.xor, builder.and_
-        delta = w.pairs(d0, d1)
-        a0 = x(w.load(la, wa), b(w.pairs(na, na), delta))
-        b0 = x(w.load(la, wb), b(w.pairs(nb, nb), delta))
-        tw_g, tw_e = w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)
-        ha0, ha1, hb0, hb1 = w.hash([a0, x(a0, delta), b0, x(b0, delta)], [tw_g, tw_g, tw_e, tw_e])
-        pa, pb = w.low_bit_masks(a0), w.low_bit_masks(b0)
-        tg = x(x(ha0, ha1), b(pb, delta))
-        fb = x(hb0, hb1)
-        te = x(fb, a0)
-        w.store(builder.shuffle_vector(tg, te, lanes(0, 1, 8, 9, 2, 3, 10, 11)), ta, wt)
-        hi = builder.add(wt, wt.type(8))
-        w.store(builder.shuffle_vector(tg, te, lanes(4, 5, 12, 13, 6, 7, 14, 15)), ta, hi)
-        w.store(x(x(ha0, b(pa, tg)), x(hb0, b(pb, fb))), la, wo)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return eval_step
 
 
-def _make_kernels(wide: bool) -> tuple[Callable[..., None], Callable[..., None]]:
-    """The garbling and evaluation kernels, four instances per step where ``wide`` (a
-    compile-time constant: the other path is not compiled)."""
+def _garble_step(n: int):  # noqa: ANN202 - returns a numba intrinsic
+    """An intrinsic garbling one AND gate on ``n`` instances (offsets as :func:`_eval_step`;
+    ``na``, ``nb`` the input negation masks, ``(d0, d1)`` Delta); tables as ``(T_G, T_E)``
+    per instance."""
+
+    @intrinsic
+    def garble_step(typingctx, L, tab, wa, wb, wo, wt, na, nb, t, d0, d1, k):  # noqa: ANN001, ANN202, ARG001
+        i, u = types.intp, types.uint64
+        sig = types.void(L, tab, i, i, i, i, u, u, u, u, u, _KEYS)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            la = context.make_array(signature.args[0])(context, builder, args[0]).data
+            ta = context.make_array(signature.args[1])(context, builder, args[1]).data
+            _, _, wa, wb, wo, wt, na, nb, t, d0, d1, ks = args
+            w = Wide(builder, ks, n)
+            x, b = builder.xor, builder.and_
+            delta = w.pairs(d0, d1)
+            a0 = x(w.load(la, wa), b(w.pairs(na, na), delta))
+            b0 = x(w.load(la, wb), b(w.pairs(nb, nb), delta))
+            tw_g, tw_e = w.tweaks(t, 2, 0), w.tweaks(t, 2, 1)
+            ha0, ha1, hb0, hb1 = w.hash([a0, x(a0, delta), b0, x(b0, delta)],
+                                        [tw_g, tw_g, tw_e, tw_e])  # fmt: skip
+            pa, pb = w.low_bit_masks(a0), w.low_bit_masks(b0)
+            tg = x(x(ha0, ha1), b(pb, delta))
+            fb = x(hb0, hb1)
+            lo, hi = w.join_tables(tg, x(fb, a0))
+            w.store(lo, ta, wt)
+            w.store(hi, ta, builder.add(wt, wt.type(2 * n)))
+            w.store(x(x(ha0, b(pa, tg)), x(hb0, b(pb, fb))), la, wo)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return garble_step
+
+
+# module-level, so that the kernels' closures hold only plain constants (numba caches them)
+_eval2, _eval4 = _eval_step(2), _eval_step(4)
+_garble2, _garble4 = _garble_step(2), _garble_step(4)
+
+
+def _make_kernels(n: int) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The garbling and evaluation kernels, ``n`` instances per wide step (0: one instance
+    per step only). ``n`` is a compile-time constant: the other paths are not compiled."""
+    wide = n > 0
+    step = max(n, 1)
 
     @numba.njit(cache=True, nogil=True)
     def garble_chunk(
@@ -122,15 +136,18 @@ def _make_kernels(wide: bool) -> tuple[Callable[..., None], Callable[..., None]]
             for g in range(aptr[d], aptr[d + 1]):
                 o, sa, sb, ma, mb = ao[g], aa[g], ab[g], an[g], bn[g]
                 base = U64(g) * U64(n_total) + U64(tw0)
-                lanes4 = 0
+                done = 0
                 if wide:
-                    for i in range(0, m - 3, 4):
+                    for i in range(0, m - step + 1, step):
                         t = (base + U64(i)) << _ONE
                         wt = (g * n_total + i0 + i) * 4
-                        _garble4(L, tab, (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2,
-                                 wt, ma, mb, t, d0, d1, k)  # fmt: skip
-                    lanes4 = m - m % 4
-                for i in range(lanes4, m):
+                        wa, wb, wo = (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2
+                        if n == 4:
+                            _garble4(L, tab, wa, wb, wo, wt, ma, mb, t, d0, d1, k)
+                        else:
+                            _garble2(L, tab, wa, wb, wo, wt, ma, mb, t, d0, d1, k)
+                    done = m - m % step
+                for i in range(done, m):
                     x0, x1 = L[sa, i, 0] ^ (ma & d0), L[sa, i, 1] ^ (ma & d1)
                     y0, y1 = L[sb, i, 0] ^ (mb & d0), L[sb, i, 1] ^ (mb & d1)
                     t = (base + U64(i)) << _ONE
@@ -163,15 +180,18 @@ def _make_kernels(wide: bool) -> tuple[Callable[..., None], Callable[..., None]]
             for g in range(aptr[d], aptr[d + 1]):
                 o, sa, sb = ao[g], aa[g], ab[g]
                 base = U64(g) * U64(n_total) + U64(tw0)
-                lanes4 = 0
+                done = 0
                 if wide:
-                    for i in range(0, m - 3, 4):
+                    for i in range(0, m - step + 1, step):
                         t = (base + U64(i)) << _ONE
                         wt = (g * n_total + i0 + i) * 4
-                        _eval4(L, tab, (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2,
-                               wt, t, k)  # fmt: skip
-                    lanes4 = m - m % 4
-                for i in range(lanes4, m):
+                        wa, wb, wo = (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2
+                        if n == 4:
+                            _eval4(L, tab, wa, wb, wo, wt, t, k)
+                        else:
+                            _eval2(L, tab, wa, wb, wo, wt, t, k)
+                    done = m - m % step
+                for i in range(done, m):
                     a0, a1 = L[sa, i, 0], L[sa, i, 1]
                     b0, b1 = L[sb, i, 0], L[sb, i, 1]
                     t = (base + U64(i)) << _ONE
@@ -184,16 +204,32 @@ def _make_kernels(wide: bool) -> tuple[Callable[..., None], Callable[..., None]]
     return garble_chunk, eval_chunk
 
 
-_NARROW = _make_kernels(False)
-_WIDE = _make_kernels(True)
+_KERNELS = {n: _make_kernels(n) for n in (0, 2, 4)}
+
+
+def _drop_stale_cache() -> None:
+    """numba keys a cached kernel on the contents of its own file only, and the kernels here
+    compile :mod:`safenet.crypto.aesni`'s intrinsics: when that file changes (a marker next to
+    the cache holds its digest), drop this module's cached kernels so they compile again."""
+    try:
+        cache = Path(encrypt_rows._cache._cache_path)
+        marker = cache / "_fused.aesni-digest"
+        if marker.exists() and marker.read_text() == aesni.SOURCE_HASH:
+            return
+        for f in cache.glob("_fused.*.nb[ic]"):
+            f.unlink(missing_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        marker.write_text(aesni.SOURCE_HASH)
+    except (OSError, AttributeError):  # no writable cache (or another numba layout)
+        pass
 
 
 def kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
     """``(garble_chunk, eval_chunk)`` for this process, or ``None`` without AES-NI (the
-    buffer path runs then); four-lane kernels where :func:`aesni.wide_available`."""
+    buffer path runs then): :func:`aesni.step_lanes` instances per wide step."""
     if not aesni.available():
         return None
-    return _WIDE if aesni.wide_available() else _NARROW
+    return _KERNELS[aesni.step_lanes()]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -265,3 +301,6 @@ def open_rows_sum(
             ha, _ = tccr1((a0, L[s, i, 1]), ((tj + U64(i)) << _ONE,), k)
             bad += _add_mod(z, i0 + i, ha ^ rows[j, i0 + i, a0 & _ONE], p)
     return bad
+
+
+_drop_stale_cache()
