@@ -4,12 +4,16 @@ The buffer path (:mod:`._kernels` around ``cryptography``) gathers each AND laye
 inputs into scratch arrays, encrypts them twice and combines them again, with Python between
 layers. Here one call walks every XOR block and AND layer of a chunk, and each gate-instance
 hashes its labels in registers: the label slots, the tables and nothing else touch memory.
-Two widths, chosen once per process (:func:`kernels`):
+Three widths, chosen per call from :func:`safenet.crypto.aesni.step_lanes` (:func:`kernels`):
 
 * one instance per step (:func:`safenet.crypto.aesni.tccr2`, 128-bit AES-NI);
 * four instances per step where the CPU has VAES and AVX-512: a label row ``L[s, i:i + 4]``
   is one 512-bit register, so a step loads, hashes and stores whole registers
-  (:class:`safenet.crypto.aesni.Wide`); the last ``m mod 4`` instances take the first path.
+  (:class:`safenet.crypto.aesni.Wide`), or two per 256-bit register with VAES and AVX2; the
+  last ``m mod lanes`` instances take the one-instance path.
+
+The garbled output rows (:mod:`.tables`) are encrypted and opened here too
+(:func:`encrypt_rows`, :func:`decrypt_rows`, :func:`open_rows_sum`).
 
 Same hash, same tweaks, same tables as the buffer path (``tests/test_aesni.py`` compares
 them bit for bit). Hash ``H(x, t) = pi(pi(x) ^ t) ^ pi(x)`` with ``t`` XORed into the low

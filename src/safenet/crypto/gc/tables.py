@@ -15,6 +15,9 @@ The protocol uses it to turn a circuit's output bits into additive shares mod ``
 (:mod:`safenet.protocol.garbled`): with ``V_b = c_j b + s_j mod p`` for public weights
 ``c_j`` and uniform secret ``s_j``, each value the evaluator reads is uniform by itself, and
 their sum is ``sum_j c_j b_j + sum_j s_j``; the garbler keeps ``-sum_j s_j``.
+
+Where the CPU has AES-NI the rows are made and opened by compiled kernels
+(:mod:`._fused`), else by numpy around ``cryptography``; both give the same rows.
 """
 
 from __future__ import annotations
