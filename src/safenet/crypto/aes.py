@@ -35,7 +35,7 @@ class FixedKeyAES:
         n = x.nbytes
         if len(self._buf) < n + 16:
             self._buf = bytearray(max(n + 16, 2 * len(self._buf)))
-        written = self._enc.update_into(x.view(np.uint8).reshape(-1), self._buf)
+        written = self._enc.update_into(x.view(np.uint8).reshape(-1).data, self._buf)
         assert written == n
         return np.frombuffer(self._buf, dtype=BLOCK, count=n // 8).reshape(x.shape).copy()
 
@@ -48,8 +48,8 @@ class FixedKeyAES:
         """
         if dst.size < nwords + 2 or src.size < nwords:
             raise ValueError("buffers too small (dst needs 2 spare words)")
-        data = memoryview(src.view(np.uint8))[: 8 * nwords]
-        out = memoryview(dst.view(np.uint8))
+        data = src.view(np.uint8).data[: 8 * nwords]
+        out = dst.view(np.uint8).data
         if self._in_place is False and np.shares_memory(src, dst):
             data = memoryview(bytes(data))  # cryptography >= 51 refuses overlapping buffers
         try:
@@ -87,7 +87,7 @@ def random_bytes(n: int) -> np.ndarray:
     enc = Cipher(algorithms.AES(secrets.token_bytes(16)), modes.CTR(bytes(16))).encryptor()
     zeros = np.zeros(n, dtype=np.uint8)  # the keystream is CTR over zeros
     out = np.empty(n + 16, dtype=np.uint8)  # (separate buffers: cryptography >= 51 refuses
-    written = enc.update_into(memoryview(zeros), memoryview(out))  # overlapping ones)
+    written = enc.update_into(zeros.data, out.data)  # overlapping ones)
     assert written == n
     return out[:n]
 

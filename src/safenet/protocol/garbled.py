@@ -101,9 +101,10 @@ class GarbledServer:
         g = self._garbled
         if g is None or self.out_share is None:
             raise RuntimeError("garble() first")
+        rows, g.rows = g.rows, None
+        assert rows is not None  # garble() made them
         conn.send_array(g.take_tables(), label="gc.tables")  # no copy on either side
-        conn.send_array(g.rows, label="gc.rows")
-        g.rows = None
+        conn.send_array(rows, label="gc.rows")
         zero, _ = g.label_pairs("client_share")
         ot.send_correlated(zero.reshape(-1, 2))
 
@@ -241,10 +242,12 @@ class GarblingWorker:
     def _run(self) -> None:
         for i, layer in self.layers.items():
             size = self._size(layer)
+
+            def room(size: int = size) -> bool:
+                return self._stop or self._pending + size <= max(self.ahead_bytes, size)
+
             with self._cond:
-                self._cond.wait_for(
-                    lambda s=size: self._stop or self._pending + s <= max(self.ahead_bytes, s)
-                )
+                self._cond.wait_for(room)
                 if self._stop:
                     return
                 self._pending += size

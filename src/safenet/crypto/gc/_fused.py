@@ -216,7 +216,7 @@ def _drop_stale_cache() -> None:
     compile :mod:`safenet.crypto.aesni`'s intrinsics: when that file changes (a marker next to
     the cache holds its digest), drop this module's cached kernels so they compile again."""
     try:
-        cache = Path(encrypt_rows._cache._cache_path)
+        cache = Path(encrypt_rows._cache._cache_path)  # type: ignore[attr-defined]
         marker = cache / "_fused.aesni-digest"
         if marker.exists() and marker.read_text() == aesni.SOURCE_HASH:
             return
