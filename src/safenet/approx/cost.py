@@ -247,6 +247,8 @@ def _bytes(c: PlanCounts, cal: Calibration) -> tuple[dict[str, float], dict[str,
         "he_poly": c.poly_cts * cal.ct_in_bytes + c.poly_replies * cal.ct_reply_bytes,
     }
     n_linear = sum(1 for r in c.layers if r["kind"] in ("conv", "linear"))
+    # a latency proxy (halved into rounds below), not a frame count; protocol 5 sends two
+    # frames fewer per garbled layer than protocol 4 did (no mask labels, no decode bits)
     messages = 3 + 2 * n_linear + 3 * c.act_layers + 2 * c.maxpool_layers
     return offline, online, messages, 1 + c.act_layers + c.maxpool_layers
 

@@ -29,9 +29,10 @@ local ops      applied to ``S`` online and to ``C`` offline (:func:`local_op`)
 output         the server sends ``S``; only the client learns ``S + C``.
 
 The server garbles all garbled layers (ReLU channels, max pools) in a worker thread as soon
-as the offline phase starts, under one session Delta that is also its correlated-OT secret,
-each layer with its own tweak range; its main thread meanwhile answers the client's HE
-requests.
+as the offline phase starts (:class:`~safenet.protocol.garbled.GarblingWorker`, a bounded
+amount of tables ahead of what it has sent), under one session Delta that is also its
+correlated-OT secret, each layer with its own tweak range; its main thread meanwhile answers
+the client's HE requests.
 """
 
 from __future__ import annotations

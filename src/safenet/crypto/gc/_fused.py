@@ -108,6 +108,47 @@ def _garble_step(n: int):  # noqa: ANN202 - returns a numba intrinsic
     return garble_step
 
 
+@numba.njit(inline="always")
+def _offsets(g: int, i: int, i0: int, m: int, n_total: int, sa: int, sb: int, o: int) -> tuple:
+    """Word offsets of instance ``i``'s labels in ``L`` (inputs ``sa``, ``sb``, output ``o``)
+    and of its AND gate ``g``'s tables in ``tab`` (the wide steps read whole registers)."""
+    return (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2, (g * n_total + i0 + i) * 4
+
+
+@numba.njit(inline="always")
+def _garble_one(
+    L: Arr, tab: Arr, g: int, i: int, j: int, o: int, sa: int, sb: int, ma: U64, mb: U64,
+    t: U64, d0: U64, d1: U64, k: tuple,
+) -> None:  # fmt: skip
+    """Garble AND gate ``g`` of chunk instance ``i`` (tables at ``tab[g, j]``), tweak ``t``."""
+    x0, x1 = L[sa, i, 0] ^ (ma & d0), L[sa, i, 1] ^ (ma & d1)
+    y0, y1 = L[sb, i, 0] ^ (mb & d0), L[sb, i, 1] ^ (mb & d1)
+    tb = t | _ONE
+    ha0, ha1, hA0, hA1, hb0, hb1, hB0, hB1 = tccr4(
+        (x0, x1, x0 ^ d0, x1 ^ d1, y0, y1, y0 ^ d0, y1 ^ d1), (t, t, tb, tb), k
+    )
+    pa, pb = _ZERO - (x0 & _ONE), _ZERO - (y0 & _ONE)
+    tg0, tg1 = ha0 ^ hA0 ^ (pb & d0), ha1 ^ hA1 ^ (pb & d1)
+    fb0, fb1 = hb0 ^ hB0, hb1 ^ hB1
+    tab[g, j, 0, 0], tab[g, j, 0, 1] = tg0, tg1
+    tab[g, j, 1, 0], tab[g, j, 1, 1] = fb0 ^ x0, fb1 ^ x1
+    L[o, i, 0] = ha0 ^ (pa & tg0) ^ hb0 ^ (pb & fb0)
+    L[o, i, 1] = ha1 ^ (pa & tg1) ^ hb1 ^ (pb & fb1)
+
+
+@numba.njit(inline="always")
+def _eval_one(
+    L: Arr, tab: Arr, g: int, i: int, j: int, o: int, sa: int, sb: int, t: U64, k: tuple
+) -> None:
+    """Evaluate AND gate ``g`` of chunk instance ``i`` (tables at ``tab[g, j]``), tweak ``t``."""
+    a0, a1 = L[sa, i, 0], L[sa, i, 1]
+    b0, b1 = L[sb, i, 0], L[sb, i, 1]
+    ha0, ha1, hb0, hb1 = tccr2((a0, a1, b0, b1), (t, t | _ONE), k)
+    s_a, s_b = _ZERO - (a0 & _ONE), _ZERO - (b0 & _ONE)
+    L[o, i, 0] = ha0 ^ hb0 ^ (s_a & tab[g, j, 0, 0]) ^ (s_b & (tab[g, j, 1, 0] ^ a0))
+    L[o, i, 1] = ha1 ^ hb1 ^ (s_a & tab[g, j, 0, 1]) ^ (s_b & (tab[g, j, 1, 1] ^ a1))
+
+
 # module-level, so that the kernels' closures hold only plain constants (numba caches them)
 _eval2, _eval4 = _eval_step(2), _eval_step(4)
 _garble2, _garble4 = _garble_step(2), _garble_step(4)
@@ -144,29 +185,15 @@ def _make_kernels(n: int) -> tuple[Callable[..., None], Callable[..., None]]:
                 if wide:
                     for i in range(0, m - step + 1, step):
                         t = (base + U64(i)) << _ONE
-                        wt = (g * n_total + i0 + i) * 4
-                        wa, wb, wo = (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2
+                        wa, wb, wo, wt = _offsets(g, i, i0, m, n_total, sa, sb, o)
                         if n == 4:
                             _garble4(L, tab, wa, wb, wo, wt, ma, mb, t, d0, d1, k)
                         else:
                             _garble2(L, tab, wa, wb, wo, wt, ma, mb, t, d0, d1, k)
                     done = m - m % step
                 for i in range(done, m):
-                    x0, x1 = L[sa, i, 0] ^ (ma & d0), L[sa, i, 1] ^ (ma & d1)
-                    y0, y1 = L[sb, i, 0] ^ (mb & d0), L[sb, i, 1] ^ (mb & d1)
                     t = (base + U64(i)) << _ONE
-                    tb = t | _ONE
-                    ha0, ha1, hA0, hA1, hb0, hb1, hB0, hB1 = tccr4(
-                        (x0, x1, x0 ^ d0, x1 ^ d1, y0, y1, y0 ^ d0, y1 ^ d1), (t, t, tb, tb), k
-                    )
-                    pa, pb = _ZERO - (x0 & _ONE), _ZERO - (y0 & _ONE)
-                    tg0, tg1 = ha0 ^ hA0 ^ (pb & d0), ha1 ^ hA1 ^ (pb & d1)
-                    fb0, fb1 = hb0 ^ hB0, hb1 ^ hB1
-                    j = i0 + i
-                    tab[g, j, 0, 0], tab[g, j, 0, 1] = tg0, tg1
-                    tab[g, j, 1, 0], tab[g, j, 1, 1] = fb0 ^ x0, fb1 ^ x1
-                    L[o, i, 0] = ha0 ^ (pa & tg0) ^ hb0 ^ (pb & fb0)
-                    L[o, i, 1] = ha1 ^ (pa & tg1) ^ hb1 ^ (pb & fb1)
+                    _garble_one(L, tab, g, i, i0 + i, o, sa, sb, ma, mb, t, d0, d1, k)
 
     @numba.njit(cache=True, nogil=True)
     def eval_chunk(
@@ -188,22 +215,14 @@ def _make_kernels(n: int) -> tuple[Callable[..., None], Callable[..., None]]:
                 if wide:
                     for i in range(0, m - step + 1, step):
                         t = (base + U64(i)) << _ONE
-                        wt = (g * n_total + i0 + i) * 4
-                        wa, wb, wo = (sa * m + i) * 2, (sb * m + i) * 2, (o * m + i) * 2
+                        wa, wb, wo, wt = _offsets(g, i, i0, m, n_total, sa, sb, o)
                         if n == 4:
                             _eval4(L, tab, wa, wb, wo, wt, t, k)
                         else:
                             _eval2(L, tab, wa, wb, wo, wt, t, k)
                     done = m - m % step
                 for i in range(done, m):
-                    a0, a1 = L[sa, i, 0], L[sa, i, 1]
-                    b0, b1 = L[sb, i, 0], L[sb, i, 1]
-                    t = (base + U64(i)) << _ONE
-                    ha0, ha1, hb0, hb1 = tccr2((a0, a1, b0, b1), (t, t | _ONE), k)
-                    s_a, s_b = _ZERO - (a0 & _ONE), _ZERO - (b0 & _ONE)
-                    tg, te = tab[g, i0 + i, 0], tab[g, i0 + i, 1]
-                    L[o, i, 0] = ha0 ^ hb0 ^ (s_a & tg[0]) ^ (s_b & (te[0] ^ a0))
-                    L[o, i, 1] = ha1 ^ hb1 ^ (s_a & tg[1]) ^ (s_b & (te[1] ^ a1))
+                    _eval_one(L, tab, g, i, i0 + i, o, sa, sb, (base + U64(i)) << _ONE, k)
 
     return garble_chunk, eval_chunk
 

@@ -483,7 +483,7 @@ def garble(
         name: random_blocks((len(w), n_instances), rng) for name, w in circuit.inputs.items()
     }
     tables = np.empty((circuit.and_count, n_instances, 2, 2), dtype=np.uint64)
-    decode_bits = np.empty((circuit.n_outputs, n_instances), dtype=np.uint8)
+    decode_bits = np.zeros((circuit.n_outputs, n_instances), dtype=np.uint8)
     out_rows = None if vals is None else np.empty((circuit.n_outputs, n_instances, 2), np.uint64)
 
     fused = F.kernels()
@@ -498,10 +498,10 @@ def garble(
             )  # fmt: skip
         else:
             _garble_buffered(sch, L, aes, d0, d1, tables, i0, n_instances, tweak_base)
-        decode_bits[:, i0:i1] = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(
-            np.uint8
-        ) ^ sch.out_neg[:, None]
-        if vals is not None and out_rows is not None:
+        if vals is None or out_rows is None:  # outputs read through decode bits
+            lsb = (L[sch.out_slots, :, 0] & np.uint64(1)).astype(np.uint8)
+            decode_bits[:, i0:i1] = lsb ^ sch.out_neg[:, None]
+        else:  # outputs read through rows only: a decode bit would reveal the bit
             zero = L[sch.out_slots] ^ (sch.out_neg.astype(np.uint64)[:, None, None] * delta)
             base = tweak_base + circuit.and_count * n_instances
             tw = row_tweaks(base, circuit.n_outputs, n_instances, i0, i1)
@@ -511,8 +511,6 @@ def garble(
 
     w = default_workers() if workers is None else workers
     run_chunks(_chunks(n_instances, chunk, w), w, body)
-    if vals is not None:  # read only through their rows: a decode bit would reveal the bit
-        decode_bits[:] = 0
     return Garbled(circuit, n_instances, delta, input_zero, tables, decode_bits, out_rows)
 
 
