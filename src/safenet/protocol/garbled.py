@@ -15,8 +15,8 @@ Offline the server garbles the instances under the session's Delta with the laye
 range (:func:`~safenet.crypto.gc.garble.tweak_span`: the AND gates', then the rows'), sends
 the tables and the rows, and hands the client the labels of the client's shares (known
 offline) by correlated OT. Online it sends only the labels of its own shares, ``m bits(p)``
-labels of 16 bytes per instance. :mod:`.relu` and :mod:`.maxpool` say what their circuits
-compute.
+labels of 16 bytes per instance. :mod:`.relu_layer` and :mod:`.maxpool_layer` say what their
+circuits compute.
 """
 
 from __future__ import annotations

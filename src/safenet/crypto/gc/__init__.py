@@ -29,7 +29,7 @@ from safenet.crypto.gc.garble import (
     label_pairs,
     tables_from_bytes,
 )
-from safenet.crypto.gc.relu import relu_circuit, relu_reference, relu_weights, relu_width
+from safenet.crypto.gc.relu_circuit import relu_circuit, relu_reference, relu_weights, relu_width
 
 __all__ = [
     "FALSE",
