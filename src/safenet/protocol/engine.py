@@ -48,10 +48,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from safenet.crypto.aes import random_blocks
-from safenet.crypto.gc import relu_circuit
+from safenet.crypto.gc import relu_circuit, tweak_span, warm_up
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.evaluate import warm_up
-from safenet.crypto.gc.garble import tweak_span
 from safenet.crypto.gc.maxpool_circuit import max_circuit
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
 from safenet.crypto.ot import OTReceiver, OTSender
