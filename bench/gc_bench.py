@@ -21,7 +21,7 @@ import numpy as np
 
 from safenet.crypto import aesni
 from safenet.crypto.gc import evaluate, garble, int_to_bits, relu_circuit
-from safenet.crypto.gc.relu import relu_reference, relu_weights
+from safenet.crypto.gc.relu_circuit import relu_reference, relu_weights
 from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 from safenet.field import DELPHI_PRIME
 

@@ -554,8 +554,8 @@ def test_garble_rows_turn_every_output_bit_into_its_value_and_no_decode_leaks_it
     """``garble(rows=...)``: each output bit reaches the evaluator only as its row's value;
     the rows use the tweaks after the AND gates' (tweak_span), chunks and threads change
     nothing, and no decode bits are kept."""
-    from safenet.crypto.gc.garble import tweak_span
     from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
+    from safenet.crypto.gc.walk import tweak_span
 
     p = DELPHI_PRIME
     circuit, g, labels, s, v1, want = _relu_layer_with_rows(401, 9, 77, chunk=37)

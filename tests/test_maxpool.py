@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import safenet
 from safenet.approx.cost import count
 from safenet.crypto.gc import decode, evaluate, garble
-from safenet.crypto.gc.maxpool import max_circuit, max_reference, max_weights
+from safenet.crypto.gc.maxpool_circuit import max_circuit, max_reference, max_weights
 from safenet.field import DELPHI_PRIME, POLY_PRIME
 from safenet.nn.activation import ChannelActivation
 from safenet.plan.ir import UnsupportedLayerError

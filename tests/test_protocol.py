@@ -11,7 +11,7 @@ from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.field import DELPHI_PRIME, POLY_PRIME, is_probable_prime, trunc_bound
 from safenet.protocol import arith as A
 from safenet.protocol import poly as P
-from safenet.protocol.relu import ReluClient, ReluServer
+from safenet.protocol.relu_layer import ReluClient, ReluServer
 
 PRIMES = [DELPHI_PRIME, POLY_PRIME]
 

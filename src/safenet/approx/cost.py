@@ -97,7 +97,7 @@ class PlanCounts:
 def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
     """Count the protocol's work for ``plan`` (public or full)."""
     from safenet.crypto.gc import relu_circuit
-    from safenet.crypto.gc.maxpool import max_circuit
+    from safenet.crypto.gc.maxpool_circuit import max_circuit
     from safenet.crypto.he import HEContext, HEParams
     from safenet.protocol.engine import poly_reply_params
     from safenet.protocol.linear import LinearPacking

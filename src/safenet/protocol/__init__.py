@@ -1,7 +1,7 @@
 """The two-party protocol (docs/protocol.md), bottom up: share arithmetic (:mod:`.arith`),
 framed messages over sockets and TLS (:mod:`.transport`, :mod:`.tls`), one layer kind per
-module (:mod:`.linear` HE conv/linear, :mod:`.garbled` with :mod:`.relu` and :mod:`.maxpool`
-garbled layers, :mod:`.poly` polynomial channels), the statistical budget
+module (:mod:`.linear` HE conv/linear, :mod:`.garbled` with :mod:`.relu_layer` and
+:mod:`.maxpool_layer` garbled layers, :mod:`.poly` polynomial channels), the statistical budget
 (:mod:`.statistical`), the engine that walks a plan offline then online (:mod:`.engine`), one
 connection's session (:mod:`.session`), preprocessing storage (:mod:`.bank`), per-party
 profiles (:mod:`.profile`) and op-by-op checks (:mod:`.verify`)."""

@@ -48,11 +48,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from safenet.crypto.aes import random_blocks
-from safenet.crypto.gc import relu_circuit
+from safenet.crypto.gc import relu_circuit, tweak_span, warm_up
 from safenet.crypto.gc.circuit import Circuit
-from safenet.crypto.gc.evaluate import warm_up
-from safenet.crypto.gc.garble import tweak_span
-from safenet.crypto.gc.maxpool import max_circuit
+from safenet.crypto.gc.maxpool_circuit import max_circuit
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.field import mod_centered
@@ -61,9 +59,9 @@ from safenet.protocol import arith as A
 from safenet.protocol import linear as L
 from safenet.protocol import poly as P
 from safenet.protocol.garbled import GarbledClient, GarbledServer, GarblingWorker
-from safenet.protocol.maxpool import MaxPoolClient, MaxPoolServer, pool_windows
+from safenet.protocol.maxpool_layer import MaxPoolClient, MaxPoolServer, pool_windows
 from safenet.protocol.profile import Profile
-from safenet.protocol.relu import ReluClient, ReluServer
+from safenet.protocol.relu_layer import ReluClient, ReluServer
 from safenet.protocol.statistical import (
     SessionBudget,
     poly_replies,

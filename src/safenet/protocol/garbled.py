@@ -12,11 +12,11 @@ uniform on its own: the shares hide ``y`` perfectly, with no statistical term an
 inside the circuit. No decode bits are ever sent.
 
 Offline the server garbles the instances under the session's Delta with the layer's own tweak
-range (:func:`~safenet.crypto.gc.garble.tweak_span`: the AND gates', then the rows'), sends
+range (:func:`~safenet.crypto.gc.walk.tweak_span`: the AND gates', then the rows'), sends
 the tables and the rows, and hands the client the labels of the client's shares (known
 offline) by correlated OT. Online it sends only the labels of its own shares, ``m bits(p)``
-labels of 16 bytes per instance. :mod:`.relu` and :mod:`.maxpool` say what their circuits
-compute.
+labels of 16 bytes per instance. :mod:`.relu_layer` and :mod:`.maxpool_layer` say what their
+circuits compute.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 from safenet.crypto.gc import garble
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.evaluate import evaluate_shares
-from safenet.crypto.gc.garble import Garbled, encode_labels, tweak_span
+from safenet.crypto.gc.garble import Garbled, encode_labels
+from safenet.crypto.gc.walk import tweak_span
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
 from safenet.protocol.transport import Connection, ProtocolError, array_bytes

@@ -1,4 +1,12 @@
-"""numba kernels for the label arithmetic around each AES call (one call per layer piece).
+"""numba kernels for the label arithmetic of the buffer path (:func:`.walk.walk_layers`),
+around each AES call (one call per AND-layer piece), plus two both paths use.
+
+* :func:`xor_block`: a block of free XOR gates (the compiled kernels of :mod:`._fused`
+  call it too);
+* :func:`garble_gather`, :func:`garble_combine`: the garbler's hash inputs and half-gate
+  tables; :func:`eval_gather`, :func:`eval_combine`: the evaluator's mirror images;
+* :func:`tweak_xor`: the tweaks XORed into the hash inputs;
+* :func:`encode_bits`: free-XOR encoding of the garbler's input bits.
 
 Labels are uint64 pairs in a slot array ``L`` of shape ``(n_slots, m, 2)`` for ``m``
 instances. Each kernel loops gate-major, instance-minor in compiled code, so no Python runs

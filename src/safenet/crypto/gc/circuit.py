@@ -10,10 +10,11 @@ comparisons with constants share the common part of their carry chains, and ``bu
 drops every gate that no output depends on.
 
 Schedule. Garbling and evaluation run one *AND layer* at a time: all AND gates of the same
-AND depth, across all instances, go through fixed-key AES in one vectorised call. XOR gates
-are grouped into blocks between AND layers. Wire labels live in a slot array of shape
-``(n_slots, n_instances, 2)`` (uint64 pairs = 128-bit labels); slots are reused once a wire is
-dead, so memory follows the live width of the circuit, not its size.
+AND depth, for every instance of a chunk, hashed together (:mod:`.walk` walks the layers for
+both sides, :mod:`._fused` inside one compiled call). XOR gates are grouped into blocks
+between AND layers. Wire labels live in a slot array of shape ``(n_slots, n_instances, 2)``
+(uint64 pairs = 128-bit labels); slots are reused once a wire is dead, so memory follows
+the live width of the circuit, not its size.
 
 Bit vectors are little-endian Python lists of literals (index 0 = least significant bit).
 """
@@ -201,6 +202,7 @@ class Circuit:
 
         def lit(x: int) -> np.ndarray:
             v = val[x >> 1]
+            assert v is not None  # gates come in topological order
             return ~v if x & 1 else v
 
         for k, a, b, o in zip(self.gate_kind, self.gate_a, self.gate_b, self.gate_out, strict=True):
@@ -413,7 +415,9 @@ class CircuitBuilder:
             gate_b=np.array([remap(self._b[i]) for i in keep], dtype=np.int64),
             gate_out=np.array([new[self._out[i]] for i in keep], dtype=np.int64),
             inputs={k: new[np.array(v, dtype=np.int64)] for k, v in self._inputs.items()},
-            outputs={k: [remap(x) for x in v] for k, v in self._outputs.items()},
+            outputs={
+                k: np.array([remap(x) for x in v], np.int64) for k, v in self._outputs.items()
+            },
             gate_stage=np.array([self._gstage[i] for i in keep], dtype=np.int64),
             stages=self._stages,
         )

@@ -1,16 +1,23 @@
-"""Half-gates evaluation: the evaluator's side of :mod:`safenet.crypto.gc.garble`.
+"""The evaluator's side of half-gates: the mirror image of :mod:`.garble`, walking the same
+schedule through :mod:`.walk`.
 
 The evaluator holds one label per input wire (its own through OT, the garbler's sent in the
 clear) and the AND tables; it learns one label per output wire and, with the garbler's
-decode bits, the output bits (:func:`evaluate`), or with the garbler's output rows the
-additive share they sum to (:func:`evaluate_shares`). It walks the same schedule as the
-garbler, two hashes per AND gate: in one compiled call per chunk where the CPU has AES-NI
-(:mod:`._fused`), else one vectorised AES call per AND layer piece.
+decode bits, the output bits (:func:`evaluate`, :func:`decode`), or with the garbler's output
+rows the additive share they sum to (:func:`evaluate_shares`). Two hashes per AND gate, with
+the garbling's tweaks (:mod:`.walk`): chunks of instances on :mod:`.walk`'s thread pool, each
+in one compiled call where the CPU has AES-NI (:mod:`._fused`), else one vectorised AES call
+per AND-layer piece (:mod:`._kernels`).
+
+In this module, in the order of :mod:`.garble`: :func:`evaluate` and :func:`evaluate_shares`
+(the entry points), :func:`_evaluate_chunks` (their shared run over the chunks) and
+:func:`_evaluate_chunk` (one chunk, compiled or buffered); then what the evaluator takes in
+and reads out: :func:`_check` (tables and labels against the circuit),
+:func:`tables_from_bytes` and :func:`decode`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -19,20 +26,20 @@ from safenet.crypto.aes import FixedKeyAES
 from safenet.crypto.aesni import FIXED_ROUND_KEYS
 from safenet.crypto.gc import _fused as F
 from safenet.crypto.gc import _kernels as K
-from safenet.crypto.gc.circuit import Circuit, CircuitBuilder, Schedule
-from safenet.crypto.gc.garble import (
+from safenet.crypto.gc.circuit import Circuit, Schedule
+from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
+from safenet.crypto.gc.walk import (
     EVAL_HALVES,
-    _chunk_labels,
-    _chunks,
-    _Scratch,
+    Scratch,
+    chunk_labels,
+    chunks,
     default_workers,
-    garble,
+    row_tweak_base,
     run_chunks,
     walk_layers,
 )
-from safenet.crypto.gc.tables import decrypt_rows, row_tweaks
 
-__all__ = ["decode", "evaluate", "evaluate_shares", "warm_up"]
+__all__ = ["decode", "evaluate", "evaluate_shares", "tables_from_bytes"]
 
 
 def evaluate(
@@ -49,11 +56,11 @@ def evaluate(
     Args:
         circuit: the circuit that was garbled.
         tables: uint64 ``(and_count, n_instances, 2, 2)`` from :meth:`Garbled.take_tables`
-            (or :func:`~safenet.crypto.gc.garble.tables_from_bytes`).
+            (or :func:`tables_from_bytes`).
         input_labels: group name -> labels ``(nbits, n_instances, 2)``, one per input wire,
             for every input group the circuit uses.
         chunk: instances per pass (any value; results do not depend on it).
-        tweak_base: the garbling's ``tweak_base`` (see :func:`~safenet.crypto.gc.garble.garble`).
+        tweak_base: the garbling's ``tweak_base`` (see :func:`~.garble.garble`).
         workers: threads (default: one per core, at most 8); results do not depend on it.
 
     Outputs are concatenated in declaration order; :meth:`Circuit.split_outputs` cuts them.
@@ -65,7 +72,7 @@ def evaluate(
     def finish(L: np.ndarray, i0: int, i1: int) -> None:
         out[:, i0:i1] = L[slots]
 
-    _run(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
+    _evaluate_chunks(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
     return out
 
 
@@ -93,7 +100,7 @@ def evaluate_shares(
     if rows.shape != (k, n, 2) or rows.dtype != np.uint64:
         raise ValueError(f"rows must be uint64 {(k, n, 2)}, got {rows.dtype} {rows.shape}")
     z = np.empty(n, dtype=np.uint64)
-    slots, base = circuit.schedule.out_slots, tweak_base + circuit.and_count * n
+    slots, base = circuit.schedule.out_slots, row_tweak_base(circuit, n, tweak_base)
     bad: list[int] = []  # per chunk (list.append is atomic; `+=` across threads is not)
     fused = F.kernels() is not None
     rows = np.ascontiguousarray(rows)
@@ -110,10 +117,66 @@ def evaluate_shares(
             acc = (acc + v) % np.uint64(p)
         z[i0:i1] = acc
 
-    _run(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
+    _evaluate_chunks(circuit, tables, input_labels, n, chunk, tweak_base, workers, finish)
     if sum(bad):
         raise ValueError(f"{sum(bad)} garbled output rows opened to values outside [0, p)")
     return z.astype(np.int64)
+
+
+def _evaluate_chunks(
+    circuit: Circuit,
+    tables: np.ndarray,
+    input_labels: dict[str, np.ndarray],
+    n: int,
+    chunk: int | None,
+    tweak_base: int,
+    workers: int | None,
+    finish: Callable[[np.ndarray, int, int], None],
+) -> None:
+    """Evaluate every chunk on the thread pool; ``finish(L, i0, i1)`` takes each chunk's
+    wire labels on the thread that computed them."""
+    sch = circuit.schedule
+    fused = F.kernels()
+    kernel = fused[1] if fused else None
+    if kernel is not None and not tables.flags.c_contiguous:
+        tables = np.ascontiguousarray(tables)  # the four-lane kernel reads whole rows
+
+    def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
+        L = chunk_labels(sch, input_labels, i0, i1)
+        _evaluate_chunk(kernel, sch, L, aes, tables, i0, n, tweak_base)
+        finish(L, i0, i1)
+
+    w = default_workers() if workers is None else workers
+    run_chunks(chunks(n, chunk, w), w, body)
+
+
+def _evaluate_chunk(
+    kernel: Callable[..., None] | None, sch: Schedule, L: np.ndarray, aes: FixedKeyAES,
+    tables: np.ndarray, i0: int, n_total: int, tweak_base: int,
+) -> None:  # fmt: skip
+    """Evaluate instances ``i0 .. i0 + m`` of ``n_total`` (``L``: the chunk's active labels,
+    inputs loaded) on ``tables[:, i0:i0 + m]``: output labels into ``L``.
+
+    In one compiled call where ``kernel`` (:mod:`._fused`'s ``eval_chunk``) is given, else
+    through scratch buffers and ``cryptography``'s AES, one AND-layer piece at a time
+    (:func:`~.walk.walk_layers` with :mod:`._kernels`' evaluator gather and combine).
+    """
+    if kernel is not None:
+        kernel(
+            L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
+            sch.and_b, sch.and_ptr, tables, i0, n_total, i0 + tweak_base, FIXED_ROUND_KEYS,
+        )  # fmt: skip
+        return
+    i1 = i0 + L.shape[1]
+
+    def gather(lo: int, hi: int, X: np.ndarray) -> None:
+        K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
+
+    def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
+        K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
+
+    sc = Scratch(EVAL_HALVES, L.shape[1])
+    walk_layers(sch, L, sc, aes, n_total, i0 + tweak_base, gather, combine)
 
 
 def _check(circuit: Circuit, tables: np.ndarray, input_labels: dict[str, np.ndarray]) -> int:
@@ -136,71 +199,12 @@ def _check(circuit: Circuit, tables: np.ndarray, input_labels: dict[str, np.ndar
     return n
 
 
-def _run(
-    circuit: Circuit,
-    tables: np.ndarray,
-    input_labels: dict[str, np.ndarray],
-    n: int,
-    chunk: int | None,
-    tweak_base: int,
-    workers: int | None,
-    finish: Callable[[np.ndarray, int, int], None],
-) -> None:
-    """Evaluate every chunk on the thread pool; ``finish(L, i0, i1)`` takes each chunk's
-    wire labels on the thread that computed them."""
-    sch = circuit.schedule
-    fused = F.kernels()
-    if fused and not tables.flags.c_contiguous:
-        tables = np.ascontiguousarray(tables)  # the four-lane kernel reads whole rows
-
-    def body(aes: FixedKeyAES, i0: int, i1: int) -> None:
-        L = _chunk_labels(sch, input_labels, i0, i1)
-        if fused:
-            fused[1](
-                L, sch.xor_out, sch.xor_a, sch.xor_b, sch.xor_ptr, sch.and_out, sch.and_a,
-                sch.and_b, sch.and_ptr, tables, i0, n, i0 + tweak_base, FIXED_ROUND_KEYS,
-            )  # fmt: skip
-        else:
-            _evaluate_buffered(sch, L, aes, tables, i0, n, tweak_base)
-        finish(L, i0, i1)
-
-    w = default_workers() if workers is None else workers
-    run_chunks(_chunks(n, chunk, w), w, body)
-
-
-def _evaluate_buffered(
-    sch: Schedule, L: np.ndarray, aes: FixedKeyAES, tables: np.ndarray, i0: int, n: int,
-    tweak_base: int,
-) -> None:  # fmt: skip
-    """Evaluate one chunk through scratch buffers and ``cryptography``'s AES (no AES-NI)."""
-    i1 = i0 + L.shape[1]
-
-    def gather(lo: int, hi: int, X: np.ndarray) -> None:
-        K.eval_gather(L, sch.and_a, sch.and_b, lo, hi, X)
-
-    def combine(lo: int, hi: int, X: np.ndarray, P: np.ndarray, R: np.ndarray) -> None:
-        K.eval_combine(X, P, R, tables[lo:hi, i0:i1], L, sch.and_out, lo)
-
-    sc = _Scratch(EVAL_HALVES, L.shape[1])
-    walk_layers(sch, L, sc, aes, n, i0 + tweak_base, gather, combine)
-
-
-@functools.cache
-def warm_up() -> None:
-    """Load (or compile) the garbling, evaluation, row and encoding kernels now, once per
-    process: their first call costs tens of milliseconds from numba's cache (seconds on a
-    fresh install), which belongs in the offline phase, not in the first online layer. Runs
-    a five-instance garbling with output rows of a two-gate circuit (four lanes and a
-    remainder)."""
-    bld = CircuitBuilder()
-    x = bld.input("x", 2)
-    bld.output("y", [bld.and_(bld.xor(x[0], x[1]), x[1])])
-    circuit = bld.build()
-    v = np.zeros((1, 5), dtype=np.uint64)
-    g = garble(circuit, 5, workers=1, rows=(v, v + np.uint64(1)))
-    labels = {"x": g.encode("x", np.ones((2, 5), dtype=np.uint8))}
-    assert g.rows is not None
-    evaluate_shares(circuit, g.take_tables(), labels, g.rows, 7, workers=1)
+def tables_from_bytes(data: bytes, circuit: Circuit, n_instances: int) -> np.ndarray:
+    """Inverse of ``tables.tobytes()``: a read-only ``(and_count, n_instances, 2, 2)`` view."""
+    want = circuit.table_bytes * n_instances
+    if len(data) != want:
+        raise ValueError(f"expected {want} bytes of tables, got {len(data)}")
+    return np.frombuffer(data, dtype="<u8").reshape(circuit.and_count, n_instances, 2, 2)
 
 
 def decode(labels: np.ndarray, decode_bits: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Max pooling: the garbled max of :mod:`safenet.crypto.gc.maxpool` as a garbled layer.
+"""Max pooling: the garbled max of :mod:`safenet.crypto.gc.maxpool_circuit` as a garbled
+layer.
 
 One instance per output element, one circuit input element per window position
 (:func:`safenet.plan.pooling.window_index`; positions in the padding are input as 0 by both
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from safenet.crypto.gc.maxpool import max_circuit, max_weights
+from safenet.crypto.gc.maxpool_circuit import max_circuit, max_weights
 from safenet.plan.ir import Op
 from safenet.plan.pooling import window_index
 from safenet.protocol import arith as A

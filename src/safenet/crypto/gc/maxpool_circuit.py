@@ -9,7 +9,7 @@ shares ``b_j`` (``"client_share"``). The circuit computes
     z   = max_j u_j                            (output ``"z"``: n bits, weights 2^j);
 
 the protocol turns the bits into additive shares mod p through garbled output rows, as for
-the ReLU (:mod:`.relu`), and the server's share takes back the offset ``h``.
+the ReLU (:mod:`.relu_circuit`), and the server's share takes back the offset ``h``.
 
 The offset turns the signed order of the centred values into the unsigned order of the
 ``u_j``, so the maximum needs only unsigned comparisons. A padding element (a window that

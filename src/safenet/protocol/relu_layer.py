@@ -1,17 +1,18 @@
-"""ReLU channels: the garbled circuit of :mod:`safenet.crypto.gc.relu` as a garbled layer.
+"""ReLU channels: the garbled circuit of :mod:`safenet.crypto.gc.relu_circuit` as a garbled
+layer.
 
 A :class:`~safenet.protocol.garbled.GarbledServer` / ``GarbledClient`` pair (see
 :mod:`.garbled` for the offline and online messages) with one element per instance: online
 the server inputs its share ``s + 2^(k-1)`` (the round-half-up offset), and the circuit's
-output bits, weighted by :func:`~safenet.crypto.gc.relu.relu_weights`, become additive shares
-of ``max(round(v / 2^k), 0)`` (``min(.., clip)`` for clipped ReLUs) mod p.
+output bits, weighted by :func:`~safenet.crypto.gc.relu_circuit.relu_weights`, become additive
+shares of ``max(round(v / 2^k), 0)`` (``min(.., clip)`` for clipped ReLUs) mod p.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from safenet.crypto.gc.relu import relu_circuit, relu_weights
+from safenet.crypto.gc.relu_circuit import relu_circuit, relu_weights
 from safenet.protocol import arith as A
 from safenet.protocol.garbled import GarbledClient, GarbledServer
 
