@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 import rbcl
 
+from safenet.channel import (
+    ConnectionClosed,
+    PeerError,
+    TransportTimeout,
+    connection_pair,
+)
 from safenet.crypto.ot import (
     InvalidPointError,
     OTError,
@@ -18,12 +24,6 @@ from safenet.crypto.ot import (
     base_ot_send,
 )
 from safenet.crypto.ot.bitmatrix import pack_bits, transpose, transpose_reference
-from safenet.protocol.transport import (
-    ConnectionClosed,
-    PeerError,
-    TransportTimeout,
-    connection_pair,
-)
 
 JOIN = 20.0  # seconds; every test joins its threads with a timeout, nothing can hang
 
