@@ -1,13 +1,19 @@
-"""The in-memory channel: the socket's frames, limits, errors and counters, without a socket."""
+"""The in-memory channel: the socket's frames, limits, errors and counters without a socket;
+and the channel package's place below crypto."""
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import safenet
 from safenet.channel import (
     ERROR_MAX,
     HEADER,
@@ -212,3 +218,21 @@ def test_large_arrays_cross_intact():
     y = b.recv_array("big", max_bytes=array_bytes(x.shape, x.dtype))
     x[0, 0] ^= np.uint64(1)
     np.testing.assert_array_equal(x, y)
+
+
+def test_the_channel_sits_below_crypto():
+    """safenet.channel imports nothing else of safenet; OT (crypto) needs only the channel."""
+    code = (
+        "import sys, safenet.channel; a = sorted(sys.modules); import safenet.crypto.ot; "
+        "print(' '.join(m for m in a if m.startswith('safenet'))); "
+        "print(' '.join(m for m in sys.modules if m.startswith('safenet')))"
+    )
+    src = str(Path(safenet.__file__).parents[1])  # the safenet this test imported
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+        env=env,
+    ).stdout.splitlines()  # fmt: skip
+    channel, ot = out[0].split(), out[1].split()
+    assert all(m == "safenet" or m.startswith("safenet.channel") for m in channel), channel
+    assert not [m for m in ot if m.startswith(("safenet.protocol", "safenet.plan"))], ot
