@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from safenet.protocol.transport import (
+from safenet.channel import (
     HEADER,
     KIND_BYTES,
     KIND_ERROR,

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from safenet.channel import connection_pair
 from safenet.crypto.ot import OTReceiver, OTSender, base_ot_recv, base_ot_send
-from safenet.protocol.transport import connection_pair
 
 TIMEOUT = 300.0
 

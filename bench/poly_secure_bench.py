@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from safenet.channel import connection_pair
 from safenet.checkpoint import load
 from safenet.data import ImageDataset
 from safenet.plan.compiler import compile_model
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession
 from safenet.protocol.session import encode_input
-from safenet.protocol.transport import connection_pair
 from safenet.protocol.verify import check_trace
 
 

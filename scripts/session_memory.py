@@ -16,8 +16,8 @@ import numpy as np
 
 from safenet import checkpoint
 from safenet.benchmark import random_plan
+from safenet.channel import listen
 from safenet.plan.ir import Plan
-from safenet.protocol.transport import listen
 from safenet.secure import default_session_memory, infer, serve
 
 

@@ -24,7 +24,7 @@ def _run_parties(server_fn, client_fn, timeout=60):
     """
     import threading
 
-    from safenet.protocol.transport import connection_pair
+    from safenet.channel import connection_pair
 
     a, b = connection_pair(timeout=timeout)
     out, err = {}, []

@@ -10,8 +10,9 @@ import pytest
 
 from conftest import serve_cli
 from safenet.benchmark import random_plan
+from safenet.channel import connect, listen
 from safenet.protocol.bank import Bank, BankError
-from safenet.protocol.transport import connect, handshake, listen
+from safenet.protocol.handshake import handshake
 from safenet.secure import infer, preprocess, serve
 
 SID = "0123456789abcdef0123456789abcdef"

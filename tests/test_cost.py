@@ -155,7 +155,7 @@ def test_loopback_measurement_fits_the_transport_limits():
     import inspect
 
     from safenet.approx.cost import measure_loopback
-    from safenet.protocol.transport import DEFAULT_MAX_MESSAGE
+    from safenet.channel import DEFAULT_MAX_MESSAGE
 
     default = inspect.signature(measure_loopback).parameters["nbytes"].default
     assert default + 4096 <= DEFAULT_MAX_MESSAGE

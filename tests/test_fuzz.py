@@ -34,14 +34,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from safenet.crypto.he import HEError
-from safenet.crypto.ot import OTError
-from safenet.nn import surgery
-from safenet.plan.compiler import compile_model
-from safenet.plan.ir import Plan
-from safenet.protocol.engine import ServerModel
-from safenet.protocol.session import client_session, server_session
-from safenet.protocol.transport import (
+from safenet.channel import (
     DEFAULT_MAX_MESSAGE,
     HEADER,
     KIND_ARRAY,
@@ -56,6 +49,13 @@ from safenet.protocol.transport import (
     connection_pair,
     listen,
 )
+from safenet.crypto.he import HEError
+from safenet.crypto.ot import OTError
+from safenet.nn import surgery
+from safenet.plan.compiler import compile_model
+from safenet.plan.ir import Plan
+from safenet.protocol.engine import ServerModel
+from safenet.protocol.session import client_session, server_session
 from safenet.secure import infer, serve
 
 MAX = 1 << 14  # max_message of the transport-level receivers

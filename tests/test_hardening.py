@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 
 from safenet.benchmark import random_plan
-from safenet.crypto.he import ClientKeys, HEContext
-from safenet.crypto.ot import OTReceiver
-from safenet.plan.ir import Plan
-from safenet.protocol.bank import Bank, BankError
-from safenet.protocol.engine import ServerModel, ServerSession, garbled_layers
-from safenet.protocol.transport import (
+from safenet.channel import (
     HEADER,
     MAGIC,
     VERSION,
@@ -25,6 +20,11 @@ from safenet.protocol.transport import (
     connection_pair,
     listen,
 )
+from safenet.crypto.he import ClientKeys, HEContext
+from safenet.crypto.ot import OTReceiver
+from safenet.plan.ir import Plan
+from safenet.protocol.bank import Bank, BankError
+from safenet.protocol.engine import ServerModel, ServerSession, garbled_layers
 from safenet.secure import infer, preprocess, serve
 
 SID = "0123456789abcdef0123456789abcdef"

@@ -192,7 +192,7 @@ def test_banked_max_pool_sessions_run_online_only(tmp_path):
     import socket
     import threading
 
-    from safenet.protocol.transport import listen
+    from safenet.channel import listen
     from safenet.secure import infer, preprocess, serve
 
     _, plan = _stem(poly=False)

@@ -21,18 +21,18 @@ import pytest
 import torch
 
 from safenet.benchmark import random_plan
-from safenet.nn import surgery
-from safenet.plan.compiler import compile_model
-from safenet.protocol.engine import ClientSession, MaterialSpent, ServerModel, ServerSession
-from safenet.protocol.session import client_session, encode_input, server_session
-from safenet.protocol.transport import (
+from safenet.channel import (
     ConnectionClosed,
-    HandshakeError,
     PeerError,
     ProtocolError,
     TransportError,
     connection_pair,
 )
+from safenet.nn import surgery
+from safenet.plan.compiler import compile_model
+from safenet.protocol.engine import ClientSession, MaterialSpent, ServerModel, ServerSession
+from safenet.protocol.handshake import HandshakeError
+from safenet.protocol.session import client_session, encode_input, server_session
 from safenet.protocol.verify import check_trace
 
 
@@ -213,7 +213,7 @@ def test_bad_peer_gives_a_clear_error_and_no_hang(small_plan, where):
         if where == "garbage":
             conn.sock.sendall(b"GARBAGE" * 10)
             return
-        from safenet.protocol.transport import handshake
+        from safenet.protocol.handshake import handshake
 
         handshake(conn, "client", small_plan.public().fingerprint())
         conn.send(b"\x00" * 100, label="he.pk")  # not a public key; then vanish
@@ -265,8 +265,7 @@ def test_pool_add_rescalerandom_plan(relu_ratio):
 def test_serve_and_infer_over_mutual_tls(tmp_path, small_plan):
     """serve() and infer() over TCP with TLS both ways; a client without a certificate is
     refused and the server goes on to the next one."""
-    from safenet.protocol.tls import TLSConfig, make_ca, make_certificate
-    from safenet.protocol.transport import TLSError
+    from safenet.channel import TLSConfig, TLSError, make_ca, make_certificate
     from safenet.secure import infer, serve
 
     ca = make_ca(tmp_path)

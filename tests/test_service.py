@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import serve_cli
+from safenet.channel import connect
 from safenet.checkpoint import load
 from safenet.cli import main
 from safenet.data.torchdata import ImageDataset
 from safenet.plan.compiler import compile_model
-from safenet.protocol.transport import connect, handshake
+from safenet.protocol.handshake import handshake
 
 
 def _safenet(*args):

@@ -14,21 +14,24 @@ import numpy as np
 import pytest
 from cryptography import x509
 
-from safenet.protocol.tls import TLSConfig, make_ca, make_certificate, make_self_signed
-from safenet.protocol.transport import (
+from safenet.channel import (
     HEADER,
     MAGIC,
     VERSION,
     ConnectionClosed,
     ProtocolError,
+    TLSConfig,
     TLSError,
     TransportError,
     TransportTimeout,
     accept,
     connect,
-    handshake,
     listen,
+    make_ca,
+    make_certificate,
+    make_self_signed,
 )
+from safenet.protocol.handshake import handshake
 
 WAIT = 5.0
 

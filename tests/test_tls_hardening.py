@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import safenet.secure
+from safenet.channel import TLSConfig, make_ca, make_self_signed
 from safenet.cli import _tls, build_parser, main
-from safenet.protocol.tls import TLSConfig, make_ca, make_self_signed
 
 WAIT = 5.0
 C, K, CA = "srv.crt", "srv.key", "ca.crt"  # _tls only checks which flags are given

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from safenet.protocol.transport import (
+from safenet.channel import (
     HEADER,
     KIND_ERROR,
     MAGIC,
@@ -178,7 +178,7 @@ def _both(fa, fb):
 
 
 def test_handshake_agrees_or_names_the_difference():
-    from safenet.protocol.transport import HandshakeError, handshake
+    from safenet.protocol.handshake import HandshakeError, handshake
 
     a, b = connection_pair(timeout=3)
     ra, rb = _both(
@@ -199,7 +199,7 @@ def test_handshake_agrees_or_names_the_difference():
 
 
 def test_listen_accept_connect_over_tcp():
-    from safenet.protocol.transport import accept, connect, listen
+    from safenet.channel import accept, connect, listen
 
     with listen("127.0.0.1", 0, accept_timeout=5) as listener:
         assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
@@ -229,7 +229,7 @@ def test_listen_accept_connect_over_tcp():
 
 
 def test_accept_and_connect_fail_cleanly():
-    from safenet.protocol.transport import TransportError, accept, connect, listen
+    from safenet.channel import TransportError, accept, connect, listen
 
     listener = listen("127.0.0.1", 0, accept_timeout=0.1)
     port = listener.getsockname()[1]

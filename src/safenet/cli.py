@@ -266,7 +266,7 @@ def _tls(args: argparse.Namespace, server: bool) -> object:
 
     Fails closed: a flag given without what it needs is a ValueError, never plaintext.
     """
-    from safenet.protocol.tls import TLSConfig
+    from safenet.channel import TLSConfig
 
     mutual = server and args.require_client_cert
     if mutual and not (args.tls_cert and args.tls_ca):
@@ -838,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         print("safenet: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # transport and protocol failures: one clear line, not a traceback
-        from safenet.protocol.transport import TransportError
+        from safenet.channel import TransportError
 
         if isinstance(e, TransportError):
             print(f"safenet: error: {type(e).__name__}: {e}", file=sys.stderr)

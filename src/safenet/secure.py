@@ -29,6 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from safenet.channel import (
+    DEFAULT_TIMEOUT,
+    TLSConfig,
+    TransportError,
+    accept,
+    connect,
+    listen,
+    wrap_accepted,
+)
 from safenet.crypto import aesni
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank
@@ -39,15 +48,6 @@ from safenet.protocol.session import (
     encode_input,
     open_client_bank,
     server_session,
-)
-from safenet.protocol.tls import TLSConfig
-from safenet.protocol.transport import (
-    DEFAULT_TIMEOUT,
-    TransportError,
-    accept,
-    connect,
-    listen,
-    wrap_accepted,
 )
 
 __all__ = [

@@ -302,7 +302,7 @@ BULK_REPEATS = 3
 
 
 def _echo(port: int, pings: int) -> None:
-    from safenet.protocol.transport import connect
+    from safenet.channel import connect
 
     with connect("127.0.0.1", port) as conn:
         for _ in range(pings):
@@ -318,7 +318,7 @@ def measure_loopback(nbytes: int = 128 << 20, pings: int = 200) -> Network:
     transport's ``max_message``, as every real frame is)."""
     import multiprocessing as mp
 
-    from safenet.protocol.transport import accept, listen
+    from safenet.channel import accept, listen
 
     lst = listen("127.0.0.1", 0)
     proc = mp.get_context("spawn").Process(target=_echo, args=(lst.getsockname()[1], pings))

@@ -1,5 +1,5 @@
-"""The two-party protocol (docs/protocol.md), bottom up: share arithmetic (:mod:`.arith`),
-framed messages over sockets and TLS (:mod:`.transport`, :mod:`.tls`), one layer kind per
+"""The two-party protocol (docs/protocol.md), bottom up, over :mod:`safenet.channel`: share
+arithmetic (:mod:`.arith`), the opening handshake (:mod:`.handshake`), one layer kind per
 module (:mod:`.linear` HE conv/linear, :mod:`.garbled` with :mod:`.relu_layer` and
 :mod:`.maxpool_layer` garbled layers, :mod:`.poly` polynomial channels), the statistical budget
 (:mod:`.statistical`), the engine that walks a plan offline then online (:mod:`.engine`), one

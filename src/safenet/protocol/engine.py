@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from safenet.channel import Connection, ProtocolError, array_bytes
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.gc import relu_circuit, tweak_span, warm_up
 from safenet.crypto.gc.circuit import Circuit
@@ -66,7 +67,6 @@ from safenet.protocol.statistical import (
     SessionBudget,
     poly_replies,
 )
-from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
 __all__ = [
     "ClientSession",

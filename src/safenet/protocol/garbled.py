@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from safenet.channel import Connection, ProtocolError, array_bytes
 from safenet.crypto.gc import garble
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.evaluate import evaluate_shares
@@ -34,7 +35,6 @@ from safenet.crypto.gc.garble import Garbled, encode_labels
 from safenet.crypto.gc.walk import tweak_span
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.protocol import arith as A
-from safenet.protocol.transport import Connection, ProtocolError, array_bytes
 
 __all__ = ["GarbledClient", "GarbledServer", "GarblingWorker", "share_bits"]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from safenet.protocol.transport import Connection
+from safenet.channel import Connection
 
 __all__ = ["Profile", "peak_rss_mib"]
 

@@ -1,6 +1,6 @@
 """One connection = one secure inference: plan and parameter exchange, handshake, both phases.
 
-Wire sequence (each step a labelled frame, see :mod:`safenet.protocol.transport`):
+Wire sequence (each step a labelled frame, see :mod:`safenet.channel`):
 
 1. client -> server ``session.request``: whether it needs the public plan, and the mode:
    ``full`` (offline + online), ``preprocess`` (``count`` offline phases, each stored in
@@ -9,7 +9,7 @@ Wire sequence (each step a labelled frame, see :mod:`safenet.protocol.transport`
    ``session_id``; each side consumes its copy before use);
 2. server -> client ``session.config`` (the :class:`SessionConfig`) and, if asked,
    ``session.plan`` (the public plan: architecture and ReLU masks, no weights);
-3. both: :func:`~safenet.protocol.transport.handshake` (protocol version, roles and the
+3. both: :func:`~safenet.protocol.handshake.handshake` (protocol version, roles and the
    public-plan fingerprint: a client that brought its own plan must match the server's);
 4. the phases of the mode (:mod:`safenet.protocol.engine`).
 """
@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from safenet.channel import Connection, ProtocolError, printable
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank, BankError
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession, SessionConfig
-from safenet.protocol.transport import Connection, ProtocolError, handshake, printable
+from safenet.protocol.handshake import handshake
 
 __all__ = [
     "client_preprocess",
@@ -174,11 +175,12 @@ def client_session(
     only the online phase runs; otherwise both phases run.
     """
     t0 = time.perf_counter()
-    banked = None
+    banked: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
     request: dict[str, Any] = {"mode": "full"}
     taken = bank.take_oldest() if bank is not None else None
     if taken is not None:  # consumed now: never reused, whatever happens next
-        sid, *banked = taken
+        sid, arrays, meta = taken
+        banked = arrays, meta
         request = {"mode": "online", "session_id": sid}
     public, config = _setup_client(conn, plan, request)
     try:

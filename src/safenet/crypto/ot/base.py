@@ -21,7 +21,7 @@ import struct
 import numpy as np
 import rbcl
 
-from safenet.protocol.transport import Connection
+from safenet.channel import Channel
 
 POINT_BYTES = rbcl.crypto_core_ristretto255_BYTES  # 32
 SID_BYTES = 16
@@ -38,13 +38,13 @@ class InvalidPointError(OTError):
     """The peer sent a byte string that is not an acceptable ristretto255 point."""
 
 
-def _fail(conn: Connection, err: OTError) -> OTError:
+def _fail(conn: Channel, err: OTError) -> OTError:
     """Tell the peer we give up (so it fails fast rather than waiting), return ``err``."""
     conn.send_error(str(err))
     return err
 
 
-def _check_point(conn: Connection, p: bytes, what: str) -> None:
+def _check_point(conn: Channel, p: bytes, what: str) -> None:
     if p == _IDENTITY or not rbcl.crypto_core_ristretto255_is_valid_point(p):
         raise _fail(conn, InvalidPointError(f"{what}: not a valid ristretto255 point ({p.hex()})"))
 
@@ -61,7 +61,7 @@ def _blocks(keys: list[bytes]) -> np.ndarray:
 
 
 def base_ot_send(
-    conn: Connection, count: int = 128, *, session: bytes = b"", label: str = "ot.base"
+    conn: Channel, count: int = 128, *, session: bytes = b"", label: str = "ot.base"
 ) -> np.ndarray:
     """Sender side of ``count`` random OTs; returns both keys, uint64 shape (count, 2, 2)."""
     if count < 1:
@@ -89,7 +89,7 @@ def base_ot_send(
 
 
 def base_ot_recv(
-    conn: Connection, choices: np.ndarray, *, session: bytes = b"", label: str = "ot.base"
+    conn: Channel, choices: np.ndarray, *, session: bytes = b"", label: str = "ot.base"
 ) -> np.ndarray:
     """Receiver side: for choice bits ``choices`` returns the chosen keys, shape (count, 2)."""
     c = np.asarray(choices).astype(np.uint8).reshape(-1)

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from safenet.channel import Channel, array_bytes
 from safenet.crypto.aes import OT_TWEAK_DOMAIN, FixedKeyAES, random_blocks
 from safenet.crypto.ot.base import OTError, _fail, base_ot_recv, base_ot_send
 from safenet.crypto.ot.bitmatrix import KAPPA, pack_bits, transpose
-from safenet.protocol.transport import Connection, array_bytes
 
 TWEAK_DOMAIN = OT_TWEAK_DOMAIN  # OT tweaks live in [TWEAK_DOMAIN, TWEAK_DOMAIN + 2^48)
 MAX_OTS = 1 << 48  # per setup; beyond it tweaks would leave their range
@@ -87,7 +87,7 @@ def _as_blocks(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
 class _Party:
     """State shared by both ends: connection, labels, counters, failure latch."""
 
-    def __init__(self, conn: Connection, session: bytes, label: str) -> None:
+    def __init__(self, conn: Channel, session: bytes, label: str) -> None:
         self.conn = conn
         self.session = bytes(session)
         self.label_base = f"{label}.base"
@@ -131,15 +131,38 @@ class _Party:
 
 
 class OTSender(_Party):
-    """IKNP sender over ``conn``; ``delta`` (uint64 (2,)) fixes s = Δ for correlated OT.
+    """IKNP OT-extension sender: chosen-message, Δ-correlated and random OTs.
 
-    Without ``delta`` a uniform s with its lowest bit set is drawn (usable as a free-XOR Δ
-    with point-and-permute; read it from :attr:`delta`).
+    The first call (or :meth:`setup`) runs the κ = 128 base OTs with the receiver; each
+    later call extends to any number m of OTs in one message each way, with fresh PRG
+    nonces and hash tweaks. Messages and labels are 128-bit blocks, uint64 pairs.
+
+    Args:
+        conn: the channel to the :class:`OTReceiver` (any :class:`~safenet.channel.Channel`).
+        delta: uint64 (2,), the global correlation s = Δ (correlated OT then costs one block
+            per OT). Default: uniform with its lowest bit set, a free-XOR Δ usable with
+            point-and-permute (read it from :attr:`delta`).
+        session: bytes bound into the base OTs' keys.
+        label: prefix of the frame labels (``<label>.base``, ``<label>.ext``).
+
+    Returns:
+        A sender whose :meth:`send` (pairs (m, 2, 2)), :meth:`send_correlated` (zero labels
+        (m, 2)) and :meth:`send_random` (m; returns the uniform pairs (m, 2, 2)) each match
+        the receiver's :meth:`~OTReceiver.recv`, :meth:`~OTReceiver.recv_correlated` and
+        :meth:`~OTReceiver.recv_random`. After any error it refuses further use.
+
+    Example::
+
+        a, b = memory_pair()                      # or connection_pair(), connect()...
+        sender, receiver = OTSender(a), OTReceiver(b)
+        # each party in its own thread or process:
+        sender.send(pairs)                        # pairs: uint64 (m, 2, 2)
+        got = receiver.recv(choices)              # got[j] == pairs[j, choices[j]]
     """
 
     def __init__(
         self,
-        conn: Connection,
+        conn: Channel,
         *,
         delta: np.ndarray | None = None,
         session: bytes = b"",
@@ -255,9 +278,26 @@ class OTSender(_Party):
 
 
 class OTReceiver(_Party):
-    """IKNP receiver over ``conn`` (base-OT sender at setup)."""
+    """IKNP OT-extension receiver: learns one message of each of the sender's pairs.
 
-    def __init__(self, conn: Connection, *, session: bytes = b"", label: str = "ot") -> None:
+    The base-OT *sender* at setup (the roles reverse), then one message each way per call.
+
+    Args:
+        conn: the channel to the :class:`OTSender` (any :class:`~safenet.channel.Channel`).
+        session: bytes bound into the base OTs' keys (as the sender's).
+        label: prefix of the frame labels (as the sender's).
+
+    Returns:
+        A receiver whose :meth:`recv`, :meth:`recv_correlated` and :meth:`recv_random` take
+        choice bits (m,) and return the chosen blocks, uint64 (m, 2).
+
+    Example::
+
+        got = receiver.recv_correlated(choices)   # while the sender runs
+        # sender.send_correlated(zero): got[j] == zero[j] ^ (choices[j] * sender.delta)
+    """
+
+    def __init__(self, conn: Channel, *, session: bytes = b"", label: str = "ot") -> None:
         super().__init__(conn, session, label)
         self._seeds0: list[bytes] = []
         self._seeds1: list[bytes] = []

@@ -1,4 +1,5 @@
-"""TLS for the transport: configuration, SSL contexts, and throw-away certificates.
+"""TLS for the socket channel: configuration, SSL contexts, the time-limited handshake,
+readable TLS errors, and throw-away certificates.
 
 :class:`TLSConfig` describes one end (server or client) and builds the matching
 :class:`ssl.SSLContext`: TLS 1.2 at least (1.3 whenever both ends have it), forward-secret
@@ -10,6 +11,10 @@ construction, never a silent downgrade. A server issues no session tickets (TLS 
 
 :func:`make_self_signed`, :func:`make_ca` and :func:`make_certificate` write short-lived
 EC P-256 certificates for tests and local deployments, so nobody has to drive ``openssl``.
+
+:func:`tls_handshake` wraps a connected socket and runs the handshake under one deadline,
+turning every failure into a :class:`~safenet.channel.base.TLSError` whose message
+:func:`describe_tls_error` makes readable (no OpenSSL source locations).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +33,43 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from safenet.protocol.transport import TLSError
+from safenet.channel.base import TLSError
 
 StrPath = str | os.PathLike[str]
 
 # TLS 1.2 suites with ephemeral ECDH and an AEAD; TLS 1.3 suites are all fine and unaffected.
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: what an SSL socket raises when the peer closed the connection
+TLS_CLOSED = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+# OpenSSL reasons worth translating: what they usually mean for safenet's two parties.
+_TLS_HINTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer rejected our certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer refused the handshake (a client certificate?)",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS",
+    "HTTP_REQUEST": "the peer does not speak TLS",
+    "RECORD_LAYER_FAILURE": "the peer does not speak TLS",
+    "PACKET_LENGTH_TOO_LONG": "the peer does not speak TLS",
+    "UNEXPECTED_MESSAGE": "the peer does not speak TLS",
+}
+
+
+def describe_tls_error(e: ssl.SSLError) -> str:
+    """A short human reason for an ``ssl.SSLError`` (no OpenSSL source locations)."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {e.verify_message}"
+    if isinstance(e, TLS_CLOSED):
+        return "the peer closed the connection"
+    reason = getattr(e, "reason", None)
+    if not reason:
+        return str(e)
+    hint = _TLS_HINTS.get(reason)
+    return f"{hint} ({reason})" if hint else reason.lower().replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -115,6 +152,46 @@ def _load(loader: Callable[[StrPath], object], what: str, path: StrPath) -> None
         loader(path)
     except OSError as e:  # ssl.SSLError included (bad PEM, key not matching the certificate)
         raise TLSError(f"cannot load TLS {what} {os.fspath(path)!r}: {e}") from e
+
+
+def tls_handshake(
+    context: ssl.SSLContext,
+    sock: socket.socket,
+    *,
+    server_side: bool,
+    server_hostname: str | None,
+    timeout: float | None,
+    peer: str,
+) -> ssl.SSLSocket:
+    """Wrap ``sock`` and run the handshake; on any failure close it and raise TLSError.
+
+    CPython applies an SSL socket's timeout to the whole handshake (one deadline, not one
+    per read), which is what bounds a peer that trickles bytes.
+    """
+    try:
+        tls_sock = context.wrap_socket(
+            sock,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+    except TimeoutError as e:
+        tls_sock.close()
+        raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s") from e
+    except OSError as e:  # ssl.SSLError, or the TCP connection reset
+        tls_sock.close()
+        if isinstance(e, ssl.SSLError) and not isinstance(e, TLS_CLOSED):
+            why = describe_tls_error(e)
+        else:
+            why = "the connection was closed (does the peer speak TLS? did it refuse us?)"
+        raise TLSError(f"TLS handshake with {peer} failed: {why}") from e
+    return tls_sock
 
 
 # ---- certificates -------------------------------------------------------------------------
