@@ -1,56 +1,26 @@
-"""Shared fixtures; single-threaded torch keeps the tests fast and reproducible."""
+"""Shared fixtures (helpers that are not fixtures live in ``helpers.py``); single-threaded
+torch keeps the tests fast and reproducible."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(1)
+import helpers
 
-DATA_DIR = Path(__file__).parent / "data"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``tests/data``: holds ``fashion-mnist/`` (600 train and 400 test images, gzip IDX)."""
-    return DATA_DIR
-
-
-def _run_parties(server_fn, client_fn, timeout=60):
-    """Run ``server_fn(conn)`` in a thread and ``client_fn(conn)`` here, over a socketpair.
-
-    Returns ``{"server": ..., "client": ...}``; the server's exception, if any, is re-raised
-    (its end is closed first, so the client cannot wait forever).
-    """
-    import threading
-
-    from safenet.channel import connection_pair
-
-    a, b = connection_pair(timeout=timeout)
-    out, err = {}, []
-
-    def srv():
-        try:
-            out["server"] = server_fn(a)
-        except BaseException as e:
-            err.append(e)
-            a.close()
-
-    t = threading.Thread(target=srv)
-    t.start()
-    try:
-        out["client"] = client_fn(b)
-    finally:
-        t.join(timeout)
-    if err:
-        raise err[0]
-    return out
+    """``tests/fixtures``: holds ``fashion-mnist/`` (600 train and 400 test images, gzip IDX)."""
+    return helpers.FIXTURES
 
 
 @pytest.fixture
 def run_parties():
-    """The two-party runner :func:`_run_parties`."""
-    return _run_parties
+    """The two-party runner :func:`helpers.run_parties`."""
+    return helpers.run_parties
 
 
 @pytest.fixture(scope="session")
@@ -62,23 +32,3 @@ def tiny_lenet(tmp_path_factory, data_dir) -> Path:
     cfg = TrainConfig(arch="lenet5", epochs=1, batch_size=64, limit=600, width=2)
     train(cfg, out, data_dir, log=lambda _m: None)
     return out
-
-
-def serve_cli(*args):
-    """Start ``safenet serve ARGS --port 0`` as a process; returns (process, port)."""
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "safenet.cli", "serve", "--port", "0", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    line = proc.stdout.readline()
-    if "safenet serve" not in line:
-        proc.kill()
-        raise AssertionError(line + proc.stderr.read())
-    return proc, int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])

@@ -3,20 +3,19 @@ torchvision-style ResNet-18 with its max-pool stem, VGG-11 with max pooling, Mob
 depthwise convolutions and ReLU6): each compiles, runs securely, exact against the reference
 (all-ReLU) or within the stated bound op by op (approximated), and is costed."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import safenet
+from helpers import REPO
 from safenet.approx.cost import count
 from safenet.benchmark import randomize
 from safenet.nn import surgery
 from safenet.nn.modelfile import load_builder
 from safenet.protocol.session import encode_input
 
-NETS = Path(__file__).resolve().parents[1] / "examples" / "nets.py"
+NETS = REPO / "examples" / "nets.py"
 
 SMALL = {  # small widths and inputs keep the suite fast; bench/nets_bench.py runs full ones
     "resnet18": ({"num_classes": 10, "width": 8}, (3, 32, 32)),

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import serve_cli
+from helpers import serve_cli
 from safenet import checkpoint
 from safenet.cli import main
 from safenet.data import DatasetError, ImageDataset, dataset_info

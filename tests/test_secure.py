@@ -38,7 +38,7 @@ from safenet.protocol.verify import check_trace
 
 def _secure(plan, x, keep_trace=False):
     """Both parties in threads over a socketpair; returns (output, server, client)."""
-    from conftest import _run_parties
+    from helpers import run_parties as _run_parties
 
     def server(conn):
         srv = ServerSession(ServerModel(plan), conn, keep_trace=keep_trace)

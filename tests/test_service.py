@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import serve_cli
+from helpers import serve_cli
 from safenet.channel import connect
 from safenet.checkpoint import load
 from safenet.cli import main

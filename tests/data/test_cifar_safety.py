@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import make_cifar
 from safenet.data import DatasetError, load_dataset
-from test_data import make_cifar
 
 cifar = importlib.import_module("safenet.data.cifar")
 

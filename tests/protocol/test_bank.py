@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import serve_cli
+from helpers import serve_cli
 from safenet.benchmark import random_plan
 from safenet.channel import connect, listen
 from safenet.protocol.bank import Bank, BankError

@@ -1,13 +1,12 @@
 """safenet.approx.scoring: which channels keep their ReLU."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import FIXTURES
 from safenet.approx.scoring import CRITERIA, ranking_agreement, score_channels
 from safenet.data import ImageDataset
 from safenet.nn.activation import fit_relu_polynomial
@@ -51,7 +50,7 @@ def layer_gap(x: torch.Tensor, degree: int = 2) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lenet_and_batches():
-    data_dir = Path(__file__).parent / "data"
+    data_dir = FIXTURES
     ds = ImageDataset("fashion-mnist", "test", data_dir, limit=48)
     torch.manual_seed(0)
     model = convert(build_model("lenet5", width=2).eval(), ds.normalize(ds.images[:2]))

@@ -2,16 +2,15 @@
 
 import gzip
 import importlib
-import io
 import pickle
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import make_cifar
 from safenet.data import (
     DATASETS,
     ENV_VAR,
@@ -233,56 +232,6 @@ def test_images_and_labels_disagree(tmp_path):
 
 
 # --------------------------------------------------------------------------- CIFAR
-
-CIFAR = {
-    # name: (folder, archive, {split: files}, label key, classes)
-    "cifar10": (
-        "cifar-10-batches-py",
-        "cifar-10-python.tar.gz",
-        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
-        b"labels",
-        10,
-    ),
-    "cifar100": (
-        "cifar-100-python",
-        "cifar-100-python.tar.gz",
-        {"train": ["train"], "test": ["test"]},
-        b"fine_labels",
-        100,
-    ),
-}
-
-
-def make_cifar(root: Path, name: str, archive: bool, per_file: int = 3) -> dict:
-    """Write CIFAR files in the official python-pickle layout; returns the expected arrays."""
-    folder, archive_name, files, label_key, classes = CIFAR[name]
-    rng = np.random.default_rng(len(name))
-    expected = {}
-    blobs = {}
-    for split, names in files.items():
-        xs, ys = [], []
-        for fn in names:
-            data = rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8)
-            labels = rng.integers(0, classes, size=per_file).tolist()
-            entry = {b"batch_label": fn.encode(), b"data": data, label_key: labels}
-            if name == "cifar100":
-                entry[b"coarse_labels"] = [v // 5 for v in labels]
-            blobs[fn] = pickle.dumps(entry, protocol=2)
-            xs.append(data)
-            ys += labels
-        expected[split] = (np.concatenate(xs), np.array(ys))
-    if archive:
-        root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(root / archive_name, "w:gz") as tar:
-            for fn, blob in blobs.items():
-                info = tarfile.TarInfo(f"{folder}/{fn}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-    else:
-        (root / folder).mkdir(parents=True)
-        for fn, blob in blobs.items():
-            (root / folder / fn).write_bytes(blob)
-    return expected
 
 
 @pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])

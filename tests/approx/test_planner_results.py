@@ -2,11 +2,12 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "planner_results.py"
+from helpers import REPO
+
+_PATH = REPO / "bench" / "planner_results.py"
 _spec = importlib.util.spec_from_file_location("planner_results", _PATH)
 pr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pr)
