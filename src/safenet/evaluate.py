@@ -85,7 +85,12 @@ def evaluate_model(
     if shape != ck.input_shape:
         raise ValueError(f"model takes inputs of shape {ck.input_shape}, {dataset} has {shape}")
     plan = compile_model(model, shape, field)
-    report = {"model": str(model_ref), "arch": ck.arch, "dataset": dataset, "split": split}
+    report: dict[str, Any] = {
+        "model": str(model_ref),
+        "arch": ck.arch,
+        "dataset": dataset,
+        "split": split,
+    }
     report |= evaluate_plan(model, plan, ds, progress=progress)
     report |= plan.counts()
     report |= {

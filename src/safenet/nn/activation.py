@@ -57,6 +57,11 @@ class ChannelActivation(nn.Module):
     range where the fixed-point protocol is exact.
     """
 
+    # buffers (register_buffer), declared so that type checkers see tensors, not Module
+    relu_mask: torch.Tensor
+    blend: torch.Tensor
+    input_bound: torch.Tensor
+
     def __init__(
         self,
         num_channels: int,
