@@ -1,4 +1,10 @@
-"""``safenet eval``: float accuracy, fixed-point accuracy and their agreement on a dataset."""
+"""``safenet eval``: float accuracy, fixed-point accuracy and their agreement on a dataset.
+
+:func:`evaluate_plan` compares a model with its compiled plan on a dataset,
+:func:`evaluate_model` does so for a checkpoint (the ``safenet eval`` report), and
+:func:`secure_check` says whether a checkpoint can be served as trained (no overflows, few
+truncation failures), warning otherwise.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readers for the IDX format of MNIST and Fashion-MNIST (plain or gzip)."""
+"""The IDX format of MNIST and Fashion-MNIST (plain or gzip): reading any file, writing uint8."""
 
 from __future__ import annotations
 
