@@ -4,7 +4,10 @@ The plaintext half lives here: datasets (:mod:`safenet.data`), the model zoo and
 channel-wise approximated activation (:mod:`safenet.nn`), channel scoring and fine-tuning
 (:mod:`safenet.approx`), and :func:`compile`, which lowers a model to an integer
 :class:`~safenet.plan.Plan` over a prime field whose :meth:`~safenet.plan.Plan.reference`
-is the oracle for the secure protocol.
+is the oracle for the secure protocol. The secure half is :mod:`safenet.secure`
+(:func:`~safenet.secure.run_local`, :func:`~safenet.secure.serve`,
+:func:`~safenet.secure.infer`) over :mod:`safenet.protocol` and :mod:`safenet.crypto`.
+The names in ``__all__`` are imported on first use, so ``import safenet`` stays light.
 """
 
 from typing import Any

@@ -1,4 +1,10 @@
-"""``safenet eval``: float accuracy, fixed-point accuracy and their agreement on a dataset."""
+"""``safenet eval``: float accuracy, fixed-point accuracy and their agreement on a dataset.
+
+:func:`evaluate_plan` compares a model with its compiled plan on a dataset,
+:func:`evaluate_model` does so for a checkpoint (the ``safenet eval`` report), and
+:func:`secure_check` says whether a checkpoint can be served as trained (no overflows, few
+truncation failures), warning otherwise.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +91,12 @@ def evaluate_model(
     if shape != ck.input_shape:
         raise ValueError(f"model takes inputs of shape {ck.input_shape}, {dataset} has {shape}")
     plan = compile_model(model, shape, field)
-    report = {"model": str(model_ref), "arch": ck.arch, "dataset": dataset, "split": split}
+    report: dict[str, Any] = {
+        "model": str(model_ref),
+        "arch": ck.arch,
+        "dataset": dataset,
+        "split": split,
+    }
     report |= evaluate_plan(model, plan, ds, progress=progress)
     report |= plan.counts()
     report |= {

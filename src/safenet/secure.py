@@ -2,9 +2,14 @@
 
 * :func:`run_local` starts the server and the client as two processes talking over TCP on
   loopback and returns the client's output with a merged cost report;
-* :func:`serve` answers clients one after another until stopped (a failing client is
-  reported and the server goes on);
-* :func:`infer` is one private query from the client's side.
+* :func:`serve` answers clients until stopped, one after another or each in a forked
+  worker (a failing client is reported and the server goes on);
+* :func:`infer` is one private query from the client's side, :func:`infer_image` one on a
+  picture file, prepared as the server's public plan says;
+* :func:`preprocess` runs offline phases ahead into a preprocessing bank, so that later
+  queries pay only the online phase;
+* :func:`merge_reports` and :func:`phase_bytes` combine the two parties' cost reports;
+  :func:`default_session_memory` and :func:`limit_memory` cap a forked session's memory.
 
 Inputs are real-valued arrays in the plan's input shape (encoded here at the plan's input
 scale) unless ``encoded=True``; outputs are reals (decoded at the output scale) unless
@@ -85,15 +90,43 @@ def infer(
     progress: Callable[[int, int], None] | None = None,
     bank: str | Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One private inference against a :func:`serve` server; returns (output, client report).
-
-    ``progress(done, total)`` is called after each op of the offline phase. With ``bank``
-    (a folder filled by :func:`preprocess`) a preprocessed session is used if one is left:
-    only the online phase runs (``report["mode"] == "online"``).
+    """One private inference against a :func:`serve` server, from the client's side.
 
     Without ``plan`` the public plan (architecture, no weights) is fetched from the server
-    first; its input shape then checks ``x``. ``x`` may be a function of the public plan
-    returning the input (:func:`infer_image` prepares a picture so).
+    first and its input shape then checks ``x``. With ``bank`` (a folder filled by
+    :func:`preprocess`) a preprocessed session is used if one is left, so that only the
+    online phase runs (``report["mode"] == "online"``).
+
+    Args:
+        host: the server's address.
+        port: the server's TCP port.
+        x: the input, or a function of the public plan that returns it
+            (:func:`infer_image` prepares a picture so).
+        plan: the plan (its public part suffices) to check ``x`` against before
+            connecting. Default: fetched from the server (or the bank's plan).
+        encoded: ``x`` is already integers at the plan's input scale. Default: False.
+        decode: return reals (the output divided by ``2**plan.output_scale``); False
+            returns the field integers. Default: True.
+        tls: the client's TLS settings (the server's CA, a client certificate where the
+            server demands one). Default: None (plain TCP).
+        timeout: the longest wait (seconds) for the peer in any one send or receive;
+            None waits forever. Default: 120.
+        progress: ``progress(done, total)`` is called after each op of the offline phase.
+        bank: folder of the client's preprocessing bank. Default: None (full protocol).
+
+    Returns:
+        ``(output, report)``: the model's output and the client's cost report (time and
+        bytes per phase and primitive, ``"mode"``: ``"full"`` or ``"online"``).
+
+    Shape:
+        - x: ``plan.input_shape``, one input without the batch dimension, e.g. (C, H, W).
+        - output: the shape of the plan's last op, e.g. (num_classes,).
+
+    Example:
+        >>> from safenet.secure import infer
+        >>> y, report = infer("127.0.0.1", 7000, x)  # x: (1, 28, 28), a server on port 7000
+        >>> y.shape, report["mode"]
+        ((10,), 'full')
     """
     client_bank = None
     if bank is not None and (Path(bank) / "plan.zip").exists():
@@ -261,19 +294,51 @@ def serve(
     bank: str | Path | None = None,
     session_memory: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Serve secure inferences; returns the per-connection reports.
+    """Serve secure inferences of ``plan`` to clients (:func:`infer`) until stopped.
 
     A client that fails (disconnects, sends garbage, disagrees on the plan) ends only its
     own session: the error is logged and sent to it where possible, and the server goes on.
-    ``max_sessions`` stops after that many connections (None: forever); ``on_ready(port)``
-    is called once listening. With ``concurrency > 1`` each connection runs in its own
-    forked process (sharing the prepared model copy-on-write), at most ``concurrency`` at a
-    time; a crash of one cannot touch the others. ``bank`` is the folder of the server's
-    preprocessing bank (needed for clients that preprocess). ``session_memory`` (bytes) caps
-    what each worker may allocate beyond the shared model (Linux, forked workers only;
-    default :func:`default_session_memory`, 0 for no cap): a session that needs more fails
-    with MemoryError, the others go on. To stop a server running in
-    another thread, ``shutdown`` and close the ``listener`` it was given.
+    With ``concurrency > 1`` each connection runs in its own forked process (sharing the
+    prepared model copy-on-write), at most ``concurrency`` at a time; a crash of one cannot
+    touch the others. To stop a server running in another thread, ``shutdown`` and close
+    the ``listener`` it was given.
+
+    Args:
+        plan: the full plan, weights included; clients get only its public part.
+        host: address to listen on (when no ``listener`` is given). Default: loopback.
+        port: TCP port to listen on; 0 picks a free one (see ``on_ready``). Default: 0.
+        config: protocol settings of the sessions. Default: the engine's defaults.
+        tls: the server's TLS settings (its certificate, and the clients' CA for mutual
+            TLS), checked before the first client. Default: None (plain TCP).
+        max_sessions: stop after this many connections. Default: None (forever).
+        timeout: the longest wait (seconds) for the peer in any one send or receive;
+            None waits forever. Default: 120.
+        listener: a listening socket to accept on instead of ``host``/``port``; it is left
+            open on return.
+        on_ready: called once as ``on_ready(port)`` when listening.
+        concurrency: how many sessions may run at once, each in a forked worker (where
+            ``fork`` is available and this process is not a daemon). Default: 1 (in this
+            process, one after another).
+        bank: folder of the server's preprocessing bank (needed for clients that
+            preprocess); banked sessions made for another model version are discarded.
+        session_memory: bytes each forked worker may allocate beyond the shared model
+            (Linux); a session that needs more fails with MemoryError, the others go on.
+            Default: :func:`default_session_memory`; 0 for no cap.
+
+    Returns:
+        One report per connection, in the order they ended: the server's cost report and
+        ``"peer"``, or ``"peer"`` and ``"error"`` for a failed session.
+
+    Example:
+        >>> import queue, threading
+        >>> from safenet.secure import infer, serve
+        >>> ports = queue.Queue()
+        >>> server = threading.Thread(
+        ...     target=serve, args=(plan,), kwargs={"max_sessions": 1, "on_ready": ports.put}
+        ... )
+        >>> server.start()
+        >>> y, report = infer("127.0.0.1", ports.get(), x)
+        >>> server.join()  # serve returned after its one session
     """
     model = ServerModel(plan, config)
     if session_memory is None:
@@ -416,8 +481,42 @@ def run_local(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run one secure inference with server and client as two processes over loopback TCP.
 
-    Returns the client's output and a report merged from both parties
-    (see :func:`merge_reports`). The client process gets only the public plan.
+    The server process loads the full plan, the client process only its public part and
+    ``x``. Both are started with ``spawn``, which re-imports the caller's main module: call
+    this from a file, under ``if __name__ == "__main__":``.
+
+    Args:
+        plan: the full plan (weights included), e.g. from :func:`safenet.compile`.
+        x: the input.
+        config: protocol settings of the session. Default: the engine's defaults.
+        encoded: ``x`` is already integers at the plan's input scale. Default: False.
+        decode: return reals (the output divided by ``2**plan.output_scale``); False
+            returns the field integers. Default: True.
+        timeout: seconds to wait for the parties' results; also each party's network
+            timeout. Default: 600.
+
+    Returns:
+        ``(output, report)``: the client's output and one report merged from both parties
+        (:func:`merge_reports`: ``offline_s``, ``online_s``, bytes, rounds, counts, both
+        breakdowns) plus ``wall_s``, the wall time from the client's start.
+
+    Raises:
+        SecureRunError: a party failed (its traceback in the message), died, or gave no
+            result within ``timeout``.
+
+    Shape:
+        - x: ``plan.input_shape``, one input without the batch dimension, e.g. (C, H, W).
+        - output: the shape of the plan's last op, e.g. (num_classes,).
+
+    Example:
+        >>> import numpy as np, safenet
+        >>> from safenet.nn import build_model
+        >>> from safenet.secure import run_local
+        >>> plan = safenet.compile(build_model("lenet5").eval(), (1, 28, 28))
+        >>> x = np.random.rand(1, 28, 28)
+        >>> y, report = run_local(plan, x)
+        >>> y.shape, bool(np.array_equal(y, plan.reference(x)))  # all-ReLU plans: bit-exact
+        ((10,), True)
     """
     xi = encode_input(plan, x, encoded)
     with tempfile.TemporaryDirectory(prefix="safenet-run-") as tmp:

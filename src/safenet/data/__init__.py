@@ -1,4 +1,9 @@
-"""Datasets: MNIST and Fashion-MNIST (IDX), CIFAR-10/100 (python pickles), and fetching."""
+"""Datasets: MNIST and Fashion-MNIST (IDX), CIFAR-10/100 (python pickles), image folders.
+
+The registry (:func:`dataset_info`, :func:`load_dataset`) names them and finds them on disk,
+:func:`fetch` downloads them, and :class:`ImageDataset` / :func:`make_loader` serve them to
+PyTorch as normalised tensors.
+"""
 
 from safenet.data.errors import DatasetError
 from safenet.data.fetch import fetch

@@ -46,9 +46,19 @@ def _latin1_encode(text: str, encoding: str) -> bytes:
     return text.encode("latin-1")
 
 
-# numpy's array reconstructor; its module is numpy.core.multiarray before numpy 2 (the
-# official archives) and numpy._core.multiarray since, so it is taken from an array.
-_RECONSTRUCT = np.empty(0, np.uint8).__reduce__()[0]
+def _array_reconstructor() -> Callable[..., object]:
+    """numpy's array reconstructor, the global an array's pickle names first.
+
+    Its module is ``numpy.core.multiarray`` before numpy 2 (the official archives) and
+    ``numpy._core.multiarray`` since, so it is taken from an array's reduction, not by name.
+    """
+    reduced = np.empty(0, np.uint8).__reduce__()
+    if isinstance(reduced, str):  # what singletons reduce to; an array never does
+        raise TypeError("a numpy array reduced to a global name, not a reconstructor")
+    return reduced[0]
+
+
+_RECONSTRUCT = _array_reconstructor()
 _ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,

@@ -1,4 +1,4 @@
-"""Readers for the IDX format of MNIST and Fashion-MNIST (plain or gzip)."""
+"""The IDX format of MNIST and Fashion-MNIST (plain or gzip): reading any file, writing uint8."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import numpy as np
 
 from safenet.data.errors import DatasetError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# IDX type code -> element type (the multi-byte ones big-endian, as IDX stores them)
+_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -28,7 +36,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path} is truncated (header)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[raw[2]])
+    dtype = _DTYPES[raw[2]]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise DatasetError(

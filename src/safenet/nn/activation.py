@@ -35,27 +35,52 @@ def fit_relu_polynomial(
 
 
 class ChannelActivation(nn.Module):
-    """ReLU on the channels in ``relu_mask``, a polynomial of ``degree`` on the others.
+    """ReLU on the channels in ``relu_mask``, a trainable polynomial on the others.
 
-    Args:
-        num_channels: size of dimension 1 of the input (conv channels or linear features).
-        degree: 2 or 3.
-        relu_mask: bool tensor (num_channels,), True = keep ReLU. Default: all ReLU.
-        per_channel: one coefficient vector per channel instead of one for the layer.
-        clip: a clipped ReLU ``min(max(x, 0), clip)`` (ReLU6: 6) on the kept channels, which
-            the polynomials are then fitted to.
-
-    ``coefficients`` has shape (groups, degree + 1), constant term first. ``blend`` in
-    [0, 1] mixes ReLU into the polynomial channels, ``(1 - blend) * relu + blend * poly``;
-    fine-tuning raises it from 0 to 1 and inference always uses 1.
+    The polynomial has ``degree`` 2 or 3 and ``coefficients`` of shape
+    (groups, degree + 1), constant term first: one row for the layer, or one per channel
+    with ``per_channel``. Until :meth:`fit` they hold Delphi's quadratic. The ``blend``
+    buffer in [0, 1] mixes ReLU into the polynomial channels,
+    ``(1 - blend) * relu + blend * poly``; fine-tuning raises it from 0 to 1 and inference
+    always uses 1.
 
     ``input_bound`` is the largest |pre-activation| the polynomial was fitted on
-    (:meth:`fit`). Beyond it a polynomial no longer follows ReLU and, layer after layer,
-    can blow up (a cube of a cube...): in training mode ``range_excess`` holds
+    (:meth:`fit`; 0 until then). Beyond it a polynomial no longer follows ReLU and, layer
+    after layer, can blow up (a cube of a cube...): in training mode ``range_excess`` holds
     ``sum (|x| / input_bound - 1)_+^2`` over the polynomial channels per image (batch mean),
     which fine-tuning adds to its loss (:func:`range_penalty`) to keep the network inside the
     range where the fixed-point protocol is exact.
+
+    Args:
+        num_channels: size of dimension 1 of the input (conv channels or linear features).
+        degree: degree of the polynomial, 2 or 3. Default: 2.
+        relu_mask: bool tensor of shape (num_channels,), True where ReLU is kept.
+            Default: ReLU on every channel.
+        per_channel: one coefficient row per channel instead of one for the layer.
+            Default: False.
+        clip: if given, the kept channels compute the clipped ReLU
+            ``min(max(x, 0), clip)`` (ReLU6: 6) and the polynomials are fitted to it.
+            Default: None (plain ReLU).
+
+    Shape:
+        - Input: (N, C, *) with C = ``num_channels``.
+        - Output: (N, C, *), the shape of the input.
+
+    Example:
+        >>> import torch
+        >>> from safenet.nn import ChannelActivation
+        >>> act = ChannelActivation(4, relu_mask=torch.tensor([True, True, False, False]))
+        >>> act.ratio
+        0.5
+        >>> act.fit(torch.randn(256, 4, 8, 8))  # least squares to ReLU on samples
+        >>> act(torch.randn(2, 4, 8, 8)).shape
+        torch.Size([2, 4, 8, 8])
     """
+
+    # buffers (register_buffer), declared so that type checkers see tensors, not Module
+    relu_mask: torch.Tensor
+    blend: torch.Tensor
+    input_bound: torch.Tensor
 
     def __init__(
         self,

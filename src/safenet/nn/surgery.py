@@ -6,6 +6,11 @@ Activation *sites* are found in the traced graph, whether written as ``nn.ReLU``
 :class:`ChannelActivation` named after the module it replaces (or ``act_<node>`` for
 functional calls), so a saved configuration can be re-applied to a freshly built model of
 the same architecture.
+
+The rest works on the converted model: :func:`set_layers` picks each layer's ReLU channels
+(:func:`keep_mask`) and degree, :func:`activation_config` / :func:`apply_config` save and
+restore that choice, :func:`calibrate` fits the polynomials to ReLU on sample batches, and
+:func:`set_blend` sets the ReLU-to-polynomial blend of fine-tuning.
 """
 
 from __future__ import annotations

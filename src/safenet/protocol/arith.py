@@ -3,6 +3,8 @@
 Shares are int64 arrays of residues in ``[0, p)``; a value ``v`` is held as
 ``(server_share + client_share) mod p`` and read signed (residues above p/2 are negative).
 
+* :func:`to_residues`, :func:`add`, :func:`sub`, :func:`neg` keep values in ``[0, p)``;
+  :func:`bits` / :func:`from_bits` turn residues into garbled-circuit input bits and back;
 * :func:`uniform` draws masks from the OS CSPRNG (large draws expanded by AES-CTR under a
   fresh OS key) by rejection sampling (no modulo bias);
 * :func:`mulmod` multiplies residues exactly with a float-quotient reduction compiled by

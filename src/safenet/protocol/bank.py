@@ -121,7 +121,7 @@ class Bank:
         tmp.mkdir(mode=0o700)
         npz = tmp / "material.npz"
         with open(npz, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)  # take() refuses pickles too
             f.flush()
             os.fsync(f.fileno())
         manifest = {
