@@ -174,11 +174,12 @@ def client_session(
     only the online phase runs; otherwise both phases run.
     """
     t0 = time.perf_counter()
-    banked = None
+    banked: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
     request: dict[str, Any] = {"mode": "full"}
     taken = bank.take_oldest() if bank is not None else None
     if taken is not None:  # consumed now: never reused, whatever happens next
-        sid, *banked = taken
+        sid, arrays, meta = taken
+        banked = (arrays, meta)
         request = {"mode": "online", "session_id": sid}
     public, config = _setup_client(conn, plan, request)
     try:
@@ -197,7 +198,7 @@ def client_session(
                 f"banked session {request['session_id']} was made with model version {made}, "
                 f"the server now runs {version}: preprocess again"
             )
-        sess = ClientSession.from_material(public, conn, *banked, config=config)
+        sess = ClientSession.from_material(public, conn, banked[0], banked[1], config=config)
         if conn.recv_json(label="bank.ready") != "ready":
             raise ProtocolError("server did not confirm the banked session")
     else:
