@@ -79,3 +79,14 @@ def test_a_plan_with_an_edited_attribute_is_not_readable(tmp_path, old):
             z.writestr(n, data)
     with pytest.raises(ValueError, match="not a readable safenet plan"):
         Plan.load(path)
+
+
+def test_every_kind_has_one_entry_in_each_dispatch_table():
+    from safenet.plan import analysis, reference
+    from safenet.plan.ops import LOCAL_OPS, Input
+    from safenet.protocol.layers import HANDLERS, LOCAL_RULES
+
+    kinds = set(OP_TYPES.values())
+    assert set(HANDLERS) == set(reference.RULES) == kinds
+    assert set(analysis.RULES) == kinds - {Input}  # the input's interval is the bound itself
+    assert set(LOCAL_RULES) == set(LOCAL_OPS)
