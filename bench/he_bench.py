@@ -24,7 +24,7 @@ import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, HEParams, flood, rerandomize
 from safenet.field import DELPHI_PRIME
-from safenet.plan.ir import Op
+from safenet.plan.ops import Conv, Linear, Op
 from safenet.protocol.linear import (
     FLOOD_BITS,
     LinearPacking,
@@ -37,15 +37,15 @@ from safenet.protocol.linear import (
 
 def conv(ci, co, k, s, pad, hw, rng, wmax):
     ho = (hw + 2 * pad - k) // s + 1
-    attrs = {"stride": [s, s], "padding": [pad, pad], "groups": 1, "kernel": [k, k]}
+    attrs = Conv(stride=[s, s], padding=[pad, pad], groups=1, kernel=[k, k])
     w = rng.integers(-wmax, wmax + 1, (co, ci, k, k))
     arrays = {"weight": w, "bias": np.zeros(co, dtype=np.int64)}
-    return Op("conv", [0], (co, ho, ho), 0, attrs, arrays, "conv"), (ci, hw, hw)
+    return Op(attrs, [0], (co, ho, ho), 0, arrays, "conv"), (ci, hw, hw)
 
 
 def linear(ci, co, rng, wmax):
     arrays = {"weight": rng.integers(-wmax, wmax + 1, (co, ci)), "bias": np.zeros(co, np.int64)}
-    return Op("linear", [0], (co,), 0, {}, arrays, "fc"), (ci,)
+    return Op(Linear(), [0], (co,), 0, arrays, "fc"), (ci,)
 
 
 #: (name, constructor args, how many ops of ResNet-32 have this shape)

@@ -27,6 +27,7 @@ from safenet.channel import connection_pair
 from safenet.checkpoint import load
 from safenet.data import ImageDataset
 from safenet.plan.compiler import compile_model
+from safenet.plan.ops import Activation
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession
 from safenet.protocol.session import encode_input
 from safenet.protocol.verify import check_trace
@@ -87,7 +88,7 @@ def main() -> None:
     counts = plan.counts()
     summary = {
         "model": args.model,
-        "degree": sorted({op.attrs.get("degree") for _, op in plan.activations()} - {None}),
+        "degree": sorted({op.attrs_as(Activation).degree for _, op in plan.activations()}),
         "relu_count": counts["relu_count"],
         "poly_count": counts["poly_count"],
         "prime_bits": plan.field.p.bit_length(),

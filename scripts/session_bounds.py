@@ -14,6 +14,7 @@ from safenet import checkpoint
 from safenet.benchmark import random_plan
 from safenet.crypto.he import ClientKeys
 from safenet.plan.ir import Plan
+from safenet.plan.ops import Activation
 from safenet.protocol import arith as A
 from safenet.protocol import poly as P
 from safenet.protocol.engine import ServerModel
@@ -49,7 +50,7 @@ def main() -> None:
         m = ServerModel(plan)
         (_, lin, lb), (_, pol, pb) = m.budget.rows()
         digits = f"{m.poly_params.digits} x {m.poly_params.base_bits} bits" if pol else "-"
-        degree = max(op.attrs.get("degree", 0) for _, op in plan.activations())
+        degree = max(op.attrs_as(Activation).degree for _, op in plan.activations())
         budget = f"{reply_budget(m, degree)} bits" if pol else "-"
         print(f"| {name} | {lin:,} ({lb}) | {pol:,} ({pb}, {digits}) "
               f"| {m.budget.total_distance():.1e} | {budget} |")  # fmt: skip

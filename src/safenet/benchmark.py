@@ -21,6 +21,7 @@ from safenet.nn import surgery
 from safenet.nn.zoo import build_model
 from safenet.plan.compiler import compile_model
 from safenet.plan.ir import Plan
+from safenet.plan.ops import MaxPool
 
 __all__ = ["bench_plan", "random_plan", "randomize", "run_bench"]
 
@@ -120,7 +121,9 @@ def bench_plan(plan: Plan, seed: int = 0) -> dict[str, Any]:
     diff = np.abs(y - ref)
     head = {
         "input_shape": list(shape),
-        "maxpool_outputs": sum(int(np.prod(op.shape)) for op in plan.ops if op.kind == "maxpool"),
+        "maxpool_outputs": sum(
+            int(np.prod(op.shape)) for op in plan.ops if isinstance(op.attrs, MaxPool)
+        ),
         "matches_reference": bool((diff == 0).all()),
         "max_abs_error_ulp": int(diff.max()),
         "max_abs_error": float(diff.max()) / 2.0**plan.output_scale,

@@ -39,7 +39,7 @@ def test_counts_match_the_plan(half_plan):
         n = int(op.arrays["relu_mask"].sum()) * int(
             np.prod(op.shape[1:]) if len(op.shape) > 1 else 1
         )
-        circuit = relu_circuit(p, op.attrs["shift"])
+        circuit = relu_circuit(p, op.attrs.shift)
         ands += circuit.and_count * n
         rows += circuit.n_outputs * n
     assert c.ands == ands and c.label_bits == c.relu * p.bit_length() and c.gc_rows == rows

@@ -93,7 +93,7 @@ def test_failure_and_leak_recomputed_from_the_truncated_magnitudes():
         v = prefix.reference(x, decode=False).astype(object)
         poly = ~op.arrays["relu_mask"].astype(bool)
         v = v[:, poly]
-        k = op.attrs.get("poly_in_shift", op.attrs["shift"])
+        k = op.attrs.shift if op.attrs.poly_in_shift is None else op.attrs.poly_in_shift
         xs = (v + (1 << (k - 1))) // (1 << k) if k > 0 else v
         c = op.arrays["coefficients"].astype(object)
         c = (np.repeat(c, len(poly), 0) if len(c) == 1 else c)[poly]

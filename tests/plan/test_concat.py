@@ -41,7 +41,7 @@ def test_concat_lowers_to_a_local_op_with_scale_shifts(plan):
     net, p = plan
     cats = [op for op in p.ops if op.kind == "concat"]
     assert [op.shape[0] for op in cats] == [14, 7]
-    assert cats[0].attrs["shifts"] == [0, 0, 0] and max(cats[1].attrs["shifts"]) > 0
+    assert cats[0].attrs.shifts == [0, 0, 0] and max(cats[1].attrs.shifts) > 0
     x = np.random.default_rng(0).normal(size=(3, 8, 8))
     ref = p.reference(x)
     assert np.abs(ref - net.double()(torch.tensor(x)[None]).detach().numpy()[0]).max() < 0.05
@@ -77,7 +77,7 @@ def test_functional_average_pools_compile_like_their_modules():
     torch.manual_seed(0)
     net = Functional().eval()
     plan = safenet.compile(net, (3, 8, 8))
-    assert [op.attrs["kernel"] for op in plan.ops if op.kind == "sumpool"] == [2, 4]
+    assert [op.attrs.kernel for op in plan.ops if op.kind == "sumpool"] == [2, 4]
     x = np.random.default_rng(2).normal(size=(3, 8, 8))
     fl = net.double()(torch.tensor(x)[None]).detach().numpy()[0]
     assert np.abs(plan.reference(x) - fl).max() < 0.02

@@ -52,13 +52,13 @@ def _obj(shape: tuple[int, ...]) -> np.ndarray:
 
 def _naive_conv(x: np.ndarray, op, p: int) -> np.ndarray:
     w, b = op.arrays["weight"], op.arrays["bias"]
-    sh, sw = op.attrs["stride"]
-    ph, pw = op.attrs["padding"]
-    groups = op.attrs["groups"]
+    sh, sw = op.attrs.stride
+    ph, pw = op.attrs.padding
+    groups = op.attrs.groups
     cin, h, wd = x.shape
     cout, cin_g, kh, kw = w.shape
     assert cin_g * groups == cin and cout % groups == 0
-    assert list(op.attrs["kernel"]) == [kh, kw]
+    assert list(op.attrs.kernel) == [kh, kw]
     cout_g = cout // groups
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     out = _obj((cout, oh, ow))
@@ -90,7 +90,7 @@ def _naive_linear(x: np.ndarray, op, p: int) -> np.ndarray:
 
 
 def _naive_sumpool(x: np.ndarray, op, p: int) -> np.ndarray:
-    k, s = op.attrs["kernel"], op.attrs["stride"]
+    k, s = op.attrs.kernel, op.attrs.stride
     c, h, w = x.shape
     oh, ow = (h - k) // s + 1, (w - k) // s + 1
     out = _obj((c, oh, ow))
@@ -106,9 +106,9 @@ def _naive_sumpool(x: np.ndarray, op, p: int) -> np.ndarray:
 
 
 def _naive_activation(x: np.ndarray, op, p: int) -> np.ndarray:
-    k = op.attrs["shift"]
+    k = op.attrs.shift
     mask = op.arrays["relu_mask"]
-    degree, q = op.attrs["degree"], op.attrs["poly_shift"]
+    degree, q = op.attrs.degree, op.attrs.poly_shift
     coef = op.arrays.get("coefficients")
     assert len(mask) == x.shape[0]
     out = _obj(x.shape)
@@ -120,7 +120,8 @@ def _naive_activation(x: np.ndarray, op, p: int) -> np.ndarray:
         else:
             row = coef[ch] if coef.shape[0] > 1 else coef[0]
             assert len(row) == degree + 1
-            xp = _round_shift(int(x[idx]), op.attrs.get("poly_in_shift", k))
+            kp = k if op.attrs.poly_in_shift is None else op.attrs.poly_in_shift
+            xp = _round_shift(int(x[idx]), kp)
             poly = sum(int(row[j]) * xp**j for j in range(degree + 1))
             y = _round_shift(_centre(poly, p), q)
         out[idx] = _centre(y, p)
@@ -143,7 +144,7 @@ def _naive_one(plan: Plan, x: np.ndarray) -> np.ndarray:
         elif op.kind == "sumpool":
             out = _naive_sumpool(ins[0], op, p)
         elif op.kind == "rescale":
-            m = int(op.attrs["multiplier"])
+            m = int(op.attrs.multiplier)
             out = _obj(ins[0].shape)
             for idx in np.ndindex(out.shape):
                 out[idx] = _centre(int(ins[0][idx]) * m, p)
@@ -151,7 +152,7 @@ def _naive_one(plan: Plan, x: np.ndarray) -> np.ndarray:
             out = _obj(ins[0].shape)
             for idx in np.ndindex(out.shape):
                 acc = 0
-                for t, s in zip(ins, op.attrs["shifts"], strict=True):
+                for t, s in zip(ins, op.attrs.shifts, strict=True):
                     acc += int(t[idx]) * 2**s
                 out[idx] = _centre(acc, p)
         elif op.kind == "flatten":
@@ -159,7 +160,7 @@ def _naive_one(plan: Plan, x: np.ndarray) -> np.ndarray:
         elif op.kind == "truncate":
             out = _obj(ins[0].shape)
             for idx in np.ndindex(out.shape):
-                out[idx] = _centre(_round_shift(int(ins[0][idx]), op.attrs["shift"]), p)
+                out[idx] = _centre(_round_shift(int(ins[0][idx]), op.attrs.shift), p)
         elif op.kind == "activation":
             out = _naive_activation(ins[0], op, p)
         else:
@@ -375,13 +376,13 @@ def test_small_models_take_the_intended_lowering_paths():
 
     pool = compile_model(_seeded(PoolNet), (2, 6, 6))
     rescales = [op for op in pool.ops if op.kind == "rescale"]
-    assert [op.attrs["multiplier"] for op in rescales] == [1]  # 1/4 exact as a scale change
+    assert [op.attrs.multiplier for op in rescales] == [1]  # 1/4 exact as a scale change
     fc = pool.ops[-1]
     assert fc.kind == "linear"
-    assert fc.attrs["weight_bits"] == pool.field.weight_bits + math.ceil(math.log2(9))
+    assert fc.attrs.weight_bits == pool.field.weight_bits + math.ceil(math.log2(9))
 
     pool3 = compile_model(_seeded(Pool3Net), (1, 6, 6))
-    mults = [op.attrs["multiplier"] for op in pool3.ops if op.kind == "rescale"]
+    mults = [op.attrs.multiplier for op in pool3.ops if op.kind == "rescale"]
     assert round(2**13 / 9) in mults
     assert pool3.ops[-1].kind == "rescale"
     assert pool3.output_scale == pool3.field.frac_bits + 2
@@ -389,7 +390,7 @@ def test_small_models_take_the_intended_lowering_paths():
     conv = next(
         op for op in compile_model(_seeded(Pool3ConvNet), (2, 6, 6)).ops if op.kind == "conv"
     )
-    assert conv.attrs["weight_bits"] == 9 + 4
+    assert conv.attrs.weight_bits == 9 + 4
 
     # a 7x7 pool settled by a rescale: the multiplier is the nearest integer to 2^bits / 49
     plan7 = compile_model(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.ReLU()), (1, 7, 7))
@@ -397,7 +398,7 @@ def test_small_models_take_the_intended_lowering_paths():
     assert rescale.kind == "rescale"
     bits = rescale.scale - plan7.ops[1].scale
     assert bits >= plan7.field.weight_bits
-    assert abs(rescale.attrs["multiplier"] - 2**bits / 49) <= 0.5
+    assert abs(rescale.attrs.multiplier - 2**bits / 49) <= 0.5
     x = np.random.default_rng(0).uniform(-1, 1, size=(4, 1, 7, 7))
     assert_matches_naive(plan7, x)
 
@@ -407,18 +408,18 @@ def test_channel_activation_polynomials_match_naive(per_channel):
     gm = _converted(per_channel)
     plan = compile_model(gm, (2, 6, 6))
     acts = [op for _, op in plan.activations()]
-    assert [op.attrs["degree"] for op in acts] == [2, 3]
+    assert [op.attrs.degree for op in acts] == [2, 3]
     f = plan.field
     for op, (deg, kept) in zip(acts, [(2, 2), (3, 1)], strict=True):
         assert int(op.arrays["relu_mask"].sum()) == kept
         assert op.arrays["coefficients"].shape[1] == deg + 1
-        assert op.attrs["poly_shift"] == deg * f.poly_bits + f.coef_bits - f.frac_bits
+        assert op.attrs.poly_shift == deg * f.poly_bits + f.coef_bits - f.frac_bits
         assert op.arrays["coefficients"].shape[0] == (
             len(op.arrays["relu_mask"]) if per_channel else 1
         )
     # a degree-3 model: polynomial inputs at 6 bits by default (POLY_SUM_BITS), so the
     # coefficients follow C_j = round(c_j * 2^(coef_bits + (d - j) * 6))
-    assert f.poly_bits == 6 and acts[1].poly_input_shift() == acts[1].attrs["shift"] + 2
+    assert f.poly_bits == 6 and acts[1].poly_input_shift() == acts[1].attrs.shift + 2
     act2 = gm.get_submodule("act2")
     c = act2.coefficients.detach().double().numpy()
     want = np.rint(c * 2.0 ** np.array([8 + (3 - j) * 6 for j in range(4)])).astype(np.int64)
@@ -458,7 +459,7 @@ def test_activation_shifts_round_half_up():
     model = _act_graph([conv], (2, 1, 4), [True, False], 2, [[0.0, -0.5, 0.0]])
     plan = compile_model(model, (2, 1, 4))
     (op,) = [op for _, op in plan.activations()]
-    assert op.attrs["shift"] == 9 and op.attrs["poly_shift"] == 16
+    assert op.attrs.shift == 9 and op.attrs.poly_shift == 16
     np.testing.assert_array_equal(op.arrays["coefficients"], [[0, -(2**15), 0]])
     # conv: 256 x; X = floor((256 x + 256) / 512) = floor((x + 1) / 2)
     # channel 0: max(X, 0); channel 1: floor((-2^15 X + 2^15) / 2^16) = floor((1 - X) / 2)
@@ -480,7 +481,7 @@ def test_truncate_rounds_half_up():
     plan = compile_model(nn.Sequential(*convs), (1, 1, 6))
     kinds = [op.kind for op in plan.ops]
     assert kinds == ["input", "conv", "conv", "truncate", "conv"]
-    assert plan.ops[3].attrs["shift"] == 18 and plan.ops[3].scale == 8
+    assert plan.ops[3].attrs.shift == 18 and plan.ops[3].scale == 8
     # x * 2^17 reaches the truncate: floor((x + 1) / 2), times 2^9 by the last conv
     x = np.array([[[[-3, 3, -1, 1, -2, 2]]]])
     want = np.array([[[[-1, 2, 0, 1, -1, 1]]]]) * 512
@@ -570,7 +571,7 @@ def test_batchnorm_alone_becomes_a_depthwise_conv():
     model = _randomise_bn(nn.Sequential(nn.BatchNorm2d(2), nn.ReLU()), 5)
     plan = compile_model(model, (2, 3, 3))
     conv = plan.ops[1]
-    assert conv.kind == "conv" and conv.attrs["groups"] == 2
+    assert conv.kind == "conv" and conv.attrs.groups == 2
     x = _inputs((2, 3, 3), n=4)
     np.testing.assert_allclose(plan.reference(x), _float_out(model, x), atol=0.02)
     assert_matches_naive(plan, x)
@@ -743,7 +744,7 @@ def test_big_add_path_is_exact(big_centre_calls):
     torch.manual_seed(2)
     plan = compile_model(_ResidualConv(), (2, 3, 3), Field(p=p))
     add = plan.ops[-1]
-    assert add.kind == "add" and sorted(add.attrs["shifts"]) == [0, 9]
+    assert add.kind == "add" and sorted(add.attrs.shifts) == [0, 9]
     x = _near_half((2, 2, 3, 3), p, seed=2)
     assert_matches_naive(plan, x, encoded=True)
     assert len(big_centre_calls) >= 2  # limb conv and the add
@@ -771,7 +772,7 @@ def test_big_polynomial_path_is_exact(big_centre_calls, per_channel):
     gm = _act_graph([], (3, 2, 2), [False, True, False], 3, coef)
     plan = compile_model(gm, (3, 2, 2), Field(p=p))
     (op,) = [op for _, op in plan.activations()]
-    assert op.attrs["shift"] == 0 and op.attrs["degree"] == 3
+    assert op.attrs.shift == 0 and op.attrs.degree == 3
     assert op.arrays["coefficients"].shape == (len(coef), 4)
     x = _near_half((2, 3, 2, 2), p, seed=4)
     x[0, 0, 0, 0] = p // 2

@@ -58,7 +58,7 @@ def net():
 def test_relu6_hardtanh_and_clamp_compile_to_clipped_activations(net):
     plan = safenet.compile(net, (3, 16, 16))
     acts = [op for op in plan.ops if op.kind == "activation"]
-    assert [op.attrs["clip"] for op in acts] == [6 << plan.field.frac_bits] * 4
+    assert [op.attrs.clip for op in acts] == [6 << plan.field.frac_bits] * 4
     x = np.random.default_rng(0).normal(size=(3, 16, 16)) * 10  # large: many clipped values
     ref = plan.reference(x)
     fl = net.double()(torch.tensor(x)[None]).detach().numpy()[0]
@@ -112,7 +112,7 @@ def test_clipped_relus_become_clipped_channel_activations_and_can_be_approximate
     gm.eval()
     plan = safenet.compile(gm, (3, 16, 16))
     ops = [op for op in plan.ops if op.kind == "activation"]
-    assert all(op.attrs["clip"] == 6 << plan.field.frac_bits for op in ops)
+    assert all(op.attrs.clip == 6 << plan.field.frac_bits for op in ops)
     assert plan.counts()["poly_count"] > 0
     x = np.random.default_rng(3).normal(size=(3, 16, 16))
     ref = plan.reference(x)

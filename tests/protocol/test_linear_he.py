@@ -6,7 +6,7 @@ import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, HEError, HEParams
 from safenet.field import DELPHI_PRIME
-from safenet.plan.ir import Op
+from safenet.plan.ops import Conv, Linear, Op
 from safenet.protocol.linear import (
     LinearPacking,
     ServerLinear,
@@ -33,15 +33,15 @@ def conv(ci, co, k, s, pad, h, w=None, groups=1, wmax=600, seed=0):
     ho, wo = (h + 2 * pad[0] - k[0]) // s[0] + 1, (w + 2 * pad[1] - k[1]) // s[1] + 1
     rng = np.random.default_rng(seed)
     weight = rng.integers(-wmax, wmax + 1, (co, ci // groups, *k))
-    attrs = {"stride": list(s), "padding": list(pad), "groups": groups, "kernel": list(k)}
+    attrs = Conv(stride=list(s), padding=list(pad), groups=groups, kernel=list(k))
     arrays = {"weight": weight, "bias": np.zeros(co, dtype=np.int64)}
-    return Op("conv", [0], (co, ho, wo), 0, attrs, arrays, "conv"), (ci, h, w)
+    return Op(attrs, [0], (co, ho, wo), 0, arrays, "conv"), (ci, h, w)
 
 
 def linear(ci, co, wmax=600, seed=0):
     weight = np.random.default_rng(seed).integers(-wmax, wmax + 1, (co, ci))
     arrays = {"weight": weight, "bias": np.zeros(co, dtype=np.int64)}
-    return Op("linear", [0], (co,), 0, {}, arrays, "fc"), (ci,)
+    return Op(Linear(), [0], (co,), 0, arrays, "fc"), (ci,)
 
 
 def exact(op, x, p):
@@ -50,7 +50,7 @@ def exact(op, x, p):
     x = np.asarray(x).astype(object)
     if op.kind == "linear":
         return w.dot(x) % p
-    (sh, sw), (ph, pw), g = op.attrs["stride"], op.attrs["padding"], op.attrs["groups"]
+    (sh, sw), (ph, pw), g = op.attrs.stride, op.attrs.padding, op.attrs.groups
     c, h, wd = x.shape
     xp = np.zeros((c, h + 2 * ph, wd + 2 * pw), dtype=object)
     xp[:, ph : ph + h, pw : pw + wd] = x

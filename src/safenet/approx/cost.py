@@ -17,6 +17,7 @@ Bytes are exact up to frame headers (the sizes are fixed by the protocol); HE ci
 come from the calibration (SEAL compresses them a little). Unit costs are fitted from the
 engine's own per-primitive profile of real two-process sessions, so they include what micro
 benchmarks miss (cold tables, Python glue, message framing). Validated in docs/cost-model.md.
+The counts per op kind are one function each, dispatched by :data:`COUNTERS`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ import numpy as np
 
 from safenet.field import DELPHI_PRIME
 from safenet.plan.ir import Plan
+from safenet.plan.ops import Activation, Conv, Linear, MaxPool, Op, OpAttrs
 
 __all__ = [
     "Calibration",
@@ -94,69 +97,106 @@ class PlanCounts:
     layers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
-    """Count the protocol's work for ``plan`` (public or full)."""
-    from safenet.crypto.gc import relu_circuit
-    from safenet.crypto.gc.maxpool_circuit import max_circuit
-    from safenet.crypto.he import HEContext, HEParams
-    from safenet.protocol.engine import poly_reply_params
+@dataclass
+class _Counting:
+    """What the per-kind counters share: the plan, its HE context and the running totals."""
+
+    plan: Plan
+    he: Any  # HEContext (imported on use: SEAL is not needed to import this module)
+    digits: int
+    c: PlanCounts
+
+    @property
+    def p(self) -> int:
+        return self.plan.field.p
+
+
+def _count_linear(ctx: _Counting, op: Op) -> dict[str, Any]:
     from safenet.protocol.linear import LinearPacking
 
-    p = plan.field.p
-    he = HEContext(HEParams(poly_degree, p))
+    c = ctx.c
+    in_shape = ctx.plan.ops[op.inputs[0]].shape
+    pk = LinearPacking(op, in_shape, ctx.he)
+    if isinstance(op.attrs, Conv):
+        kh, kw = op.attrs.kernel
+        fan_in = in_shape[0] // op.attrs.groups * kh * kw
+    else:
+        fan_in = int(np.prod(in_shape))
+    macs = int(np.prod(op.shape)) * fan_in
+    c.macs += macs
+    c.he_in += pk.n_in
+    c.he_out += pk.n_out
+    c.he_products += pk.products
+    return {"macs": macs, "he_in": pk.n_in, "he_out": pk.n_out, "he_products": pk.products}
+
+
+def _count_activation(ctx: _Counting, op: Op) -> dict[str, Any]:
+    from safenet.crypto.gc import relu_circuit
+
+    a, c, p = op.attrs_as(Activation), ctx.c, ctx.p
+    mask = op.arrays["relu_mask"].astype(bool)
+    per = int(np.prod(op.shape[1:])) if len(op.shape) > 1 else 1
+    n_relu = int(mask.sum()) * per
+    n_poly = (len(mask) - int(mask.sum())) * per
+    ands = 0
+    if n_relu:
+        circ = relu_circuit(p, a.shift, a.clip)
+        ands = circ.and_count * n_relu
+        c.gc_rows += circ.n_outputs * n_relu
+    cts = -(-n_poly // ctx.he.slots) * a.degree if n_poly else 0
+    c.relu += n_relu
+    c.poly += n_poly
+    c.ands += ands
+    c.label_bits += n_relu * p.bit_length()
+    c.poly_cts += cts * ctx.digits
+    c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers
+    c.act_layers += 1
+    c.relu_layers += 1 if n_relu else 0
+    c.poly_layers += 1 if n_poly else 0
+    c.act_elements += int(np.prod(op.shape))
+    return {"relu": n_relu, "poly": n_poly, "ands": ands}
+
+
+def _count_maxpool(ctx: _Counting, op: Op) -> dict[str, Any]:
+    from safenet.crypto.gc.maxpool_circuit import max_circuit
+
+    a, c, p = op.attrs_as(MaxPool), ctx.c, ctx.p
+    n = int(np.prod(op.shape))
+    k = len(max(a.rows, key=len)) * len(max(a.cols, key=len))
+    circ = max_circuit(p, k)
+    c.ands += circ.and_count * n
+    c.label_bits += n * k * p.bit_length()
+    c.gc_rows += circ.n_outputs * n
+    c.maxpool_layers += 1
+    c.act_elements += n
+    return {"maxpool": n, "ands": circ.and_count * n}
+
+
+#: the op kinds that cost protocol work, each with its counter (the others are free locally)
+COUNTERS: dict[type[OpAttrs], Callable[[_Counting, Op], dict[str, Any]]] = {
+    Conv: _count_linear,
+    Linear: _count_linear,
+    Activation: _count_activation,
+    MaxPool: _count_maxpool,
+}
+
+
+def count(plan: Plan, poly_degree: int = 8192) -> PlanCounts:
+    """Count the protocol's work for ``plan`` (public or full)."""
+    from safenet.crypto.he import HEContext, HEParams
+    from safenet.protocol.engine import poly_reply_params
+
+    he = HEContext(HEParams(poly_degree, plan.field.p))
     digits = poly_reply_params(plan, he).digits  # the client sends each power in digits
     c = PlanCounts(
         input_elements=int(np.prod(plan.input_shape)),
         output_elements=int(np.prod(plan.output.shape)),
     )
+    ctx = _Counting(plan, he, digits, c)
     for i, op in enumerate(plan.ops):
         row: dict[str, Any] = {"op": i, "kind": op.kind, "name": op.name}
-        if op.kind in ("conv", "linear"):
-            in_shape = plan.ops[op.inputs[0]].shape
-            pk = LinearPacking(op, in_shape, he)
-            if op.kind == "conv":
-                kh, kw = op.attrs["kernel"]
-                fan_in = in_shape[0] // op.attrs["groups"] * kh * kw
-            else:
-                fan_in = int(np.prod(in_shape))
-            macs = int(np.prod(op.shape)) * fan_in
-            row |= {"macs": macs, "he_in": pk.n_in, "he_out": pk.n_out, "he_products": pk.products}
-            c.macs += macs
-            c.he_in += pk.n_in
-            c.he_out += pk.n_out
-            c.he_products += pk.products
-        elif op.kind == "activation":
-            mask = op.arrays["relu_mask"].astype(bool)
-            per = int(np.prod(op.shape[1:])) if len(op.shape) > 1 else 1
-            n_relu = int(mask.sum()) * per
-            n_poly = (len(mask) - int(mask.sum())) * per
-            ands = 0
-            if n_relu:
-                circ = relu_circuit(p, op.attrs["shift"], op.attrs.get("clip"))
-                ands = circ.and_count * n_relu
-                c.gc_rows += circ.n_outputs * n_relu
-            cts = -(-n_poly // he.slots) * op.attrs.get("degree", 0) if n_poly else 0
-            row |= {"relu": n_relu, "poly": n_poly, "ands": ands}
-            c.relu += n_relu
-            c.poly += n_poly
-            c.ands += ands
-            c.label_bits += n_relu * p.bit_length()
-            c.poly_cts += cts * digits
-            c.poly_replies += cts  # d replies for m = 0..d-1, as many as the d powers
-            c.act_layers += 1
-            c.relu_layers += 1 if n_relu else 0
-            c.poly_layers += 1 if n_poly else 0
-            c.act_elements += int(np.prod(op.shape))
-        elif op.kind == "maxpool":
-            n = int(np.prod(op.shape))
-            k = len(max(op.attrs["rows"], key=len)) * len(max(op.attrs["cols"], key=len))
-            circ = max_circuit(p, k)
-            row |= {"maxpool": n, "ands": circ.and_count * n}
-            c.ands += circ.and_count * n
-            c.label_bits += n * k * p.bit_length()
-            c.gc_rows += circ.n_outputs * n
-            c.maxpool_layers += 1
-            c.act_elements += n
+        if (counter := COUNTERS.get(type(op.attrs))) is not None:
+            row |= counter(ctx, op)
         c.layers.append(row)
     return c
 
@@ -390,7 +430,7 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
     )  # fmt: skip
     sources = []
     gc_rows: list[tuple[float, float, float]] = []  # (ANDs, ReLU layers, eval seconds)
-    ct_sizes: dict[str, list[float]] = {"in": [], "reply": []}
+    ct_sizes: dict[str, list[tuple[float, int]]] = {"in": [], "reply": []}
     for cfg in configs:
         cfg = dict(cfg)
         plan = random_plan(cfg.pop("arch"), tuple(cfg.pop("input_shape")), **cfg)

@@ -26,7 +26,7 @@ import operator
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,14 +37,35 @@ from torch.fx.passes.shape_prop import ShapeProp
 from safenet.field import POLY_PRIME, Field
 from safenet.nn.activation import ChannelActivation
 from safenet.nn.surgery import clip_bounds, is_relu, trace
-from safenet.plan.ir import Op, Plan, UnsupportedLayerError
+from safenet.plan.ir import Plan, UnsupportedLayerError
+from safenet.plan.ops import (
+    Activation,
+    Add,
+    Concat,
+    Conv,
+    Flatten,
+    Input,
+    Linear,
+    MaxPool,
+    Op,
+    OpAttrs,
+    Rescale,
+    SumPool,
+    Truncate,
+)
 from safenet.plan.pooling import adaptive_axis, pool_axis
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _CAT_FUNCS = {torch.cat, torch.concat}
-_POOL_FUNCS = {F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
-_MAX_FUNCS = {F.max_pool2d: nn.MaxPool2d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d}
+_POOL_FUNCS: dict[Any, type[nn.Module]] = {
+    F.avg_pool2d: nn.AvgPool2d,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+}
+_MAX_FUNCS: dict[Any, type[nn.Module]] = {
+    F.max_pool2d: nn.MaxPool2d,
+    F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+}
 SUPPORTED = (
     "Conv2d (grouped, depthwise), Linear, BatchNorm1d/2d, ReLU, ReLU6 / Hardtanh(0, m) / "
     "clamp(0, m), ChannelActivation, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d, "
@@ -72,14 +93,19 @@ class _Affine:
     label: str = ""
 
 
+def _t(x: Any) -> torch.Tensor:
+    """A module's parameter or buffer, typed (torch types them ``Tensor | Module | None``)."""
+    return cast(torch.Tensor, x)
+
+
 def _fold_bn(aff: _Affine, bn: nn.modules.batchnorm._BatchNorm) -> _Affine:
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    scale = _t(bn.weight).detach().double() / torch.sqrt(_t(bn.running_var).double() + bn.eps)
+    shift = _t(bn.bias).detach().double() - _t(bn.running_mean).double() * scale
     w = aff.weight * scale.view([-1] + [1] * (aff.weight.dim() - 1))
     return _Affine(aff.module, w, aff.bias * scale + shift, aff.label)
 
 
-def _affine_of(m: nn.Module) -> _Affine:
+def _affine_of(m: nn.Conv2d | nn.Linear) -> _Affine:
     w = m.weight.detach().double()
     out = w.shape[0]
     b = m.bias.detach().double() if m.bias is not None else torch.zeros(out, dtype=torch.float64)
@@ -161,24 +187,10 @@ class _Lowering:
         src = self.ops[v.op]
         d = v.divisor
         if d & (d - 1) == 0:  # power of two: exact, just a larger scale
-            op = Op(
-                "rescale",
-                [v.op],
-                src.shape,
-                src.scale + d.bit_length() - 1,
-                {"multiplier": 1},
-                name=name,
-            )
+            op = Op(Rescale(1), [v.op], src.shape, src.scale + d.bit_length() - 1, name=name)
         else:
             bits = self.field.weight_bits + math.ceil(math.log2(d))
-            op = Op(
-                "rescale",
-                [v.op],
-                src.shape,
-                src.scale + bits,
-                {"multiplier": round(2**bits / d)},
-                name=name,
-            )
+            op = Op(Rescale(round(2**bits / d)), [v.op], src.shape, src.scale + bits, name=name)
         return self.emit(op)
 
     def materialise(self, node: fx.Node, aff: _Affine) -> _Val:
@@ -189,11 +201,10 @@ class _Lowering:
         if scale_in > f.frac_bits + f.weight_bits:
             truncated = self.emit(
                 Op(
-                    "truncate",
+                    Truncate(scale_in - f.frac_bits),
                     [inp.op],
                     src.shape,
                     f.frac_bits,
-                    {"shift": scale_in - f.frac_bits},
                     name=f"{_label(node)}.truncate",
                 )
             )
@@ -210,26 +221,23 @@ class _Lowering:
                 raise UnsupportedLayerError(
                     f"{_label(node)}: Conv2d needs numeric zero padding and no dilation"
                 )
-            attrs = {
-                "stride": list(m.stride),
-                "padding": list(m.padding),
-                "groups": m.groups,
-                "kernel": list(m.kernel_size),
-                "weight_bits": wbits,
-            }
-            kind = "conv"
+            attrs: OpAttrs = Conv(
+                stride=list(m.stride),
+                padding=list(m.padding),
+                groups=m.groups,
+                kernel=list(m.kernel_size),
+                weight_bits=wbits,
+            )
         else:
-            attrs = {"weight_bits": wbits}
-            kind = "linear"
+            attrs = Linear(weight_bits=wbits)
         if np.abs(w_int).max(initial=0) > f.half or np.abs(b_int).max(initial=0) > f.half:
             raise OverflowError(f"{_label(node)}: weights do not fit the field at {wbits} bits")
         return self.emit(
             Op(
-                kind,
+                attrs,
                 [inp.op],
                 self.shape_of(node),
                 scale_in + wbits,
-                attrs,
                 {"weight": w_int, "bias": b_int},
                 name=aff.label or _label(node),
             )
@@ -258,7 +266,7 @@ class _Lowering:
         """The max pool that alone consumes this all-ReLU site, if any (and reordering is on)."""
         if not self.reorder_pools or len(node.users) != 1:
             return None
-        if act is not None and not bool(act.relu_mask.all()):
+        if act is not None and not bool(_t(act.relu_mask).all()):
             return None  # polynomials are not monotone
         (user,) = node.users
         if not user.args or user.args[0] is not node:
@@ -279,50 +287,47 @@ class _Lowering:
         src: _Val | None = None,
     ) -> _Val:
         v = self.settle(src or self.value(node.args[0]), f"{_label(node)}.pool")
-        src = self.ops[v.op]
+        before = self.ops[v.op]
         f = self.field
-        shape = src.shape
+        shape = before.shape
         channels = shape[0]
         if act is None:
             mask = np.ones(channels, dtype=np.uint8)
             degree, coef = 0, None
         else:
-            if float(act.blend) != 1.0:
+            blend = float(_t(act.blend))
+            if blend != 1.0:
                 raise UnsupportedLayerError(
-                    f"{_label(node)}: activation blend is {float(act.blend)}, finish fine-tuning "
+                    f"{_label(node)}: activation blend is {blend}, finish fine-tuning "
                     "(blend 1) before compiling"
                 )
             if act.num_channels != channels:
                 raise UnsupportedLayerError(f"{_label(node)}: channel count mismatch")
-            mask = act.relu_mask.numpy().astype(np.uint8)
+            mask = _t(act.relu_mask).numpy().astype(np.uint8)
             degree = act.degree
-            c = act.coefficients.detach().double().numpy()
+            c = _t(act.coefficients).detach().double().numpy()
             scales = np.array(
                 [2.0 ** (f.coef_bits + (degree - j) * f.poly_bits) for j in range(degree + 1)]
             )
             coef = np.rint(c * scales).astype(np.int64)
-        attrs: dict[str, Any] = {
-            "shift": src.scale - f.frac_bits,
-            "degree": degree,
-            "poly_shift": degree * f.poly_bits + f.coef_bits - f.frac_bits if degree else 0,
-        }
-        if degree and f.poly_bits != f.frac_bits:
-            attrs["poly_in_shift"] = src.scale - f.poly_bits
         if act is not None and act.clip is not None:
             clip = act.clip
-        if clip is not None:  # a clipped ReLU: min(max(x, 0), clip) at the output scale
-            attrs["clip"] = int(round(clip * 2**f.frac_bits))
         arrays = {"relu_mask": mask}
         if coef is not None and not mask.all():
-            coef = coef.copy()
-            arrays["coefficients"] = coef
-        elif degree:
-            attrs["degree"] = 0
-            attrs["poly_shift"] = 0
-            attrs.pop("poly_in_shift", None)
-        return self.emit(
-            Op("activation", [v.op], shape, f.frac_bits, attrs, arrays, name=_label(node))
+            arrays["coefficients"] = coef.copy()
+        else:  # no polynomial channels: no degree
+            degree = 0
+        attrs = Activation(
+            shift=before.scale - f.frac_bits,
+            degree=degree,
+            poly_shift=degree * f.poly_bits + f.coef_bits - f.frac_bits if degree else 0,
+            poly_in_shift=before.scale - f.poly_bits
+            if degree and f.poly_bits != f.frac_bits
+            else None,
+            # a clipped ReLU: min(max(x, 0), clip) at the output scale
+            clip=None if clip is None else int(round(clip * 2**f.frac_bits)),
         )
+        return self.emit(Op(attrs, [v.op], shape, f.frac_bits, arrays, name=_label(node)))
 
     # -- main walk ---------------------------------------------------------------------------
     def run(self, input_shape: tuple[int, ...]) -> list[Op]:
@@ -334,7 +339,7 @@ class _Lowering:
                 if self.ops:
                     raise UnsupportedLayerError(f"{_label(node)}: models must take one input")
                 self.env[node] = self.emit(
-                    Op("input", [], tuple(input_shape), self.field.frac_bits, name=_label(node))
+                    Op(Input(), [], tuple(input_shape), self.field.frac_bits, name=_label(node))
                 )
             elif node.op == "output":
                 out = node.args[0]
@@ -343,16 +348,7 @@ class _Lowering:
                 v = self.settle(self.value(out), "output.pool")
                 if v.op != len(self.ops) - 1:  # make the output the last op
                     src = self.ops[v.op]
-                    self.emit(
-                        Op(
-                            "rescale",
-                            [v.op],
-                            src.shape,
-                            src.scale,
-                            {"multiplier": 1},
-                            name="output",
-                        )
-                    )
+                    self.emit(Op(Rescale(1), [v.op], src.shape, src.scale, name="output"))
             elif node.op == "call_module":
                 self.call_module(node, self.modules[str(node.target)])
             elif node.op in ("call_function", "call_method"):
@@ -368,17 +364,19 @@ class _Lowering:
 
     def call_module(self, node: fx.Node, m: nn.Module) -> None:
         name = f"{node.target} ({type(m).__name__})"
-        arg = node.args[0] if node.args else None
+        arg: Any = node.args[0] if node.args else None
         if isinstance(m, nn.Conv2d | nn.Linear):
             self.value(arg)  # lower the input first (keeps ops in execution order)
-            self.env[node] = _affine_of(m)
-            self.env[node].label = _label(node)
+            aff = _affine_of(m)
+            aff.label = _label(node)
+            self.env[node] = aff
             self._affine_input[node] = arg
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             prev = self.env.get(arg)
             if isinstance(prev, _Affine) and len(arg.users) == 1:
-                self.env[node] = _fold_bn(prev, m)
-                self.env[node].label = f"{prev.label}+{_label(node)}"
+                aff = _fold_bn(prev, m)
+                aff.label = f"{prev.label}+{_label(node)}"
+                self.env[node] = aff
                 self._affine_input[node] = self._affine_input[arg]
             elif isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
@@ -416,8 +414,8 @@ class _Lowering:
         src = self.ops[v.op]
         _, h, w = src.shape
         if isinstance(m, nn.AdaptiveAvgPool2d):
-            out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
-            oh, ow = (h if out[0] is None else out[0]), (w if out[1] is None else out[1])
+            size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+            oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
             if h % oh or w % ow or h // oh != w // ow:
                 raise UnsupportedLayerError(f"{name}: input {h}x{w} not divisible to {oh}x{ow}")
             k = s = h // oh
@@ -437,16 +435,7 @@ class _Lowering:
         shape = self.shape_of(node)
         if v.divisor != 1:
             v = self.settle(v, f"{_label(node)}.pre")
-        out = self.emit(
-            Op(
-                "sumpool",
-                [v.op],
-                shape,
-                self.ops[v.op].scale,
-                {"kernel": k, "stride": s},
-                name=_label(node),
-            )
-        )
+        out = self.emit(Op(SumPool(k, s), [v.op], shape, self.ops[v.op].scale, name=_label(node)))
         out.divisor = k * k
         self.env[node] = out
 
@@ -472,8 +461,7 @@ class _Lowering:
             cols = pool_axis(w, ow, k[1], s[1], pad[1], dil[1])
         if not all(rows) or not all(cols):
             raise UnsupportedLayerError(f"{name}: a pooling window lies wholly in the padding")
-        out = self.emit(Op("maxpool", [v.op], shape, before.scale, {"rows": rows, "cols": cols},
-                           name=_label(node)))  # fmt: skip
+        out = self.emit(Op(MaxPool(rows, cols), [v.op], shape, before.scale, name=_label(node)))
         out.divisor = v.divisor
         self.env[node] = out
         return out
@@ -485,7 +473,7 @@ class _Lowering:
             self.env[node] = v
             return
         out = self.emit(
-            Op("flatten", [v.op], (int(np.prod(src.shape)),), src.scale, name=_label(node))
+            Op(Flatten(), [v.op], (int(np.prod(src.shape)),), src.scale, name=_label(node))
         )
         out.divisor = v.divisor
         self.env[node] = out
@@ -493,10 +481,10 @@ class _Lowering:
     def global_mean(self, node: fx.Node) -> None:
         """``x.mean((2, 3))``: global average pooling to (N, C), as a sum pool over the
         whole (square) image plus a flatten; the 1/(H W) is pending like any pool's."""
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dim_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         v = self.value(node.args[0])
         shape = self.ops[v.op].shape
-        dims = {int(d) % 4 for d in dims} if isinstance(dims, list | tuple) else None
+        dims = {int(d) % 4 for d in dim_arg} if isinstance(dim_arg, list | tuple) else None
         keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim")
         if dims != {2, 3} or keep or len(shape) != 3 or shape[1] != shape[2]:
             raise UnsupportedLayerError(
@@ -505,10 +493,9 @@ class _Lowering:
         c, h, w = shape
         v = self.settle(v, f"{_label(node)}.pre")
         scale = self.ops[v.op].scale
-        pool = Op("sumpool", [v.op], (c, 1, 1), scale, {"kernel": h, "stride": h},
-                  name=f"{_label(node)}.pool")  # fmt: skip
+        pool = Op(SumPool(h, h), [v.op], (c, 1, 1), scale, name=f"{_label(node)}.pool")
         pooled = self.emit(pool)
-        out = self.emit(Op("flatten", [pooled.op], (c,), scale, name=_label(node)))
+        out = self.emit(Op(Flatten(), [pooled.op], (c,), scale, name=_label(node)))
         out.divisor = h * w
         self.env[node] = out
 
@@ -522,7 +509,7 @@ class _Lowering:
         vals = [self.settle(self.value(a), f"{_label(node)}.{k}") for k, a in enumerate(parts)]
         top = max(self.ops[v.op].scale for v in vals)
         shifts = [top - self.ops[v.op].scale for v in vals]
-        op = Op("concat", [v.op for v in vals], shape, top, {"shifts": shifts}, name=_label(node))
+        op = Op(Concat(shifts), [v.op for v in vals], shape, top, name=_label(node))
         self.env[node] = self.emit(op)
 
     def call_function(self, node: fx.Node) -> None:
@@ -542,11 +529,10 @@ class _Lowering:
             top = max(sa, sb)
             self.env[node] = self.emit(
                 Op(
-                    "add",
+                    Add([top - sa, top - sb]),
                     [va.op, vb.op],
                     self.shape_of(node),
                     top,
-                    {"shifts": [top - sa, top - sb]},
                     name=_label(node),
                 )
             )
@@ -581,7 +567,7 @@ class _Lowering:
 def _poly_degrees(model: nn.Module) -> list[int]:
     """Degrees of the activations of ``model`` that replace ReLU on some channel."""
     return [m.degree for m in model.modules()
-            if isinstance(m, ChannelActivation) and not bool(m.relu_mask.all())]  # fmt: skip
+            if isinstance(m, ChannelActivation) and not bool(_t(m.relu_mask).all())]  # fmt: skip
 
 
 def has_polynomial_channels(model: nn.Module) -> bool:
@@ -637,10 +623,36 @@ def compile_model(
 ) -> Plan:
     """Lower ``model`` (eval mode) to an integer :class:`Plan` over ``field``.
 
-    ``input_shape`` is (C, H, W) without the batch dimension; ``field`` defaults to
-    :func:`default_field`. With ``reorder_pools`` (the default), an all-ReLU activation that
-    only feeds a max pool runs after the pool (exactly the same result, fewer ReLUs). Raises
-    :class:`UnsupportedLayerError` naming the first layer that cannot be lowered.
+    Batch norms fold into the convolution or linear layer before them, weights round to
+    fixed point, pools and shifts become integer ops (:mod:`safenet.plan.ops`). The model
+    itself is not modified (a float64 copy is traced).
+
+    Args:
+        model: a torch module of supported layers (conv, linear, batch norm, ReLU and
+            clipped ReLU, :class:`~safenet.nn.activation.ChannelActivation`, average and max
+            pools, flatten, residual add, channel concat).
+        input_shape: ``(C, H, W)`` without the batch dimension.
+        field: the prime field and fixed-point bits; :func:`default_field` when omitted.
+        reorder_pools: run an all-ReLU activation that only feeds a max pool after the pool
+            (exactly the same result, fewer ReLUs).
+
+    Returns:
+        The :class:`Plan`; ``plan.info`` holds the architecture name and ReLU counts.
+
+    Raises:
+        UnsupportedLayerError: naming the first layer that cannot be lowered.
+
+    Shape:
+        - Input of the plan: ``(C, H, W)`` (or batched ``(N, C, H, W)`` in
+          :meth:`Plan.reference`).
+        - Output: the model's output without the batch dimension.
+
+    Example::
+
+        >>> model = safenet.nn.zoo.build_model("resnet20").eval()
+        >>> plan = compile_model(model, (3, 32, 32))
+        >>> plan.counts()["relu_count"] > 0
+        True
     """
     input_shape = _check_input_shape(input_shape)
     field = field or default_field(model)

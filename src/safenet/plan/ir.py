@@ -1,19 +1,26 @@
 """The Plan: a small integer intermediate representation of a network over F_p.
 
-A Plan is a list of :class:`Op` in execution order. Every op produces one tensor of integers
-(centred residues mod p) at a known *scale* (fractional bits). The op kinds, and what the
-secure protocol does with each, are:
+This module holds :class:`Plan` (field, input shape, ops; identity, storage, the client's
+public view) and re-exports :class:`~safenet.plan.ops.Op`. A Plan is a list of ops in
+execution order; every op produces one tensor of integers (centred residues mod p) at a known
+*scale* (fractional bits). The op kinds are typed classes in :mod:`safenet.plan.ops`:
 
-``input``      the client's image at scale ``frac_bits``.
-``conv``       2-D convolution (batch-norm folded), integer weight and bias      (HE)
-``linear``     fully connected layer, integer weight and bias                    (HE)
-``sumpool``    sum over k x k windows (average pools fold their 1/k^2 elsewhere)  (local)
-``rescale``    multiply by an integer constant (a non-power-of-two pool divisor) (local)
-``add``        residual add; each input is first multiplied by 2^shift to align  (local)
-``maxpool``    max over each window (``attrs`` rows/cols: :mod:`.pooling`)       (GC)
-``flatten``    reshape (C, H, W) -> (C*H*W,)                                      (free)
-``truncate``   round-shift right by ``shift`` bits                               (local)
-``activation`` per channel: ReLU (garbled circuit) or a polynomial (triples)
+=======================  ==============================================================
+kind (class)             secure protocol
+=======================  ==============================================================
+``input`` (Input)        the client's mask ``R_0``, then ``x - R_0``
+``conv`` (Conv)          HE, offline (:mod:`safenet.protocol.linear`)
+``linear`` (Linear)      HE, offline
+``sumpool`` (SumPool)    local on each share
+``rescale`` (Rescale)    local
+``add`` (Add)            local
+``concat`` (Concat)      local
+``flatten`` (Flatten)    local (free)
+``truncate`` (Truncate)  local probabilistic truncation
+``maxpool`` (MaxPool)    garbled circuit
+``activation``           ReLU channels by garbled circuit, polynomial channels by HE tuples
+(Activation)
+=======================  ==============================================================
 
 Activation semantics (what :meth:`Plan.reference` and the protocol compute): with
 ``k = shift``, ``X = floor((v + 2^(k-1)) / 2^k)`` (round half up; exact in the circuit);
@@ -26,34 +33,25 @@ sets ``poly_frac_bits``) and the integer coefficients are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from safenet.field import Field
+from safenet.plan.ops import OP_TYPES, Activation, Op
 
 FORMAT = "safenet-plan/1"
 #: op arrays that belong to the architecture, not to the server's secret weights
 PUBLIC_ARRAYS = ("relu_mask",)
-KINDS = (
-    "input",
-    "conv",
-    "linear",
-    "sumpool",
-    "rescale",
-    "add",
-    "concat",
-    "maxpool",
-    "flatten",
-    "truncate",
-    "activation",
-)
+#: the op kinds' names, as plan files store them (:data:`.ops.OP_TYPES`)
+KINDS = tuple(OP_TYPES)
 
 
 class UnsupportedLayerError(ValueError):
@@ -61,51 +59,37 @@ class UnsupportedLayerError(ValueError):
 
 
 @dataclass
-class Op:
-    """One node of a Plan.
-
-    Attributes:
-        kind: one of :data:`KINDS`.
-        inputs: indices of the ops whose outputs this op reads.
-        shape: output shape without the batch dimension.
-        scale: fractional bits of the output.
-        attrs: JSON-serialisable parameters (stride, padding, shifts, ...).
-        arrays: integer parameters (weights, bias, masks, coefficients).
-        name: the torch.fx node this op came from, for error messages and reports.
-    """
-
-    kind: str
-    inputs: list[int]
-    shape: tuple[int, ...]
-    scale: int
-    attrs: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    name: str = ""
-
-    def poly_input_shift(self) -> int:
-        """An activation's truncation of ``v`` into the polynomial input ``X_p``."""
-        return int(self.attrs.get("poly_in_shift", self.attrs["shift"]))
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "inputs": self.inputs,
-            "shape": list(self.shape),
-            "scale": self.scale,
-            "attrs": self.attrs,
-            "name": self.name,
-            "arrays": sorted(self.arrays),
-        }
-
-
-@dataclass
 class Plan:
-    """A compiled network: field parameters, input shape, ops; the last op is the output."""
+    """A compiled network over F_p: field parameters, input shape and ops in execution order.
+
+    The last op is the output. A Plan is what both parties of the secure protocol run (the
+    client on its :meth:`public` view) and what :meth:`reference` evaluates in plaintext;
+    two parties agree on one iff their :meth:`fingerprint` match.
+
+    Args:
+        field: the prime field and fixed-point parameters (:class:`~safenet.field.Field`).
+        input_shape: the input's shape without the batch dimension, e.g. ``(3, 32, 32)``.
+        ops: the :class:`~safenet.plan.ops.Op` list; op ``i`` reads only ops before it.
+        info: free-form metadata (architecture, counts, preprocessing); not fingerprinted.
+
+    Shape:
+        - Input: ``(*input_shape)`` or ``(N, *input_shape)``.
+        - Output: ``(*output.shape)`` or ``(N, *output.shape)``, at scale ``output_scale``.
+
+    Example::
+
+        >>> plan = safenet.compile(model, (3, 32, 32))  # a CIFAR-10 classifier
+        >>> plan.reference(np.zeros((3, 32, 32))).shape
+        (10,)
+        >>> fp = plan.save("model.plan")
+        >>> Plan.load("model.plan").fingerprint() == fp
+        True
+    """
 
     field: Field
     input_shape: tuple[int, ...]
     ops: list[Op]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # ---- structure -----------------------------------------------------------------------
     @property
@@ -118,7 +102,7 @@ class Plan:
 
     def activations(self) -> list[tuple[int, Op]]:
         """(index, op) of every activation op."""
-        return [(i, op) for i, op in enumerate(self.ops) if op.kind == "activation"]
+        return [(i, op) for i, op in enumerate(self.ops) if isinstance(op.attrs, Activation)]
 
     def counts(self) -> dict[str, int]:
         """Number of ReLU and polynomial activations (elements) per inference."""
@@ -139,9 +123,9 @@ class Plan:
         ]
         for i, op in enumerate(self.ops):
             extra = ""
-            if op.kind == "activation":
+            if isinstance(op.attrs, Activation):
                 m = op.arrays["relu_mask"]
-                extra = f" relu {int(m.sum())}/{len(m)} ch, degree {op.attrs['degree']}"
+                extra = f" relu {int(m.sum())}/{len(m)} ch, degree {op.attrs.degree}"
             rows.append(
                 f"{i:3d} {op.kind:10s} {str(op.shape):16s} scale {op.scale:3d} "
                 f"<- {op.inputs} {op.name}{extra}"
@@ -163,7 +147,7 @@ class Plan:
         drops weights, biases and polynomial coefficients.
         """
         ops = [
-            Op(op.kind, list(op.inputs), op.shape, op.scale, dict(op.attrs),
+            Op(op.attrs, list(op.inputs), op.shape, op.scale,
                {k: a for k, a in op.arrays.items() if k in PUBLIC_ARRAYS}, op.name)
             for op in self.ops
         ]  # fmt: skip
@@ -237,17 +221,10 @@ class Plan:
                         k: np.load(io.BytesIO(z.read(f"op{i}/{k}.npy")), allow_pickle=False)
                         for k in m["arrays"]
                     }
-                    ops.append(
-                        Op(
-                            m["kind"],
-                            m["inputs"],
-                            tuple(m["shape"]),
-                            m["scale"],
-                            m["attrs"],
-                            arrays,
-                            m["name"],
-                        )
-                    )
+                    try:
+                        ops.append(Op.from_meta(m, arrays))
+                    except ValueError as e:
+                        raise ValueError(f"{path} is not a readable safenet plan: {e}") from e
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a readable safenet plan: {e}") from e
         plan = cls(Field(**meta["field"]), tuple(meta["input_shape"]), ops, meta.get("info", {}))
@@ -257,7 +234,22 @@ class Plan:
 
     # ---- evaluation ------------------------------------------------------------------------
     def reference(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """Run the plan in plaintext fixed point; see :func:`safenet.plan.reference.run`."""
-        from safenet.plan.reference import run
+        """Run the plan in plaintext fixed point: the oracle the secure protocol matches.
+
+        Args:
+            x: one input ``(*input_shape)`` or a batch ``(N, *input_shape)``, real (encoded
+                at ``frac_bits`` here) or, with ``encoded=True``, integers.
+            **kwargs: ``encoded``, ``decode`` (default True: reals, else centred integers),
+                ``stats`` (a :class:`~safenet.plan.reference.RangeStats` to fill),
+                ``batch_size``; see :func:`safenet.plan.reference.run`.
+
+        Returns:
+            The output, ``(*output.shape)`` or ``(N, *output.shape)``.
+
+        Example::
+
+            >>> y = plan.reference(np.zeros(plan.input_shape), decode=False)  # int64
+        """
+        from safenet.plan.reference import run  # evaluation imports nothing from here
 
         return run(self, x, **kwargs)

@@ -7,18 +7,37 @@ wraps are counted in :class:`RangeStats`: a plan is *exact* on an input when non
 Convolutions and matrix products run in float64, exact while every partial sum stays below
 2^53 (checked per op from max|x| and the weights' row L1 norms); otherwise the input is split
 into 20-bit limbs, each product is exact, and limbs recombine mod p with Python integers.
+
+Each op kind's plaintext rule is one function, dispatched by :data:`RULES` (keyed by the
+op's attribute class); :func:`run` evaluates a whole plan, :func:`apply_op` one op.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from safenet.field import trunc_bound
-from safenet.plan.ir import Op, Plan
+from safenet.field import Field, trunc_bound
+from safenet.plan.ops import (
+    Activation,
+    Add,
+    Concat,
+    Conv,
+    Flatten,
+    Input,
+    Linear,
+    MaxPool,
+    Op,
+    OpAttrs,
+    Rescale,
+    SumPool,
+    Truncate,
+)
 from safenet.plan.pooling import window_index
 
 EXACT_F64 = 2**53
@@ -152,7 +171,7 @@ def _linear_exact(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, op: Op) -> 
     """The exact integer result of a conv/linear op (unreduced)."""
 
     def apply(xf: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if op.kind == "conv":
+        if isinstance(op.attrs, Conv):
             return _conv_f64(xf, w.double(), bias, op.attrs)
         return F.linear(xf, w.double(), bias)
 
@@ -178,16 +197,16 @@ def _linear_exact(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, op: Op) -> 
     return total + bias.reshape((1, -1) + (1,) * (total.ndim - 2))
 
 
-def _conv_f64(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, a: dict) -> torch.Tensor:
+def _conv_f64(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, a: Conv) -> torch.Tensor:
     """float64 convolution as im2col + BLAS matmul (torch's float64 conv2d is ~10x slower).
 
     Exact for integer operands while partial sums stay below 2^53, in any summation order.
     """
-    if a["groups"] != 1:
-        return F.conv2d(x, w, bias, a["stride"], a["padding"], 1, a["groups"])
+    if a.groups != 1:
+        return F.conv2d(x, w, bias, a.stride, a.padding, 1, a.groups)
     n, _, h, wd = x.shape
     kh, kw = w.shape[2:]
-    (sh, sw), (ph, pw) = a["stride"], a["padding"]
+    (sh, sw), (ph, pw) = a.stride, a.padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))
     out = torch.matmul(w.reshape(w.shape[0], -1), cols)
@@ -202,16 +221,16 @@ def _sumpool(x: torch.Tensor, k: int, s: int) -> Exact:
         return x.unfold(2, k, s).unfold(3, k, s).sum((-1, -2))
     xo = x.numpy().astype(object)
     oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
-    total = 0
+    total: Any = 0  # an object array of Python ints after the first window offset
     for dy in range(k):
         for dx in range(k):
             total = total + xo[:, :, dy : dy + s * (oh - 1) + 1 : s, dx : dx + s * (ow - 1) + 1 : s]
     return total
 
 
-def _maxpool(x: torch.Tensor, op: Op) -> torch.Tensor:
+def _maxpool(x: torch.Tensor, op: Op, a: MaxPool) -> torch.Tensor:
     """Max over each window of :func:`safenet.plan.pooling.window_index` (padding never wins)."""
-    idx = torch.from_numpy(window_index(op.attrs["rows"], op.attrs["cols"], tuple(x.shape[1:])))
+    idx = torch.from_numpy(window_index(a.rows, a.cols, tuple(x.shape[1:])))
     floor = torch.iinfo(torch.int64).min
     flat = torch.cat([x.reshape(len(x), -1), torch.full((len(x), 1), floor)], dim=1)
     win = flat[:, torch.where(idx >= 0, idx, flat.shape[1] - 1)]
@@ -239,30 +258,114 @@ def _poly(x: torch.Tensor, coef: torch.Tensor) -> Exact:
         return y
     xo = x.numpy().astype(object)
     co = coef.numpy().astype(object)
-    y = np.broadcast_to(co[:, d].reshape(shape), xo.shape)
+    yo = np.broadcast_to(co[:, d].reshape(shape), xo.shape)
     for j in range(d - 1, -1, -1):
-        y = y * xo + co[:, j].reshape(shape)
-    return y
+        yo = yo * xo + co[:, j].reshape(shape)
+    return yo
 
 
-def _activation(v: torch.Tensor, op: Op, p: int, stats: RangeStats | None, i: int) -> torch.Tensor:
-    x = _round_shift(v, op.attrs["shift"])
+@dataclass
+class _Ctx:
+    """Where one op runs: the prime, the stats to fill (if any) and the op's index there."""
+
+    p: int
+    stats: RangeStats | None
+    i: int
+
+    def reduce(self, exact: Exact) -> torch.Tensor:
+        """Record an op's exact (unreduced) values, then reduce them mod p."""
+        if self.stats is not None:
+            self.stats.record(self.i, exact, self.p // 2)
+        return _reduce(exact, self.p)
+
+
+def _input(a: Input, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    return ins[0]
+
+
+def _linear(a: Conv | Linear, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    w = torch.from_numpy(op.arrays["weight"])
+    b = torch.from_numpy(op.arrays["bias"])
+    return ctx.reduce(_linear_exact(ins[0], w, b, op))
+
+
+def _sum_pool(a: SumPool, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    return ctx.reduce(_sumpool(ins[0], a.kernel, a.stride))
+
+
+def _rescale(a: Rescale, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    m = int(a.multiplier)
+    big = int(ins[0].abs().max()) * abs(m) if ins[0].numel() else 0
+    return ctx.reduce(ins[0] * m if big < 2**62 else ins[0].numpy().astype(object) * m)
+
+
+def _add(a: Add, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    pairs = list(zip(ins, a.shifts, strict=True))
+    big = sum((int(t.abs().max()) << s) for t, s in pairs)
+    exact: Exact
+    if big < 2**62:
+        exact = sum((t << s for t, s in pairs[1:]), pairs[0][0] << pairs[0][1])
+    else:
+        terms = [t.numpy().astype(object) * (1 << s) for t, s in pairs]
+        exact = terms[0]
+        for term in terms[1:]:
+            exact = exact + term
+    return ctx.reduce(exact)
+
+
+def _concat(a: Concat, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    """Along channels, each input shifted to the common scale."""
+    pairs = list(zip(ins, a.shifts, strict=True))
+    if max((int(t.abs().max()) << s for t, s in pairs if t.numel()), default=0) < 2**62:
+        return ctx.reduce(torch.cat([t << s for t, s in pairs], dim=1))
+    return ctx.reduce(np.concatenate([t.numpy().astype(object) * (1 << s) for t, s in pairs], 1))
+
+
+def _flatten(a: Flatten, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    return ins[0].reshape(ins[0].shape[0], -1)
+
+
+def _truncate(a: Truncate, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    if ctx.stats is not None:
+        ctx.stats.record_local_truncations(ins[0], ctx.p)
+    return _round_shift(ins[0], a.shift)
+
+
+def _activation(a: Activation, op: Op, ins: list[torch.Tensor], ctx: _Ctx) -> torch.Tensor:
+    v, p, stats = ins[0], ctx.p, ctx.stats
+    x = _round_shift(v, a.shift)
     mask = torch.from_numpy(op.arrays["relu_mask"].astype(bool))
     keep = mask.view([1, -1] + [1] * (v.dim() - 2))
-    out = torch.clamp(x, min=0, max=op.attrs.get("clip"))  # clip: ReLU6 and friends
+    out = torch.clamp(x, min=0, max=a.clip)  # clip: ReLU6 and friends
     if not bool(mask.all()):
-        kp = op.poly_input_shift()
-        xp = x if kp == op.attrs["shift"] else _round_shift(v, kp)
+        kp = a.poly_input_shift()
+        xp = x if kp == a.shift else _round_shift(v, kp)
         exact = _poly(xp, torch.from_numpy(op.arrays["coefficients"]))
         if stats is not None:  # only the polynomial channels' sums are truncated by the protocol
             poly_only = (
                 exact[:, ~mask.numpy()] if isinstance(exact, np.ndarray) else exact[:, ~mask]
             )
-            stats.record(i, poly_only, p // 2)
+            stats.record(ctx.i, poly_only, p // 2)
             stats.record_truncations(v[:, ~mask], poly_only, p)
         y = _reduce(exact, p)
-        out = torch.where(keep, out, _round_shift(y, op.attrs["poly_shift"]))
+        out = torch.where(keep, out, _round_shift(y, a.poly_shift))
     return out
+
+
+#: each op kind's plaintext rule: (attrs, op, inputs, context) -> centred int64 output
+RULES: dict[type[OpAttrs], Callable[[Any, Op, list[torch.Tensor], _Ctx], torch.Tensor]] = {
+    Input: _input,
+    Conv: _linear,
+    Linear: _linear,
+    SumPool: _sum_pool,
+    Rescale: _rescale,
+    Add: _add,
+    Concat: _concat,
+    MaxPool: lambda a, op, ins, ctx: _maxpool(ins[0], op, a),
+    Flatten: _flatten,
+    Truncate: _truncate,
+    Activation: _activation,
+}
 
 
 def apply_op(
@@ -272,59 +375,30 @@ def apply_op(
 
     Exposed so tests can check a secure run op by op, each on the values it actually got.
     """
-    half = p // 2
-    exact: Exact | None = None
-    if op.kind == "input":
-        out = ins[0]
-    elif op.kind in ("conv", "linear"):
-        w = torch.from_numpy(op.arrays["weight"])
-        b = torch.from_numpy(op.arrays["bias"])
-        exact = _linear_exact(ins[0], w, b, op)
-    elif op.kind == "sumpool":
-        exact = _sumpool(ins[0], op.attrs["kernel"], op.attrs["stride"])
-    elif op.kind == "rescale":
-        m = int(op.attrs["multiplier"])
-        big = int(ins[0].abs().max()) * abs(m) if ins[0].numel() else 0
-        exact = ins[0] * m if big < 2**62 else ins[0].numpy().astype(object) * m
-    elif op.kind == "add":
-        shifts = op.attrs["shifts"]
-        pairs = list(zip(ins, shifts, strict=True))
-        big = sum((int(t.abs().max()) << s) for t, s in pairs)
-        if big < 2**62:
-            exact = sum((t << s for t, s in pairs[1:]), pairs[0][0] << pairs[0][1])
-        else:
-            exact = sum(t.numpy().astype(object) * (1 << s) for t, s in pairs)
-    elif op.kind == "concat":  # along channels, each input shifted to the common scale
-        pairs = list(zip(ins, op.attrs["shifts"], strict=True))
-        if max((int(t.abs().max()) << s for t, s in pairs if t.numel()), default=0) < 2**62:
-            exact = torch.cat([t << s for t, s in pairs], dim=1)
-        else:
-            exact = np.concatenate([t.numpy().astype(object) * (1 << s) for t, s in pairs], 1)
-    elif op.kind == "maxpool":
-        out = _maxpool(ins[0], op)
-    elif op.kind == "flatten":
-        out = ins[0].reshape(ins[0].shape[0], -1)
-    elif op.kind == "truncate":
-        if stats is not None:
-            stats.record_local_truncations(ins[0], p)
-        out = _round_shift(ins[0], op.attrs["shift"])
-    elif op.kind == "activation":
-        out = _activation(ins[0], op, p, stats, i)
-    else:
+    rule = RULES.get(type(op.attrs))
+    if rule is None:
         raise ValueError(f"unknown op kind {op.kind!r}")
-    if exact is not None:
-        if stats is not None:
-            stats.record(i, exact, half)
-        out = _reduce(exact, p)
-    return out
+    return rule(op.attrs, op, ins, _Ctx(p, stats, i))
 
 
-def _forward(plan: Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Tensor:
+class _Plan(Protocol):
+    """What evaluation reads of a :class:`~safenet.plan.ir.Plan` (no import of it here: the
+    Plan's :meth:`~safenet.plan.ir.Plan.reference` calls into this module)."""
+
+    field: Field
+    input_shape: tuple[int, ...]
+    ops: list[Op]
+
+    @property
+    def output_scale(self) -> int: ...
+
+
+def _forward(plan: _Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Tensor:
     if stats is not None:
         stats.begin_batch(len(x))
     vals: list[torch.Tensor] = []
     for i, op in enumerate(plan.ops):
-        ins = [vals[j] for j in op.inputs] if op.kind != "input" else [x]
+        ins = [vals[j] for j in op.inputs] if not isinstance(op.attrs, Input) else [x]
         vals.append(apply_op(op, ins, plan.field.p, stats, i))
     if stats is not None:
         stats.end_batch()
@@ -332,7 +406,7 @@ def _forward(plan: Plan, x: torch.Tensor, stats: RangeStats | None) -> torch.Ten
 
 
 def run(
-    plan: Plan,
+    plan: _Plan,
     x: np.ndarray | torch.Tensor,
     *,
     encoded: bool = False,

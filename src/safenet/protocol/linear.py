@@ -52,7 +52,7 @@ import seal
 
 from safenet.crypto.he import ClientKeys, HEContext, HEError, flood, rerandomize
 from safenet.field import mod_centered
-from safenet.plan.ir import Op
+from safenet.plan.ops import Conv, Linear, Op
 from safenet.protocol import arith
 from safenet.protocol.arith import STAT_BITS
 
@@ -107,20 +107,20 @@ class ConvShape:
     def of(cls, op: Op, in_shape: tuple[int, ...]) -> ConvShape:
         """Read the geometry from an op's public attributes (no weights needed)."""
         in_shape = tuple(int(d) for d in in_shape)
-        if op.kind == "linear":
+        if isinstance(op.attrs, Linear):
             if len(in_shape) != 1 or len(op.shape) != 1:
                 raise ValueError(f"linear op {op.name!r}: shapes {in_shape} -> {op.shape}")
             return cls(in_shape[0], 1, 1, int(op.shape[0]), 1, 1, 1, 1, 0, 0, 1)
-        if op.kind != "conv":
+        if not isinstance(op.attrs, Conv):
             raise ValueError(f"op {op.name!r} of kind {op.kind!r} is not conv or linear")
         if len(in_shape) != 3:
             raise ValueError(f"conv op {op.name!r}: input shape {in_shape} is not (C, H, W)")
         a = op.attrs
-        kernel = a.get("kernel") or list(op.arrays["weight"].shape[2:])
+        kernel = a.kernel or list(op.arrays["weight"].shape[2:])
         g = cls(
             in_shape[0], in_shape[1], in_shape[2], int(op.shape[0]),
-            int(kernel[0]), int(kernel[1]), int(a["stride"][0]), int(a["stride"][1]),
-            int(a["padding"][0]), int(a["padding"][1]), int(a.get("groups", 1)),
+            int(kernel[0]), int(kernel[1]), int(a.stride[0]), int(a.stride[1]),
+            int(a.padding[0]), int(a.padding[1]), int(a.groups),
         )  # fmt: skip
         if g.c_in % g.groups or g.c_out % g.groups:
             raise ValueError(f"conv op {op.name!r}: channels not divisible by groups")
@@ -563,7 +563,7 @@ def linear_mod_p(op: Op, x: np.ndarray, p: int, prepared: tuple | None = None) -
     :func:`prepare_weights`'s result for this op (computed here when not given).
     Returns int64 in [0, p).
     """
-    per_item = 1 if op.kind == "linear" else 3
+    per_item = 1 if isinstance(op.attrs, Linear) else 3
     x = np.asarray(x, dtype=np.int64)
     single = x.ndim == per_item
     if single:
@@ -586,5 +586,6 @@ def linear_mod_p(op: Op, x: np.ndarray, p: int, prepared: tuple | None = None) -
                 part = arith.mulmod(part, factor, p)
             acc = part if acc is None else arith.add(acc, part, p)
     assert acc is not None
-    out = acc.reshape((nb,) + tuple(op.shape)) if op.kind == "conv" else acc.reshape(nb, -1)
+    conv = isinstance(op.attrs, Conv)
+    out = acc.reshape((nb,) + tuple(op.shape)) if conv else acc.reshape(nb, -1)
     return out[0] if single else out

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from safenet.crypto.gc.maxpool_circuit import max_circuit, max_weights
-from safenet.plan.ir import Op
+from safenet.plan.ops import MaxPool, Op
 from safenet.plan.pooling import window_index
 from safenet.protocol import arith as A
 from safenet.protocol.garbled import GarbledClient, GarbledServer
@@ -26,7 +26,8 @@ __all__ = ["MaxPoolClient", "MaxPoolServer", "pool_windows"]
 
 def pool_windows(op: Op, in_shape: tuple[int, ...]) -> np.ndarray:
     """Flat input indices ``(outputs, K)`` of a ``maxpool`` op, ``-1`` for padding."""
-    return window_index(op.attrs["rows"], op.attrs["cols"], tuple(in_shape))
+    a = op.attrs_as(MaxPool)
+    return window_index(a.rows, a.cols, tuple(in_shape))
 
 
 def _gather(x: np.ndarray, idx: np.ndarray, offset: int, p: int) -> np.ndarray:

@@ -199,7 +199,7 @@ def client_session(
                 f"banked session {request['session_id']} was made with model version {made}, "
                 f"the server now runs {version}: preprocess again"
             )
-        sess = ClientSession.from_material(public, conn, *banked, config=config)
+        sess = ClientSession.from_material(public, conn, banked[0], banked[1], config=config)
         if conn.recv_json(label="bank.ready") != "ready":
             raise ProtocolError("server did not confirm the banked session")
     else:

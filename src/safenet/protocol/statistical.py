@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from safenet.plan.ir import Plan
+from safenet.plan.ops import Activation
 from safenet.protocol.arith import STAT_BITS
 
 __all__ = [
@@ -58,7 +59,7 @@ def poly_replies(plan: Plan, slots: int) -> int:
         mask = op.arrays["relu_mask"].astype(bool)
         n_poly = int((~mask).sum()) * _per_channel(op.shape)
         if n_poly:
-            total += -(-n_poly // slots) * int(op.attrs["degree"])
+            total += -(-n_poly // slots) * int(op.attrs_as(Activation).degree)
     return total
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from safenet.field import mod_centered, trunc_bound
-from safenet.plan.ir import Op, Plan
+from safenet.plan.ir import Plan
+from safenet.plan.ops import Activation, Op, Truncate
 from safenet.plan.reference import apply_op
 
 __all__ = ["TraceCheck", "check_trace", "poly_error_bound"]
@@ -55,7 +56,8 @@ def _poly_check(
     if not (got[mask] == ref[mask]).all():
         out.misses += int((got[mask] != ref[mask]).sum())
         out.failed_ops.append(f"{op.name} (ReLU channels)")
-    k, q, d = op.poly_input_shift(), op.attrs["poly_shift"], op.attrs["degree"]
+    a = op.attrs_as(Activation)
+    k, q, d = a.poly_input_shift(), a.poly_shift, a.degree
     v = x_in[~mask].astype(object)
     X = (v + (1 << (k - 1))) >> k
     coef = op.arrays["coefficients"].astype(object)
@@ -89,9 +91,9 @@ def check_trace(
         ref = apply_op(op, ins, p)[0].numpy()
         got = vals[i]
         out.ops += 1
-        if op.kind == "truncate":  # local truncation: the carry may add one
+        if isinstance(op.attrs, Truncate):  # local truncation: the carry may add one
             bad = int((~np.isin(got - ref, (0, 1))).sum())
-        elif op.kind == "activation" and not op.arrays["relu_mask"].all():
+        elif isinstance(op.attrs, Activation) and not op.arrays["relu_mask"].all():
             _poly_check(op, ins[0][0].numpy(), got, ref, p, out)
             continue
         else:
