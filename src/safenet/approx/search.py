@@ -56,6 +56,13 @@ parallel as Ray Tune trials, locally or on a cluster. Each member's training see
 the driver before dispatch, so the runner changes where members train, not what the search
 does; the runner is no part of the saved settings, and a search started with one resumes
 with the other.
+
+In code: :class:`SearchConfig` holds the settings; a :class:`Strategy` per planner
+(:class:`SafenetStrategy`, :class:`DelphiStrategy`, chosen once from ``method`` through
+:data:`STRATEGIES`) decides the layer groups, the first members, exploration, how a student's
+polynomials are set and the reward; ``_Search`` builds, trains and scores members the same
+for both; members' configurations are :class:`~safenet.nn.surgery.LayerSpec` per layer
+(``[ratio, degree]`` lists in ``search.pt``); :func:`search` returns a :class:`SearchReport`.
 """
 
 from __future__ import annotations
