@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from safenet.approx.cost import Calibration, default_calibration_path
+from safenet.approx.finetune import FinetuneConfig
 from safenet.approx.runners import Runner
 from safenet.approx.search import SearchConfig, SearchReport, search
 from safenet.checkpoint import Checkpoint
@@ -105,9 +106,6 @@ def approximate_checkpoint(
     ``layers.json`` (the winner for ``safenet finetune --layers``) to ``out_dir``; returns the
     report, its ``extra`` holding the final figures, ``checkpoint`` and ``calibration``.
     """
-    from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
-    from safenet.evaluate import secure_check
-
     relu_teacher(parent)
     out = Path(out_dir)
     train = ImageDataset(parent.dataset, "train", data_dir, limit)
@@ -118,20 +116,10 @@ def approximate_checkpoint(
                       "predicted_online_s": rep.predicted_online_s,
                       "teacher_accuracy": rep.teacher_accuracy}  # fmt: skip
     if rep.complete and final_epochs > 0:
-        log(f"final fine-tune of the winner: {final_epochs} epoch(s) on the full train set")
         fcfg = FinetuneConfig(epochs=final_epochs, lr=final_lr, blend_epochs=0.0, limit=limit,
                               seed=cfg.seed)  # fmt: skip
-        ck = finetune_checkpoint(
-            parent, parent_name, rep.config, fcfg, best, data_dir=data_dir, log=log,
-            student=model, extra={"search": asdict(cfg), **search_metrics},
-        )  # fmt: skip
-        rep.extra["test_accuracy"] = ck.metrics["accuracy"]
-        rep.extra["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
-        # on the first 256 test images; a diagnostic, nothing is chosen by it
-        check, warning = secure_check(best, data_dir)
-        rep.extra["final_failure_rate"] = check["secure_failure_rate"]
-        if warning:
-            log(warning)
+        _final_finetune(rep, parent, parent_name, fcfg, best, data_dir, log,
+                        {"search": asdict(cfg), **search_metrics})  # fmt: skip
     else:
         if not rep.complete:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
@@ -145,3 +133,31 @@ def approximate_checkpoint(
     (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=1))
     (out / "layers.json").write_text(json.dumps(rep.layers_json(), indent=1))
     return rep
+
+
+def _final_finetune(
+    rep: SearchReport,
+    parent: Checkpoint,
+    parent_name: str,
+    cfg: FinetuneConfig,
+    best: Path,
+    data_dir: str | Path | None,
+    log: Callable[[str], None],
+    training: dict[str, Any],
+) -> None:
+    """Fine-tune the search's winner into ``best`` (on the full train set, measured on the
+    test set); its figures go to ``rep.extra``, and a warning to ``log`` when the fixed-point
+    check on the first test images finds inferences that may fail."""
+    from safenet.approx.finetune import finetune_checkpoint
+    from safenet.evaluate import secure_check
+
+    log(f"final fine-tune of the winner: {cfg.epochs} epoch(s) on the full train set")
+    ck = finetune_checkpoint(parent, parent_name, rep.config, cfg, best, data_dir=data_dir,
+                             log=log, student=rep.model, extra=training)  # fmt: skip
+    rep.extra["test_accuracy"] = ck.metrics["accuracy"]
+    rep.extra["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
+    # on the first 256 test images; a diagnostic, nothing is chosen by it
+    check, warning = secure_check(best, data_dir)
+    rep.extra["final_failure_rate"] = check["secure_failure_rate"]
+    if warning:
+        log(warning)

@@ -600,6 +600,33 @@ class SearchReport:
         return self.model if key == "model" else self.to_dict()[key]
 
 
+def _start(
+    s: _Search, state_path: Path, total_gens: int, log: Callable[[str], None]
+) -> tuple[list[_Member], int, list[Any], int]:
+    """Members, generations done, history and training images seen: saved in ``state_path``
+    (the settings checked, the random generator restored), else a first generation."""
+    if not state_path.exists():
+        return [s.strategy.initial(k) for k in range(s.cfg.population)], 0, [], 0
+    saved = torch.load(state_path, weights_only=False)
+    if _fixed(saved["config"]) != _fixed(asdict(s.cfg)):
+        raise ValueError(f"{state_path} belongs to a search with other settings")
+    s.rng.setstate(saved["rng"])
+    members = [_member(m) for m in saved["members"]]
+    log(f"resuming at generation {saved['generation']} of {total_gens}")
+    return members, saved["generation"], saved["history"], saved.get("images_seen", 0)
+
+
+def _exploit_and_explore(s: _Search, members: list[_Member], level: list[list[int]]) -> None:
+    """The bottom quarter of ``members`` (ranked, best first) copies the top quarter's
+    configurations and weights, then explores."""
+    n_swap = max(1, len(members) // 4)
+    for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
+        loser.config = dict(winner.config)
+        loser.state = winner.state
+        loser.state_config = None if winner.state_config is None else dict(winner.state_config)
+        s.strategy.explore(loser, level)
+
+
 def search(
     teacher: nn.Module,
     train: ImageDataset,
@@ -621,18 +648,7 @@ def search(
     s = _Search(teacher, train, cfg, calibration)
     tree = s.strategy.tree(len(s.layers))
     total_gens = len(tree) * cfg.generations_per_level
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        if _fixed(saved["config"]) != _fixed(asdict(cfg)):
-            raise ValueError(f"{state_path} belongs to a search with other settings")
-        members = [_member(m) for m in saved["members"]]
-        gen, history = saved["generation"], saved["history"]
-        seen = saved.get("images_seen", 0)
-        s.rng.setstate(saved["rng"])
-        log(f"resuming at generation {gen} of {total_gens}")
-    else:
-        members = [s.strategy.initial(k) for k in range(cfg.population)]
-        gen, history, seen = 0, [], 0
+    members, gen, history, seen = _start(s, state_path, total_gens, log)
     per_gen = cfg.population * cfg.steps * cfg.batch_size  # training images per generation
     runner = runner if runner is not None else SequentialRunner()
     log(f"runner: {runner.describe()}")
@@ -663,12 +679,7 @@ def search(
             f"{best.latency:.3f} s "
             f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s); "
             f"{seen / len(s.train_x):.1f} epochs, ~{left / 60:.0f} min left")  # fmt: skip
-        n_swap = max(1, len(members) // 4)
-        for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
-            loser.config = dict(winner.config)
-            loser.state = winner.state
-            loser.state_config = None if winner.state_config is None else dict(winner.state_config)
-            s.strategy.explore(loser, level)
+        _exploit_and_explore(s, members, level)
         gen += 1
         _save(state_path, {"config": asdict(cfg), "generation": gen, "history": history,
                            "rng": s.rng.getstate(), "images_seen": seen,
