@@ -72,6 +72,7 @@ import math
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -230,7 +231,7 @@ class Trial(NamedTuple):
     failure_rate: float
 
 
-class Strategy:
+class Strategy(ABC):
     """What one planner decides: its generations' layer groups, its starting members, how a
     member explores, how a built student's polynomials are set, and its reward. The search
     (:class:`_Search`) does the rest, the same for every planner."""
@@ -240,32 +241,32 @@ class Strategy:
     def __init__(self, s: _Search) -> None:
         self.s = s
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (an optional hook: nothing to do by default)
         """Called once the search holds its layers, scores and thresholds."""
 
+    @abstractmethod
     def tree(self, n: int) -> list[list[list[int]]]:
         """The layer groups of each level; ``generations_per_level`` generations each."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fit(self, student: nn.Module) -> None:
         """Set the polynomials of a freshly configured student."""
-        raise NotImplementedError
 
+    @abstractmethod
     def initial(self, k: int) -> _Member:
         """The ``k``-th member of the first generation."""
-        raise NotImplementedError
 
+    @abstractmethod
     def explore(self, m: _Member, level: list[list[int]]) -> None:
         """Change ``m``'s configuration (after it copied a winner's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reward(self, m: _Member) -> float:
         """The reward of a member within the latency budget (or without one)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def feasible(self, m: _Member) -> bool:
         """Whether ``m`` is acceptable when no latency budget is set."""
-        raise NotImplementedError
 
 
 class SafenetStrategy(Strategy):
@@ -557,8 +558,8 @@ class SearchReport:
 
     :meth:`to_dict` is the JSON of ``report.json`` (``config`` as ``[ratio, degree]`` pairs,
     no ``model``); keys added after the search (the final fine-tune's, the checkpoint's) are
-    kept in ``extra`` and written after the search's own. ``report[key]`` reads a key of
-    that dict (or ``"model"``).
+    kept in ``extra`` and written after the search's own. ``report[key]`` and ``key in
+    report`` read that dict (or ``"model"``), as when the report was one.
     """
 
     method: str
@@ -598,6 +599,9 @@ class SearchReport:
 
     def __getitem__(self, key: str) -> Any:
         return self.model if key == "model" else self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key == "model" or key in self.to_dict()
 
 
 def _start(
