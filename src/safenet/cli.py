@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from safenet.nn.surgery import LayerSpec
     from safenet.plan.ir import Plan
 
+# Layout: each command has a ``_parser_<command>`` (its options; those that set a config
+# dataclass's fields come from the fields, :func:`_add_config`) and a thin ``cmd_<command>``
+# (call the library, print). The module docstring is ``safenet --help``'s description.
+
 #: the settings each command reads from its config dataclass, in the order of its --help
 _TRAIN = ("arch", "dataset", "epochs", "batch_size", "lr", "weight_decay", "width", "seed",
           "limit", "eval_limit", "device")  # fmt: skip
