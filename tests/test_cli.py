@@ -78,3 +78,23 @@ def test_plot_writes_png(lenet, tmp_path):
     out = tmp_path / "curve.png"
     assert main(["plot", "--model", str(lenet), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_flags_default_to_the_config_dataclasses():
+    """The train, finetune and approximate flags are read from their configs' fields."""
+    from safenet.approx.finetune import FinetuneConfig
+    from safenet.approx.search import SearchConfig
+    from safenet.cli import _FINETUNE, _SEARCH, _TRAIN, _config, build_parser
+    from safenet.training import TrainConfig
+
+    parse = build_parser().parse_args
+    assert _config(TrainConfig, parse(["train", "--out", "x"]), _TRAIN) == TrainConfig()
+    args = parse(["finetune", "--model", "m", "--out", "x"])
+    assert _config(FinetuneConfig, args, _FINETUNE) == FinetuneConfig()
+    assert _config(SearchConfig, parse(["approximate", "--out", "x"]), _SEARCH) == SearchConfig()
+    args = parse(["approximate", "--out", "x", "--time-budget", "5", "--method", "delphi",
+                  "--min-accuracy", "0.9", "--steps", "3"])  # fmt: skip
+    cfg = _config(SearchConfig, args, _SEARCH)
+    assert (cfg.time_budget_s, cfg.method, cfg.min_accuracy, cfg.steps) == (5.0, "delphi", 0.9, 3)
+    with pytest.raises(SystemExit):
+        parse(["approximate", "--out", "x", "--method", "random"])

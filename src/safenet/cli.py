@@ -8,14 +8,74 @@ Fashion-MNIST) and ``default-approx`` (its SAFENet-approximated variant).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from safenet.data import DatasetError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from safenet.field import Field
+    from safenet.nn.surgery import LayerSpec
+    from safenet.plan.ir import Plan
+
+# Layout: each command has a ``_parser_<command>`` (its options; those that set a config
+# dataclass's fields come from the fields, :func:`_add_config`) and a thin ``cmd_<command>``
+# (call the library, print). The module docstring is ``safenet --help``'s description.
+
+#: the settings each command reads from its config dataclass, in the order of its --help
+_TRAIN = ("arch", "dataset", "epochs", "batch_size", "lr", "weight_decay", "width", "seed",
+          "limit", "eval_limit", "device")  # fmt: skip
+_FINETUNE = ("epochs", "batch_size", "lr", "temperature", "kd_weight", "blend_epochs", "clip",
+             "range_weight", "seed", "limit", "eval_limit", "device")  # fmt: skip
+_SEARCH = ("method", "population", "generations_per_level", "steps", "max_drop",
+           "min_accuracy", "latency_budget", "eval_images", "wrap_images", "time_budget_s",
+           "epoch_budget", "seed")  # fmt: skip
+
+
+def _add_config(
+    p: argparse._ActionsContainer,
+    cls: type,
+    names: Iterable[str],
+    flags: Mapping[str, str] | None = None,
+) -> None:
+    """One ``--flag`` per field of config dataclass ``cls`` named in ``names``: default, help
+    and choices from the field (:func:`safenet.options.option`), type from its annotation;
+    ``flags`` names a flag other than the field's name with dashes. The value lands in
+    ``args.<field name>``."""
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f, flag = by_name[name], (flags or {}).get(name, "--" + name.replace("_", "-"))
+        kw: dict[str, Any] = {"dest": name, "default": f.default, "help": f.metadata.get("help")}
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        else:
+            kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        kind = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
+        if kind is not str:
+            kw["type"] = kind
+        p.add_argument(flag, **kw)
+
+
+def _config(cls: Callable[..., Any], args: argparse.Namespace, names: Iterable[str]) -> Any:
+    """``cls`` built from the parsed values of its fields ``names`` (see :func:`_add_config`)."""
+    return cls(**{n: getattr(args, n) for n in names})
+
+
+def _defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``func`` (library functions are their flags' source too)."""
+    return {k: v.default for k, v in inspect.signature(func).parameters.items()
+            if v.default is not inspect.Parameter.empty}  # fmt: skip
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -37,25 +97,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from safenet.training import TrainConfig, train
 
-    cfg = TrainConfig(
-        arch=args.arch,
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        width=args.width,
-        seed=args.seed,
-        limit=args.limit,
-        eval_limit=args.eval_limit,
-        device=args.device,
-    )
+    cfg = _config(TrainConfig, args, _TRAIN)
     ck = train(cfg, args.out, args.data_dir, resume=args.resume)
     print(json.dumps({"checkpoint": str(args.out), **ck.metrics}))
     return 0
 
 
-def _specs(args: argparse.Namespace) -> object:
+def _specs(args: argparse.Namespace) -> LayerSpec | dict[str, LayerSpec]:
     from safenet.nn.surgery import LayerSpec
 
     if args.layers is None:
@@ -79,20 +127,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
     from safenet.evaluate import secure_check
 
-    cfg = FinetuneConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        temperature=args.temperature,
-        kd_weight=args.kd_weight,
-        blend_epochs=args.blend_epochs,
-        clip=args.clip,
-        range_weight=args.range_weight,
-        seed=args.seed,
-        limit=args.limit,
-        eval_limit=args.eval_limit,
-        device=args.device,
-    )
+    cfg = _config(FinetuneConfig, args, _FINETUNE)
     parent = checkpoint.load(args.model)
     ck = finetune_checkpoint(
         parent,
@@ -111,12 +146,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _field(args: argparse.Namespace, model: object) -> object:
+def _field(args: argparse.Namespace, model: nn.Module) -> Field:
     """The Field from the command line; the prime defaults per model (see default_field)."""
     from safenet.plan.compiler import default_field
 
     return default_field(
-        model,  # type: ignore[arg-type]
+        model,
         p=args.prime,
         frac_bits=args.frac_bits,
         weight_bits=args.weight_bits,
@@ -249,10 +284,10 @@ def _shape(text: str) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3:
         raise ValueError(f"--input-shape must be C,H,W, got {text!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
-def _plan_for(model_name: str) -> object:
+def _plan_for(model_name: str) -> Plan:
     """Load a checkpoint (path or built-in name) and compile it with its default field."""
     from safenet import checkpoint
 
@@ -306,19 +341,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tls = _tls(args, server=True)  # a bad TLS flag fails before the model loads
     plan = _plan_for(args.model)
-    counts = plan.counts()  # type: ignore[attr-defined]
+    counts = plan.counts()
 
     def ready(port: int) -> None:
         print(
             f"safenet serve: {args.model} on {args.host}:{port} "
             f"({counts['relu_count']} ReLUs, {counts['poly_count']} polynomial activations, "
-            f"public plan {plan.public().fingerprint()[:16]}, "  # type: ignore[attr-defined]
-            f"model version {model_version(plan)})",  # type: ignore[arg-type]
+            f"public plan {plan.public().fingerprint()[:16]}, "
+            f"model version {model_version(plan)})",
             flush=True,
         )
 
     serve(
-        plan,  # type: ignore[arg-type]
+        plan,
         args.host,
         args.port,
         tls=tls,  # type: ignore[arg-type]
@@ -461,7 +496,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     shape = _shape(args.input_shape)
     rep = run_bench(
         args.arch,
-        shape,  # type: ignore[arg-type]
+        shape,
         relu_ratio=args.relu_ratio,
         degree=args.degree,
         num_classes=args.classes,
@@ -520,7 +555,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
             net.rtt if args.rtt is None else args.rtt / 1e3,
             "custom",
         )
-    out = predict(plan, cal, net)  # type: ignore[arg-type]
+    out = predict(plan, cal, net)
     if args.json:
         print(json.dumps(out))
     else:
@@ -531,66 +566,21 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_approximate(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from safenet import checkpoint
+    from safenet.approx.approximate import approximate_checkpoint, relu_teacher
     from safenet.approx.runners import make_runner
-    from safenet.approx.search import SearchConfig, search
-    from safenet.data.torchdata import ImageDataset
-    from safenet.evaluate import secure_check
+    from safenet.approx.search import SearchConfig
 
-    parent = checkpoint.load(args.model)
-    if parent.activation is not None:
-        raise ValueError("start the search from a ReLU model, not an approximated one")
+    parent = relu_teacher(checkpoint.load(args.model))
     cal = _calibration(args.calibration)
-    cfg = SearchConfig(
-        method=args.method, population=args.population,
-        generations_per_level=args.generations_per_level, steps=args.steps,
-        max_drop=args.max_drop, min_accuracy=args.min_accuracy,
-        latency_budget=args.latency_budget, eval_images=args.eval_images,
-        wrap_images=args.wrap_images, time_budget_s=args.time_budget,
-        epoch_budget=args.epoch_budget, seed=args.seed,
-    )  # fmt: skip
-    train = ImageDataset(parent.dataset, "train", args.data_dir, args.limit)
+    cfg = _config(SearchConfig, args, _SEARCH)
     log = (lambda _m: None) if args.json else print
     with make_runner(args.runner, args.ray_address, args.cpus_per_trial) as runner:
-        rep = search(parent.build(), train, cfg, args.out, cal, log=log, runner=runner)
-    model = rep.pop("model")
-    search_metrics = {"search_accuracy": rep["accuracy"],
-                      "predicted_online_s": rep["predicted_online_s"],
-                      "teacher_accuracy": rep["teacher_accuracy"]}  # fmt: skip
-    if rep["complete"] and args.final_epochs > 0:
-        from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
-        from safenet.nn.surgery import LayerSpec
-
-        log(f"final fine-tune of the winner: {args.final_epochs} epoch(s) on the full train set")
-        fcfg = FinetuneConfig(epochs=args.final_epochs, lr=args.final_lr, blend_epochs=0.0,
-                              limit=args.limit, seed=args.seed)  # fmt: skip
-        specs = {k: LayerSpec(float(r), int(d)) for k, (r, d) in rep["config"].items()}
-        ck = finetune_checkpoint(
-            parent, str(args.model), specs, fcfg, args.out / "best.pt", data_dir=args.data_dir,
-            log=log, student=model, extra={"search": asdict(cfg), **search_metrics},
-        )  # fmt: skip
-        rep["test_accuracy"] = ck.metrics["accuracy"]
-        rep["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
-        # on the first 256 test images; a diagnostic, nothing is chosen by it
-        check, warning = secure_check(args.out / "best.pt", args.data_dir)
-        rep["final_failure_rate"] = check["secure_failure_rate"]
-        if warning:
-            log(warning)
-    else:
-        if not rep["complete"]:
-            log("search not finished: best.pt holds the best member so far, not fine-tuned")
-        ck = checkpoint.Checkpoint.from_model(
-            model, parent.arch, parent.arch_kwargs, parent.dataset, metrics=search_metrics,
-            training={"search": asdict(cfg)}, parent=str(args.model), shape=parent.shape,
-            data=parent.data,
-        )  # fmt: skip
-        ck.save(args.out / "best.pt")
-    report = rep | {"checkpoint": str(args.out / "best.pt"), "calibration": cal.machine}
-    (args.out / "report.json").write_text(json.dumps(report, indent=1))
-    layers = {k: {"ratio": r, "degree": int(d)} for k, (r, d) in rep["config"].items()}
-    (args.out / "layers.json").write_text(json.dumps(layers, indent=1))  # for finetune --layers
+        report = approximate_checkpoint(
+            parent, str(args.model), cfg, args.out, cal, runner=runner, log=log,
+            final_epochs=args.final_epochs, final_lr=args.final_lr, limit=args.limit,
+            data_dir=args.data_dir,
+        ).to_dict()  # fmt: skip
     keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s", "teacher_online_s",
             "failure_rate", "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
             "final_failure_rate", "checkpoint")  # fmt: skip
@@ -598,11 +588,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``safenet`` command."""
-    parser = argparse.ArgumentParser(prog="safenet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _parser_data(sub: Any) -> None:
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="action", required=True)
     f = dsub.add_parser("fetch", help="get a dataset (system copy, registry, official source)")
@@ -610,23 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(f)
     f.set_defaults(func=cmd_data)
 
+
+def _parser_train(sub: Any) -> None:
+    from safenet.training import TrainConfig
+
     p = sub.add_parser("train", help="train a zoo model from scratch")
-    p.add_argument("--arch", default="resnet20")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--width", type=int, default=None, help="base channel count of the arch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
-    p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    _add_config(p, TrainConfig, _TRAIN)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     _add_data_dir(p)
     p.set_defaults(func=cmd_train)
 
+
+def _parser_import(sub: Any) -> None:
     p = sub.add_parser(
         "import", help="your own model: a Python file's builder and a state dict -> checkpoint"
     )
@@ -645,41 +627,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.set_defaults(func=cmd_import)
 
+
+def _parser_finetune(sub: Any) -> None:
+    from safenet.approx.finetune import FinetuneConfig, finetune_checkpoint
+    from safenet.approx.scoring import CRITERIA
+
     p = sub.add_parser("finetune", help="approximate a ReLU model (channel-wise) and fine-tune")
     p.add_argument("--model", required=True, help="ReLU checkpoint path or 'default'")
-    p.add_argument(
-        "--ratio",
-        type=float,
-        default=0.5,
-        help="fraction of channels per layer replaced by polynomials",
-    )
+    p.add_argument("--ratio", type=float, default=0.5,
+                   help="fraction of channels per layer replaced by polynomials")  # fmt: skip
     p.add_argument("--degree", type=int, default=2, choices=[2, 3])
     p.add_argument(
         "--layers", default=None, help="per-layer JSON (string or file): {name: {ratio, degree}}"
     )
-    p.add_argument("--criterion", default="taylor", choices=["taylor", "approx-error", "random"])
+    p.add_argument("--criterion", default=_defaults(finetune_checkpoint)["criterion"],
+                   choices=list(CRITERIA), help="which channels stay ReLU")  # fmt: skip
     p.add_argument("--per-channel", action="store_true", help="coefficients per channel")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--kd-weight", type=float, default=0.9)
-    p.add_argument("--blend-epochs", type=float, default=1.0)
-    p.add_argument("--clip", type=float, default=2.0)
-    p.add_argument(
-        "--range-weight",
-        type=float,
-        default=1.0,
-        help="penalty on polynomial inputs beyond their fitted range (0: off)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, required=True)
+    _add_config(p, FinetuneConfig, _FINETUNE)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     _add_data_dir(p)
     p.set_defaults(func=cmd_finetune)
 
+
+def _parser_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="float vs fixed-point accuracy and agreement")
     p.add_argument("--model", default="default")
     p.add_argument("--dataset", default=None, help="default: the model's own dataset")
@@ -690,12 +660,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _parser_compile(sub: Any) -> None:
     p = sub.add_parser("compile", help="lower a model to a Plan and show it")
     p.add_argument("--model", default="default")
     p.add_argument("--out", type=Path, default=None, help="save the plan here")
     _add_field(p)
     p.set_defaults(func=cmd_compile)
 
+
+def _parser_info_plot(sub: Any) -> None:
     p = sub.add_parser("info", help="what a checkpoint holds")
     p.add_argument("--model", default="default")
     p.add_argument("--json", action="store_true")
@@ -706,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_plot)
 
+
+def _parser_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve private inferences of a model")
     p.add_argument("--model", default="default-approx", help="checkpoint path or built-in name")
     p.add_argument("--host", default="127.0.0.1")
@@ -716,15 +692,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bank", type=Path, default=None, help="folder of the preprocessing bank")
     p.add_argument(
-        "--session-memory",
-        type=float,
-        default=None,
+        "--session-memory", type=float, default=None,
         help="GiB each forked session may allocate (default: 1 + 1.25x the model's garbled "
         "tables; 0: no cap)",
-    )
+    )  # fmt: skip
     _add_tls(p, server=True)
     p.set_defaults(func=cmd_serve)
 
+
+def _parser_infer(sub: Any) -> None:
     p = sub.add_parser("infer", help="one private inference against a server")
     p.add_argument("--server", required=True, help="HOST:PORT")
     src = p.add_mutually_exclusive_group()
@@ -745,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls(p, server=False)
     p.set_defaults(func=cmd_infer)
 
+
+def _parser_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure one secure inference (random weights)")
     p.add_argument("--arch", default="resnet32")
     p.add_argument(
@@ -758,39 +736,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument(
-        "--calibrate",
-        action="store_true",
+        "--calibrate", action="store_true",
         help="measure the per-unit costs of the cost model instead (writes a calibration file)",
-    )
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="calibration file to write")
     p.set_defaults(func=cmd_bench)
 
+
+def _parser_approximate(sub: Any) -> None:
+    from safenet.approx.approximate import approximate_checkpoint
+    from safenet.approx.search import SearchConfig
+
+    job = _defaults(approximate_checkpoint)
     p = sub.add_parser("approximate", help="search per-layer ReLU ratios/degrees (BTPBT)")
     p.add_argument("--model", default="default", help="the ReLU teacher checkpoint")
     p.add_argument("--out", type=Path, required=True, help="folder: search.pt, best.pt, report")
-    p.add_argument("--method", default="safenet", choices=["safenet", "delphi"])
-    p.add_argument("--population", type=int, default=4)
-    p.add_argument("--generations-per-level", type=int, default=2)
-    p.add_argument("--steps", type=int, default=40, help="distillation steps per generation")
-    p.add_argument("--max-drop", type=float, default=0.5, help="accuracy points allowed to go")
-    p.add_argument("--min-accuracy", type=float, default=None, help="absolute threshold instead")
-    p.add_argument("--latency-budget", type=float, default=None, help="online seconds")
-    p.add_argument("--eval-images", type=int, default=2000, help="held-out images scoring members")
-    p.add_argument(
-        "--wrap-images", type=int, default=64,
-        help="held-out images measuring truncation failures (charged to accuracy; 0: off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--final-epochs", type=int, default=1, help="fine-tune epochs for the winner (0: none)"
-    )
-    p.add_argument("--final-lr", type=float, default=0.005)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds of search (this run)")
-    p.add_argument(
-        "--epoch-budget", type=float, default=None, help="training epochs of all members in all"
-    )
-    p.add_argument("--limit", type=int, default=None, help="training images to use")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calibration", type=Path, default=None)
+    _add_config(p, SearchConfig, _SEARCH, {"time_budget_s": "--time-budget"})
+    p.add_argument("--final-epochs", type=int, default=job["final_epochs"],
+                   help="fine-tune epochs for the winner (0: none)")  # fmt: skip
+    p.add_argument("--final-lr", type=float, default=job["final_lr"],
+                   help="learning rate of the winner's fine-tune")  # fmt: skip
+    p.add_argument("--limit", type=int, default=job["limit"], help="training images to use")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="unit costs (default: this machine's, else nominal)")  # fmt: skip
     p.add_argument(
         "--runner", default="auto", choices=["auto", "sequential", "ray"],
         help="where a generation's trials run: ray = parallel Ray Tune trials "
@@ -804,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(func=cmd_approximate)
 
+
+def _parser_cost(sub: Any) -> None:
     p = sub.add_parser("cost", help="predict a secure inference's latency and bytes")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint path or built-in name")
@@ -818,11 +788,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cost)
 
+
+def _parser_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="private inference of the built-in models, with costs")
     p.add_argument("--images", type=int, default=5, help="test images to classify privately")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_dir(p)
     p.set_defaults(func=cmd_demo)
+
+
+#: the commands, in the order ``safenet --help`` lists them
+_COMMANDS = (_parser_data, _parser_train, _parser_import, _parser_finetune, _parser_eval,
+             _parser_compile, _parser_info_plot, _parser_serve, _parser_infer, _parser_bench,
+             _parser_approximate, _parser_cost, _parser_demo)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``safenet`` command (one ``_parser_<command>`` each)."""
+    parser = argparse.ArgumentParser(prog="safenet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 

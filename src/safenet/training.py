@@ -20,25 +20,26 @@ from safenet.checkpoint import load as load_checkpoint
 from safenet.data import ImageDataset, make_loader
 from safenet.data.images import canonical, preprocessing
 from safenet.nn.zoo import build_model
+from safenet.options import option
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters of :func:`train` (defaults suit ResNets on MNIST-sized data)."""
 
-    arch: str = "resnet20"
-    dataset: str = "fashion-mnist"
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.1
+    arch: str = option("resnet20", "zoo architecture")
+    dataset: str = option("fashion-mnist", "dataset to train on")
+    epochs: int = option(15, "training epochs")
+    batch_size: int = option(128, "images per step")
+    lr: float = option(0.1, "peak learning rate (warm-up, then cosine decay)")
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = option(5e-4, "SGD weight decay")
     warmup_epochs: float = 1.0
-    width: int | None = None
-    seed: int = 0
-    limit: int | None = None
-    eval_limit: int | None = None
-    device: str = "cpu"
+    width: int | None = option(None, "base channel count of the arch")
+    seed: int = option(0, "seed of the training")
+    limit: int | None = option(None, "use only the first N train images")
+    eval_limit: int | None = option(None, "evaluate on the first N test images only")
+    device: str = option("cpu", "torch device")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:

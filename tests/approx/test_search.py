@@ -293,3 +293,25 @@ def test_a_search_saved_before_a_setting_existed_resumes():
     assert _fixed(old) != _fixed(asdict(_cfg(wrap_images=0)))
     m = _member({"config": {"a": [0.5, 2]}, "accuracy": 0.9, "wraps": 0.1, "gone": 1})
     assert m.accuracy == 0.9 and m.failure_rate == pytest.approx(1 - math.exp(-0.1))
+
+
+def test_report_round_trips_through_its_json():
+    from safenet.approx.search import STRATEGIES, DelphiStrategy, SafenetStrategy, SearchReport
+    from safenet.nn.surgery import LayerSpec
+
+    assert {"safenet": SafenetStrategy, "delphi": DelphiStrategy} == STRATEGIES
+    rep = SearchReport(
+        method="safenet", config={"a": LayerSpec(0.5, 2), "b": LayerSpec(1.0, 3)}, accuracy=0.9,
+        predicted_online_s=1.5, failure_rate=0.0, teacher_accuracy=0.92, teacher_online_s=2.0,
+        threshold=0.915, feasible=False, generations=3, complete=True, epochs_trained=1.25,
+        history=[{"generation": 0, "rewards": [0.5]}], layers=["a", "b"],
+    )  # fmt: skip
+    data = rep.to_dict()
+    assert list(data)[:3] == ["method", "config", "accuracy"] and "model" not in data
+    assert data["config"] == {"a": [0.5, 2], "b": [1.0, 3]} and rep["config"] == data["config"]
+    text = json.dumps(data | {"test_accuracy": 0.91, "checkpoint": "best.pt"}, indent=1)
+    again = SearchReport.from_dict(json.loads(text))
+    assert again.config == rep.config and again.extra == {"test_accuracy": 0.91,
+                                                          "checkpoint": "best.pt"}  # fmt: skip
+    assert json.dumps(again.to_dict(), indent=1) == text and "test_accuracy" in again
+    assert rep.layers_json() == {"a": {"ratio": 0.5, "degree": 2}, "b": {"ratio": 1.0, "degree": 3}}

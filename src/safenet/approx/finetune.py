@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from safenet.checkpoint import Checkpoint
 from safenet.data import ImageDataset
 from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
+from safenet.options import option
 from safenet.training import evaluate, lr_at, run_epochs
 
 
@@ -36,24 +37,26 @@ class FinetuneDiverged(RuntimeError):
 
 @dataclass
 class FinetuneConfig:
-    """Hyper-parameters of :func:`finetune`."""
+    """Hyper-parameters of :func:`finetune` (and the ``safenet finetune`` flags)."""
 
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.01
+    epochs: int = option(5, "training epochs")
+    batch_size: int = option(128, "images per step")
+    lr: float = option(0.01, "learning rate")
     weight_decay: float = 5e-4
-    temperature: float = 4.0
-    kd_weight: float = 0.9
-    blend_epochs: float = 1.0
-    clip: float = 2.0
+    temperature: float = option(4.0, "distillation temperature")
+    kd_weight: float = option(0.9, "weight of the distillation loss (the rest: cross-entropy)")
+    blend_epochs: float = option(1.0, "epochs over which polynomials blend in from ReLU")
+    clip: float = option(2.0, "gradient norm clipping")
     #: weight of :func:`safenet.nn.activation.range_penalty` (pre-activations of polynomial
     #: channels beyond their fitted range; keeps degree 3 from blowing up); 0 turns it off
-    range_weight: float = 1.0
+    range_weight: float = option(
+        1.0, "penalty on polynomial inputs beyond their fitted range (0: off)"
+    )
     max_rollbacks: int = 8
-    seed: int = 0
-    limit: int | None = None
-    eval_limit: int | None = None
-    device: str = "cpu"
+    seed: int = option(0, "seed of the training")
+    limit: int | None = option(None, "use only the first N train images")
+    eval_limit: int | None = option(None, "evaluate on the first N test images only")
+    device: str = option("cpu", "torch device")
 
 
 def distillation_loss(
@@ -325,7 +328,7 @@ def finetune_checkpoint(
 
     def save(model: nn.Module, history: list[dict[str, Any]]) -> None:
         acts = activations(model)
-        kept = sum(int(a.relu_mask.sum()) for a in acts.values())
+        kept = sum(int(cast(torch.Tensor, a.relu_mask).sum()) for a in acts.values())
         total = sum(a.num_channels for a in acts.values())
         ck = Checkpoint.from_model(
             model,

@@ -56,6 +56,13 @@ parallel as Ray Tune trials, locally or on a cluster. Each member's training see
 the driver before dispatch, so the runner changes where members train, not what the search
 does; the runner is no part of the saved settings, and a search started with one resumes
 with the other.
+
+In code: :class:`SearchConfig` holds the settings; a :class:`Strategy` per planner
+(:class:`SafenetStrategy`, :class:`DelphiStrategy`, chosen once from ``method`` through
+:data:`STRATEGIES`) decides the layer groups, the first members, exploration, how a student's
+polynomials are set and the reward; ``_Search`` builds, trains and scores members the same
+for both; members' configurations are :class:`~safenet.nn.surgery.LayerSpec` per layer
+(``[ratio, degree]`` lists in ``search.pt``); :func:`search` returns a :class:`SearchReport`.
 """
 
 from __future__ import annotations
@@ -65,10 +72,11 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -76,15 +84,28 @@ from torch import nn
 from safenet.approx.cost import Calibration, count, predict
 from safenet.approx.finetune import FinetuneConfig, distillation_loss
 from safenet.approx.runners import Runner, SequentialRunner
-from safenet.approx.scoring import score_channels
+from safenet.approx.scoring import CRITERIA, score_channels
 from safenet.data.torchdata import ImageDataset
 from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
+from safenet.options import option
 from safenet.plan.compiler import compile_model
 from safenet.plan.ir import Plan
 from safenet.plan.reference import RangeStats
 
-__all__ = ["DELPHI_QUADRATIC", "RATIOS", "SearchConfig", "Trial", "layer_tree", "search"]
+__all__ = [
+    "DELPHI_QUADRATIC",
+    "RATIOS",
+    "STRATEGIES",
+    "DelphiStrategy",
+    "SafenetStrategy",
+    "SearchConfig",
+    "SearchReport",
+    "Strategy",
+    "Trial",
+    "layer_tree",
+    "search",
+]
 
 RATIOS = tuple(i / 8 for i in range(9))
 #: distillation settings (temperature, weight, weight decay, clipping) as in fine-tuning
@@ -94,49 +115,43 @@ DELPHI_QUADRATIC = (0.1992, 0.5002, 0.1997)
 
 @dataclass
 class SearchConfig:
-    """What to search and how hard.
+    """What to search and how hard: the single source of the search's settings (the
+    ``safenet approximate`` flags and :func:`safenet.approximate`'s keywords come from these
+    fields, their defaults and their ``help``).
 
-    Attributes:
-        method: ``"safenet"`` (BTPBT over ratios and degrees) or ``"delphi"`` (whole layers).
-        population: students trained side by side.
-        generations_per_level: generations spent at each level of the layer tree.
-        steps: distillation steps per member per generation.
-        max_drop: allowed accuracy drop from the teacher, in points (on the held-out images).
-        min_accuracy: an absolute accuracy threshold instead (fraction, e.g. 0.92).
-        latency_budget: predicted online seconds allowed: over it a member is infeasible;
-            within it the reward is accuracy (SAFENet) or Delphi's reward (Delphi).
-        eval_images: held-out training images used to score members (2,000 by default:
-            the standard error of an accuracy near 94 % is then about 0.5 points).
-        time_budget_s: stop between generations once this much wall time is spent (in this
-            run; a rerun resumes and gets the budget again).
-        epoch_budget: stop between generations once the members together have trained on
-            this many epochs of the search's training images (counted across resumes).
-        ramp_fraction: in a trial, layers whose configuration changed since the member's
-            weights were trained blend from ReLU to their polynomials over this fraction of
-            the steps (a whole network switched at once can diverge, degree 3 above all).
-        wrap_images: held-out images on which a member's expected local-truncation failures
-            per inference are measured (charged against its accuracy); 0 turns this off.
-        Budgets may change between runs of one search; every other setting must not.
+    ``eval_images``: 2,000 by default, the standard error of an accuracy near 0.94 is then
+    about 0.5 points. Budgets (``time_budget_s``, ``epoch_budget``) may change between runs
+    of one search; every other setting must not.
     """
 
-    method: str = "safenet"
-    population: int = 4
-    generations_per_level: int = 2
-    steps: int = 40
-    batch_size: int = 64
-    lr: float = 0.005
-    max_drop: float = 0.5
-    min_accuracy: float | None = None
-    latency_budget: float | None = None
-    eval_images: int = 2000
-    degrees: tuple[int, ...] = (2, 3)
-    init_ratio: float = 0.5
-    ramp_fraction: float = 0.5
-    wrap_images: int = 64
-    criterion: str = "taylor"
-    seed: int = 0
-    time_budget_s: float | None = None
-    epoch_budget: float | None = None
+    method: str = option("safenet", "safenet: BTPBT over per-layer ratios and degrees; "
+                       "delphi: whole layers, Delphi's planner",
+                       choices=("safenet", "delphi"))  # fmt: skip
+    population: int = option(4, "students trained side by side")
+    generations_per_level: int = option(2, "generations spent at each level of the layer tree")
+    steps: int = option(40, "distillation steps per generation")
+    batch_size: int = option(64, "images per distillation step")
+    lr: float = option(0.005, "learning rate of the distillation steps")
+    max_drop: float = option(0.5, "accuracy points allowed to go")
+    min_accuracy: float | None = option(None, "absolute threshold instead (fraction, e.g. 0.92)")
+    latency_budget: float | None = option(None, "online seconds: over it a member is infeasible; "
+                                        "within it the reward is accuracy (safenet) or "
+                                        "Delphi's reward (delphi)")  # fmt: skip
+    eval_images: int = option(2000, "held-out images scoring members")
+    degrees: tuple[int, ...] = option((2, 3), "polynomial degrees to choose from")
+    init_ratio: float = option(0.5, "replaced fraction the population starts near")
+    ramp_fraction: float = option(0.5, "in a trial, layers whose configuration changed since "
+                                "the member's weights were trained blend from ReLU to their "
+                                "polynomials over this fraction of the steps")  # fmt: skip
+    wrap_images: int = option(64, "held-out images measuring truncation failures (charged to "
+                            "accuracy; 0: off)")  # fmt: skip
+    criterion: str = option("taylor", "channel scoring: which channels stay ReLU",
+                          choices=CRITERIA)  # fmt: skip
+    seed: int = option(0, "seed of the search (exploration and trials)")
+    time_budget_s: float | None = option(None, "seconds of search (this run; a rerun resumes "
+                                       "and gets the budget again)")  # fmt: skip
+    epoch_budget: float | None = option(None, "training epochs of all members in all (counted "
+                                      "across resumes)")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.method not in ("safenet", "delphi"):
@@ -162,20 +177,48 @@ def layer_tree(n: int) -> list[list[list[int]]]:
     return levels
 
 
+#: a member's configuration: layer name -> ratio replaced and degree
+Config = dict[str, LayerSpec]
+
+
+def as_config(raw: Mapping[str, LayerSpec | Sequence[float]]) -> Config:
+    """A configuration from specs or from ``[ratio, degree]`` pairs (as saved and reported)."""
+    return {k: v if isinstance(v, LayerSpec) else LayerSpec(float(v[0]), int(v[1]))
+            for k, v in raw.items()}  # fmt: skip
+
+
+def config_lists(config: Mapping[str, LayerSpec]) -> dict[str, list[float]]:
+    """``{layer: [ratio, degree]}``: a configuration as saved in ``search.pt`` and reports."""
+    return {k: [s.ratio, s.degree] for k, s in config.items()}
+
+
 @dataclass
 class _Member:
-    config: dict[str, list[float]]  # layer -> [ratio replaced, degree]
+    config: Config
     state: dict[str, torch.Tensor] | None = None
-    state_config: dict[str, list[float]] | None = None  # the configuration ``state`` was trained in
+    state_config: Config | None = None  # the configuration ``state`` was trained in
     accuracy: float = math.nan
     latency: float = math.nan
     failure_rate: float = 0.0  # share of inferences that may leave the secure error bound
     reward: float = -math.inf
 
+    def __post_init__(self) -> None:  # saved members hold [ratio, degree] lists
+        self.config = as_config(self.config)
+        if self.state_config is not None:
+            self.state_config = as_config(self.state_config)
+
     @property
     def secure_accuracy(self) -> float:
         """Float accuracy less what truncation failures can cost at worst."""
         return self.accuracy - self.failure_rate
+
+    def saved(self) -> dict[str, Any]:
+        """The member as ``search.pt`` holds it (configurations as lists)."""
+        out = asdict(self)
+        out["config"] = config_lists(self.config)
+        if self.state_config is not None:
+            out["state_config"] = config_lists(self.state_config)
+        return out
 
 
 class Trial(NamedTuple):
@@ -188,11 +231,155 @@ class Trial(NamedTuple):
     failure_rate: float
 
 
-def _specs(config: dict[str, list[float]]) -> dict[str, LayerSpec]:
-    return {k: LayerSpec(float(r), int(d)) for k, (r, d) in config.items()}
+class Strategy(ABC):
+    """What one planner decides: its generations' layer groups, its starting members, how a
+    member explores, how a built student's polynomials are set, and its reward. The search
+    (:class:`_Search`) does the rest, the same for every planner."""
+
+    method: ClassVar[str]
+
+    def __init__(self, s: _Search) -> None:
+        self.s = s
+
+    def prepare(self) -> None:  # noqa: B027 (an optional hook: nothing to do by default)
+        """Called once the search holds its layers, scores and thresholds."""
+
+    @abstractmethod
+    def tree(self, n: int) -> list[list[list[int]]]:
+        """The layer groups of each level; ``generations_per_level`` generations each."""
+
+    @abstractmethod
+    def fit(self, student: nn.Module) -> None:
+        """Set the polynomials of a freshly configured student."""
+
+    @abstractmethod
+    def initial(self, k: int) -> _Member:
+        """The ``k``-th member of the first generation."""
+
+    @abstractmethod
+    def explore(self, m: _Member, level: list[list[int]]) -> None:
+        """Change ``m``'s configuration (after it copied a winner's)."""
+
+    @abstractmethod
+    def reward(self, m: _Member) -> float:
+        """The reward of a member within the latency budget (or without one)."""
+
+    @abstractmethod
+    def feasible(self, m: _Member) -> bool:
+        """Whether ``m`` is acceptable when no latency budget is set."""
+
+
+class SafenetStrategy(Strategy):
+    """BTPBT: per-layer ratios and degrees, explored group by group down the layer tree."""
+
+    method = "safenet"
+    init_ratio = 0.0
+
+    def prepare(self) -> None:
+        self.init_ratio = self.start_ratio()
+
+    def start_ratio(self) -> float:
+        """The initial replaced fraction: ``init_ratio``, or with a latency budget the
+        smallest grid ratio whose uniform configuration the cost model puts within it."""
+        s, cfg = self.s, self.s.cfg
+        if cfg.latency_budget is None:
+            return cfg.init_ratio
+        d = max(cfg.degrees)
+        for r in RATIOS:
+            if s.latency_of(_Member({n: LayerSpec(r, d) for n in s.layers})) <= cfg.latency_budget:
+                return r
+        return 1.0
+
+    def tree(self, n: int) -> list[list[list[int]]]:
+        return layer_tree(n)
+
+    def fit(self, student: nn.Module) -> None:
+        calibrate(student, [self.s.train_x[:256]])
+
+    def initial(self, k: int) -> _Member:
+        s, cfg = self.s, self.s.cfg
+        step = s.rng.choice((0, 1) if cfg.latency_budget is not None else (-1, 0, 1)) if k else 0
+        i = min(max(round(self.init_ratio * 8) + step, 0), 8)
+        d = cfg.degrees[k % len(cfg.degrees)]
+        return _Member({n: LayerSpec(RATIOS[i], d) for n in s.layers})
+
+    def explore(self, m: _Member, level: list[list[int]]) -> None:
+        s = self.s
+        group = s.rng.choice(level)
+        names = [s.layers[i] for i in group]
+        step = s.rng.choice((-1, 1))
+        for n in names:
+            i = min(max(round(m.config[n].ratio * 8) + step, 0), 8)
+            m.config[n] = replace(m.config[n], ratio=RATIOS[i])
+        if len(s.cfg.degrees) > 1 and s.rng.random() < 0.2:
+            d = s.rng.choice(s.cfg.degrees)
+            for n in names:
+                m.config[n] = replace(m.config[n], degree=d)
+
+    def reward(self, m: _Member) -> float:
+        s, acc = self.s, m.secure_accuracy
+        if s.cfg.latency_budget is not None:
+            return acc
+        if acc >= s.threshold:
+            return s.teacher_latency / (s.teacher_latency + m.latency)
+        return -1.0 - (s.threshold - acc) * 100
+
+    def feasible(self, m: _Member) -> bool:
+        return m.secure_accuracy >= self.s.threshold
+
+
+class DelphiStrategy(Strategy):
+    """Delphi's planner: whole layers ReLU or its fixed quadratic, one flip at a time."""
+
+    method = "delphi"
+
+    def tree(self, n: int) -> list[list[list[int]]]:
+        # no levels, but as many generations as BTPBT (the same training compute)
+        return [[list(range(n))]] * len(layer_tree(n))
+
+    def fit(self, student: nn.Module) -> None:
+        for act in activations(student).values():
+            if not bool(cast(torch.Tensor, act.relu_mask).all()):  # a buffer
+                c = torch.tensor(DELPHI_QUADRATIC, dtype=act.coefficients.dtype)
+                act.coefficients.data.copy_(c.expand_as(act.coefficients))
+                act.coefficients.requires_grad_(False)
+
+    def initial(self, k: int) -> _Member:
+        s = self.s
+        eligible = s.layers[1:-1]
+        if s.cfg.latency_budget is None:
+            chosen = s.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1)))
+            return _Member({n: LayerSpec(1.0 if n in chosen else 0.0, 2) for n in s.layers})
+        m = _Member({n: LayerSpec(0.0, 2) for n in s.layers})
+        s.fit_budget(m, s.rng.sample(eligible, k=len(eligible)))
+        return m
+
+    def explore(self, m: _Member, level: list[list[int]]) -> None:
+        s = self.s
+        if len(s.layers) <= 2:  # the first and last layers always stay ReLU
+            return
+        name = s.rng.choice(s.layers[1:-1])
+        m.config[name] = replace(m.config[name], ratio=0.0 if m.config[name].ratio > 0 else 1.0)
+        if s.cfg.latency_budget is not None:  # a flip back to ReLU becomes a swap
+            relu = [n for n in s.layers[1:-1] if m.config[n].ratio == 0 and n != name]
+            s.fit_budget(m, s.rng.sample(relu, k=len(relu)))
+
+    def reward(self, m: _Member) -> float:
+        replaced = sum(1 for spec in m.config.values() if spec.ratio > 0)
+        return m.secure_accuracy * (1 + replaced / len(m.config))
+
+    def feasible(self, m: _Member) -> bool:
+        return True
+
+
+#: the planner of each ``SearchConfig.method``
+STRATEGIES: dict[str, type[Strategy]] = {"safenet": SafenetStrategy, "delphi": DelphiStrategy}
 
 
 class _Search:
+    """The search's fixed state (data, teacher, channel scores, thresholds), its random
+    generator and what every planner shares: building, training and scoring members."""
+
     def __init__(
         self, teacher: nn.Module, train: ImageDataset, cfg: SearchConfig, calibration: Calibration
     ) -> None:
@@ -219,20 +406,15 @@ class _Search:
             else self.teacher_acc - cfg.max_drop / 100
         )
         self.rng = random.Random(cfg.seed)
-        self.init_ratio = self.start_ratio() if cfg.method == "safenet" else 0.0
+        self.strategy = STRATEGIES[cfg.method](self)
+        self.strategy.prepare()
 
     # -- members ---------------------------------------------------------------------------
     def build(self, m: _Member) -> nn.Module:
+        """``m``'s student: the teacher converted, configured, fitted, with ``m``'s weights."""
         student = convert(copy.deepcopy(self.teacher), self.train_x[:4])
-        set_layers(student, _specs(m.config), self.scores)
-        if self.cfg.method == "delphi":
-            for act in activations(student).values():
-                if not bool(act.relu_mask.all()):
-                    c = torch.tensor(DELPHI_QUADRATIC, dtype=act.coefficients.dtype)
-                    act.coefficients.data.copy_(c.expand_as(act.coefficients))
-                    act.coefficients.requires_grad_(False)
-        else:
-            calibrate(student, [self.train_x[:256]])
+        set_layers(student, m.config, self.scores)
+        self.strategy.fit(student)
         if m.state is not None and m.state_config == m.config:  # as trained: everything
             student.load_state_dict(m.state)
         elif m.state is not None:  # configuration changed since: keep weights, refit activations
@@ -277,7 +459,7 @@ class _Search:
         good = copy.deepcopy(student.state_dict())  # last state with a finite loss
         for step in range(cfg.steps):
             for a in fresh:
-                a.blend.fill_(min(1.0, (step + 1) / ramp))
+                cast(torch.Tensor, a.blend).fill_(min(1.0, (step + 1) / ramp))
             idx = torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=g)
             x, y = self.train_x[idx], self.train_y[idx]
             with torch.no_grad():
@@ -312,83 +494,30 @@ class _Search:
 
     def reward(self, m: _Member) -> float:
         """Higher is better; every infeasible member scores below -1, under every feasible one."""
-        cfg = self.cfg
-        if cfg.latency_budget is not None and m.latency > cfg.latency_budget:
-            return -1.0 - m.latency / cfg.latency_budget
-        acc = m.secure_accuracy
-        if cfg.method == "delphi":
-            replaced = sum(1 for r, _ in m.config.values() if r > 0)
-            return acc * (1 + replaced / len(m.config))
-        if cfg.latency_budget is not None:
-            return acc
-        if acc >= self.threshold:
-            return self.teacher_latency / (self.teacher_latency + m.latency)
-        return -1.0 - (self.threshold - acc) * 100
+        budget = self.cfg.latency_budget
+        if budget is not None and m.latency > budget:
+            return -1.0 - m.latency / budget
+        return self.strategy.reward(m)
 
     def feasible(self, m: _Member) -> bool:
-        """Within the latency budget (when one is set), else at or above the accuracy bar."""
+        """Within the latency budget (when one is set), else as the planner judges it
+        (SAFENet: at or above the accuracy bar; Delphi: always)."""
         if self.cfg.latency_budget is not None:
             return m.latency <= self.cfg.latency_budget
-        return self.cfg.method == "delphi" or m.secure_accuracy >= self.threshold
+        return self.strategy.feasible(m)
 
-    def start_ratio(self) -> float:
-        """The initial replaced fraction: ``init_ratio``, or with a latency budget the
-        smallest grid ratio whose uniform configuration the cost model puts within it."""
-        if self.cfg.latency_budget is None:
-            return self.cfg.init_ratio
-        d = max(self.cfg.degrees)
-        for r in RATIOS:
-            if self._latency(_Member({n: [r, d] for n in self.layers})) <= self.cfg.latency_budget:
-                return r
-        return 1.0
-
-    # -- exploration --------------------------------------------------------------------------
-    def initial(self, k: int) -> _Member:
-        cfg = self.cfg
-        if cfg.method == "delphi":
-            eligible = self.layers[1:-1]
-            if cfg.latency_budget is None:
-                chosen = self.rng.sample(eligible, k=min(len(eligible), k % (len(eligible) + 1)))
-                return _Member({n: [1.0 if n in chosen else 0.0, 2] for n in self.layers})
-            m = _Member({n: [0.0, 2] for n in self.layers})
-            self._fit_budget(m, self.rng.sample(eligible, k=len(eligible)))
-            return m
-        step = self.rng.choice((0, 1) if cfg.latency_budget is not None else (-1, 0, 1)) if k else 0
-        i = min(max(round(self.init_ratio * 8) + step, 0), 8)
-        d = cfg.degrees[k % len(cfg.degrees)]
-        return _Member({n: [RATIOS[i], d] for n in self.layers})
-
-    def _latency(self, m: _Member) -> float:
+    def latency_of(self, m: _Member) -> float:
+        """Predicted online seconds of ``m``'s student as configured (weights aside)."""
         plan = compile_model(self.build(m).eval(), self.shape)
         return float(predict(count(plan), self.cal)["online_s"])
 
-    def _fit_budget(self, m: _Member, order: list[str]) -> None:
+    def fit_budget(self, m: _Member, order: list[str]) -> None:
         """Replace whole layers from ``order`` until ``m`` is within the latency budget."""
         assert self.cfg.latency_budget is not None
         for name in order:
-            if self._latency(m) <= self.cfg.latency_budget:
+            if self.latency_of(m) <= self.cfg.latency_budget:
                 return
-            m.config[name][0] = 1.0
-
-    def explore(self, m: _Member, level: list[list[int]]) -> None:
-        if self.cfg.method == "delphi":
-            if len(self.layers) > 2:  # the first and last layers always stay ReLU
-                name = self.rng.choice(self.layers[1:-1])
-                m.config[name][0] = 0.0 if m.config[name][0] > 0 else 1.0
-                if self.cfg.latency_budget is not None:  # a flip back to ReLU becomes a swap
-                    relu = [n for n in self.layers[1:-1] if m.config[n][0] == 0 and n != name]
-                    self._fit_budget(m, self.rng.sample(relu, k=len(relu)))
-            return
-        group = self.rng.choice(level)
-        names = [self.layers[i] for i in group]
-        step = self.rng.choice((-1, 1))
-        for n in names:
-            i = min(max(round(m.config[n][0] * 8) + step, 0), 8)
-            m.config[n][0] = RATIOS[i]
-        if len(self.cfg.degrees) > 1 and self.rng.random() < 0.2:
-            d = self.rng.choice(self.cfg.degrees)
-            for n in names:
-                m.config[n][1] = d
+            m.config[name] = replace(m.config[name], ratio=1.0)
 
 
 def _rank(m: _Member) -> tuple[float, float]:
@@ -420,6 +549,88 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class SearchReport:
+    """What a search returns: the best member's per-layer ``config``, its held-out accuracy,
+    predicted online latency and expected truncation failure rate (``failure_rate``), the
+    teacher's figures, the per-generation ``history``, and ``model``, the best student
+    (trained, ready to save or compile).
+
+    :meth:`to_dict` is the JSON of ``report.json`` (``config`` as ``[ratio, degree]`` pairs,
+    no ``model``); keys added after the search (the final fine-tune's, the checkpoint's) are
+    kept in ``extra`` and written after the search's own. ``report[key]`` and ``key in
+    report`` read that dict (or ``"model"``), as when the report was one.
+    """
+
+    method: str
+    config: Config
+    accuracy: float
+    predicted_online_s: float
+    failure_rate: float
+    teacher_accuracy: float
+    teacher_online_s: float
+    threshold: float
+    feasible: bool
+    generations: int
+    complete: bool
+    epochs_trained: float
+    history: list[dict[str, Any]]
+    layers: list[str]
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready report (what ``report.json`` holds)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("model", "extra")}  # fmt: skip
+        return out | {"config": config_lists(self.config)} | self.extra
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchReport:
+        """A report from :meth:`to_dict`'s JSON (other keys go to ``extra``)."""
+        own = {f.name for f in fields(cls)} - {"model", "extra"}
+        kw = {k: v for k, v in data.items() if k in own}
+        extra = {k: v for k, v in data.items() if k not in own}
+        return cls(**kw | {"config": as_config(data["config"])}, extra=extra)
+
+    def layers_json(self) -> dict[str, dict[str, float]]:
+        """``{layer: {"ratio", "degree"}}``: the winner as ``finetune --layers`` reads it."""
+        return {k: {"ratio": s.ratio, "degree": int(s.degree)} for k, s in self.config.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.model if key == "model" else self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key == "model" or key in self.to_dict()
+
+
+def _start(
+    s: _Search, state_path: Path, total_gens: int, log: Callable[[str], None]
+) -> tuple[list[_Member], int, list[Any], int]:
+    """Members, generations done, history and training images seen: saved in ``state_path``
+    (the settings checked, the random generator restored), else a first generation."""
+    if not state_path.exists():
+        return [s.strategy.initial(k) for k in range(s.cfg.population)], 0, [], 0
+    saved = torch.load(state_path, weights_only=False)
+    if _fixed(saved["config"]) != _fixed(asdict(s.cfg)):
+        raise ValueError(f"{state_path} belongs to a search with other settings")
+    s.rng.setstate(saved["rng"])
+    members = [_member(m) for m in saved["members"]]
+    log(f"resuming at generation {saved['generation']} of {total_gens}")
+    return members, saved["generation"], saved["history"], saved.get("images_seen", 0)
+
+
+def _exploit_and_explore(s: _Search, members: list[_Member], level: list[list[int]]) -> None:
+    """The bottom quarter of ``members`` (ranked, best first) copies the top quarter's
+    configurations and weights, then explores."""
+    n_swap = max(1, len(members) // 4)
+    for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
+        loser.config = dict(winner.config)
+        loser.state = winner.state
+        loser.state_config = None if winner.state_config is None else dict(winner.state_config)
+        s.strategy.explore(loser, level)
+
+
 def search(
     teacher: nn.Module,
     train: ImageDataset,
@@ -428,38 +639,20 @@ def search(
     calibration: Calibration,
     log: Callable[[str], None] = print,
     runner: Runner | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a search; returns the report.
+) -> SearchReport:
+    """Run (or resume) a search; returns its :class:`SearchReport`.
 
     ``runner`` runs each generation's trials (:mod:`safenet.approx.runners`; default: one
     after another here); the caller opens and closes it.
-
-    The report holds the best member's per-layer ``config`` (``[ratio replaced, degree]``),
-    its accuracy on the held-out images, predicted online latency, expected truncation
-    failure rate (``failure_rate``), the teacher's, the
-    per-generation history, and ``model``: the best student, trained, ready to save.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "search.pt"
     torch.manual_seed(cfg.seed)
     s = _Search(teacher, train, cfg, calibration)
-    tree = layer_tree(len(s.layers))
-    if cfg.method == "delphi":  # no levels, but as many generations (same training compute)
-        tree = [[list(range(len(s.layers)))]] * len(tree)
+    tree = s.strategy.tree(len(s.layers))
     total_gens = len(tree) * cfg.generations_per_level
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        if _fixed(saved["config"]) != _fixed(asdict(cfg)):
-            raise ValueError(f"{state_path} belongs to a search with other settings")
-        members = [_member(m) for m in saved["members"]]
-        gen, history = saved["generation"], saved["history"]
-        seen = saved.get("images_seen", 0)
-        s.rng.setstate(saved["rng"])
-        log(f"resuming at generation {gen} of {total_gens}")
-    else:
-        members = [s.initial(k) for k in range(cfg.population)]
-        gen, history, seen = 0, [], 0
+    members, gen, history, seen = _start(s, state_path, total_gens, log)
     per_gen = cfg.population * cfg.steps * cfg.batch_size  # training images per generation
     runner = runner if runner is not None else SequentialRunner()
     log(f"runner: {runner.describe()}")
@@ -473,7 +666,7 @@ def search(
         seeds = [s.rng.randrange(2**31) for _ in members]  # here, whatever the runner
         trained = runner.map(s.train, list(zip(members, seeds, strict=True)))
         for m, (state, accuracy, latency, fails) in zip(members, trained, strict=True):
-            m.state, m.state_config = state, copy.deepcopy(m.config)
+            m.state, m.state_config = state, dict(m.config)
             m.accuracy, m.latency, m.failure_rate = accuracy, latency, fails
             m.reward = s.reward(m)
         members.sort(key=_rank, reverse=True)
@@ -490,33 +683,20 @@ def search(
             f"{best.latency:.3f} s "
             f"(teacher {s.teacher_acc:.4f}, {s.teacher_latency:.3f} s); "
             f"{seen / len(s.train_x):.1f} epochs, ~{left / 60:.0f} min left")  # fmt: skip
-        n_swap = max(1, len(members) // 4)
-        for loser, winner in zip(members[-n_swap:], members[:n_swap], strict=True):
-            loser.config = copy.deepcopy(winner.config)
-            loser.state, loser.state_config = winner.state, copy.deepcopy(winner.state_config)
-            s.explore(loser, level)
+        _exploit_and_explore(s, members, level)
         gen += 1
         _save(state_path, {"config": asdict(cfg), "generation": gen, "history": history,
                            "rng": s.rng.getstate(), "images_seen": seen,
-                           "members": [asdict(m) for m in members]})  # fmt: skip
+                           "members": [m.saved() for m in members]})  # fmt: skip
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             log(f"time budget reached after generation {gen}; rerun to resume")
             break
     best = max(members, key=_rank)
-    return {
-        "method": cfg.method,
-        "config": best.config,
-        "accuracy": best.accuracy,
-        "predicted_online_s": best.latency,
-        "failure_rate": best.failure_rate,
-        "teacher_accuracy": s.teacher_acc,
-        "teacher_online_s": s.teacher_latency,
-        "threshold": s.threshold,
-        "feasible": s.feasible(best),
-        "generations": gen,
-        "complete": gen >= total_gens,
-        "epochs_trained": seen / len(s.train_x),
-        "history": history,
-        "layers": s.layers,
-        "model": s.build(best).eval(),
-    }
+    return SearchReport(
+        method=cfg.method, config=dict(best.config), accuracy=best.accuracy,
+        predicted_online_s=best.latency, failure_rate=best.failure_rate,
+        teacher_accuracy=s.teacher_acc, teacher_online_s=s.teacher_latency,
+        threshold=s.threshold, feasible=s.feasible(best), generations=gen,
+        complete=gen >= total_gens, epochs_trained=seen / len(s.train_x), history=history,
+        layers=s.layers, model=s.build(best).eval(),
+    )  # fmt: skip
