@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -328,7 +328,7 @@ def finetune_checkpoint(
 
     def save(model: nn.Module, history: list[dict[str, Any]]) -> None:
         acts = activations(model)
-        kept = sum(int(cast(torch.Tensor, a.relu_mask).sum()) for a in acts.values())
+        kept = sum(int(a.relu_mask.sum().item()) for a in acts.values())
         total = sum(a.num_channels for a in acts.values())
         ck = Checkpoint.from_model(
             model,

@@ -88,7 +88,9 @@ def score_channels(
                     loss = F.cross_entropy(model(x), y)
                     loss.backward()
                 for n in acts:
-                    grads[n].append(outputs[n].grad.detach())
+                    grad = outputs[n].grad
+                    assert grad is not None  # the hook retained it on the backward pass
+                    grads[n].append(grad.detach())
                 model.zero_grad(set_to_none=True)
             else:
                 with torch.no_grad():
@@ -106,8 +108,8 @@ def score_channels(
         if criterion == "approx-error":
             s = (gap**2).mean(dim=(0, *dims))
         else:
-            g = torch.cat(grads[name])
-            per = (g * gap).sum(dim=dims) if dims else g * gap
+            dy = torch.cat(grads[name])
+            per = (dy * gap).sum(dim=dims) if dims else dy * gap
             s = per.abs().mean(0)
         scores[name] = s.float()
     return scores

@@ -76,7 +76,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -339,7 +339,7 @@ class DelphiStrategy(Strategy):
 
     def fit(self, student: nn.Module) -> None:
         for act in activations(student).values():
-            if not bool(cast(torch.Tensor, act.relu_mask).all()):  # a buffer
+            if not bool(act.relu_mask.all()):
                 c = torch.tensor(DELPHI_QUADRATIC, dtype=act.coefficients.dtype)
                 act.coefficients.data.copy_(c.expand_as(act.coefficients))
                 act.coefficients.requires_grad_(False)
@@ -459,7 +459,7 @@ class _Search:
         good = copy.deepcopy(student.state_dict())  # last state with a finite loss
         for step in range(cfg.steps):
             for a in fresh:
-                cast(torch.Tensor, a.blend).fill_(min(1.0, (step + 1) / ramp))
+                a.blend.fill_(min(1.0, (step + 1) / ramp))
             idx = torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=g)
             x, y = self.train_x[idx], self.train_y[idx]
             with torch.no_grad():
