@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from safenet.channel import Connection, ProtocolError, array_bytes
+from safenet.channel import Channel, ProtocolError, array_bytes
 from safenet.crypto.aes import random_blocks
 from safenet.crypto.gc import tweak_span, warm_up
 from safenet.crypto.he import ClientKeys, HEContext, HEParams
@@ -206,7 +206,7 @@ class _Party:
     """What both sessions share: the plan, the connection, the profile, the phase state and
     the message helpers the per-op steps (:mod:`safenet.protocol.layers`) use."""
 
-    def __init__(self, plan: Plan, conn: Connection, keep_trace: bool = False) -> None:
+    def __init__(self, plan: Plan, conn: Channel, keep_trace: bool = False) -> None:
         self.plan = plan
         #: with ``keep_trace``, this party's own share of every op output (for tests that
         #: check a run op by op; a party's own shares reveal nothing it does not hold anyway)
@@ -276,7 +276,7 @@ class _Party:
 class ServerSession(_Party):
     """The server's side of one inference (offline, then online once)."""
 
-    def __init__(self, model: ServerModel, conn: Connection, keep_trace: bool = False) -> None:
+    def __init__(self, model: ServerModel, conn: Channel, keep_trace: bool = False) -> None:
         super().__init__(model.plan, conn, keep_trace)
         self.model = model
         self.he = model.he
@@ -338,7 +338,7 @@ class ServerSession(_Party):
     def from_material(
         cls,
         model: ServerModel,
-        conn: Connection,
+        conn: Channel,
         arrays: dict[str, np.ndarray],
         meta: dict[str, Any],
     ) -> ServerSession:
@@ -381,7 +381,7 @@ class ClientSession(_Party):
     def __init__(
         self,
         plan: Plan,
-        conn: Connection,
+        conn: Channel,
         config: SessionConfig | None = None,
         keep_trace: bool = False,
         progress: Callable[[int, int], None] | None = None,
@@ -441,7 +441,7 @@ class ClientSession(_Party):
     def from_material(
         cls,
         plan: Plan,
-        conn: Connection,
+        conn: Channel,
         arrays: dict[str, np.ndarray],
         meta: dict[str, Any],
         config: SessionConfig | None = None,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from safenet.channel import Connection, ProtocolError, array_bytes
+from safenet.channel import Channel, ProtocolError, array_bytes
 from safenet.crypto.gc import garble
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.evaluate import evaluate_shares
@@ -97,7 +97,7 @@ class GarbledServer:
             total = A.add(total, row, p)
         self.out_share = A.neg(A.add(total, self.offset % p, p), p)
 
-    def send_offline(self, conn: Connection, ot: OTSender) -> None:
+    def send_offline(self, conn: Channel, ot: OTSender) -> None:
         """Tables and rows to the client; client-share labels by OT."""
         g = self._garbled
         if g is None or self.out_share is None:
@@ -166,7 +166,7 @@ class GarbledClient:
         """Our circuit inputs ``(m, n)`` from our share ``c`` of the layer input (as given)."""
         return c
 
-    def recv_offline(self, conn: Connection, ot: OTReceiver, c: np.ndarray) -> None:
+    def recv_offline(self, conn: Channel, ot: OTReceiver, c: np.ndarray) -> None:
         """Receive tables and rows; get the labels of our shares ``c`` (residues ``(m, n)``,
         or ``(n,)`` for one element per instance) by OT."""
         want = self._shapes()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from safenet.channel import Connection, array_bytes
+from safenet.channel import Channel, array_bytes
 from safenet.crypto.gc import relu_circuit
 from safenet.crypto.gc.circuit import Circuit
 from safenet.crypto.gc.maxpool_circuit import max_circuit
@@ -114,7 +114,7 @@ class GarbledLayer:
 # ---- what a step may use of its session -----------------------------------------------------
 class _Party(Protocol):
     plan: Plan
-    conn: Connection
+    conn: Channel
     p: int
     prof: Profile
 

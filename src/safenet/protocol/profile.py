@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from safenet.channel import Connection
+from safenet.channel import Channel
 
 __all__ = ["Profile", "peak_rss_mib"]
 
@@ -26,7 +26,7 @@ class Profile:
     ``"poly"``, ``"linear.plain"``; layers are op indices of the plan.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self.conn = conn
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.phase_seconds: dict[str, float] = defaultdict(float)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from safenet.channel import Connection, ProtocolError, printable
+from safenet.channel import Channel, ProtocolError, printable
 from safenet.plan.ir import Plan
 from safenet.protocol.bank import Bank, BankError
 from safenet.protocol.engine import ClientSession, ServerModel, ServerSession, SessionConfig
@@ -44,7 +44,7 @@ __all__ = [
 MAX_PREPROCESS = 256
 
 
-def _setup_server(conn: Connection, model: ServerModel) -> dict[str, Any]:
+def _setup_server(conn: Channel, model: ServerModel) -> dict[str, Any]:
     """Steps 1-3 on the server; returns the validated request."""
     conn.phase = "setup"
     req = conn.recv_json(label="session.request")
@@ -66,9 +66,7 @@ def _setup_server(conn: Connection, model: ServerModel) -> dict[str, Any]:
     return req
 
 
-def server_session(
-    conn: Connection, model: ServerModel, bank: Bank | None = None
-) -> dict[str, Any]:
+def server_session(conn: Channel, model: ServerModel, bank: Bank | None = None) -> dict[str, Any]:
     """Serve one request on ``conn``: a full inference, a batch of offline phases for the
     bank (``preprocess``), or an online phase on banked material; returns the report."""
     t0 = time.perf_counter()
@@ -133,7 +131,7 @@ def encode_input(plan: Plan, x: np.ndarray, encoded: bool = False) -> np.ndarray
 
 
 def _setup_client(
-    conn: Connection, plan: Plan | None, request: dict[str, Any]
+    conn: Channel, plan: Plan | None, request: dict[str, Any]
 ) -> tuple[Plan, SessionConfig]:
     conn.phase = "setup"
     conn.send_json({"fetch_plan": plan is None} | request, label="session.request")
@@ -157,7 +155,7 @@ def _setup_client(
 
 
 def client_session(
-    conn: Connection,
+    conn: Channel,
     x: np.ndarray | Callable[[Plan], np.ndarray],
     plan: Plan | None = None,
     *,
@@ -214,7 +212,7 @@ def client_session(
 
 
 def client_preprocess(
-    conn: Connection,
+    conn: Channel,
     count: int,
     bank_root: str | Path,
     plan: Plan | None = None,
