@@ -81,7 +81,7 @@ class GarbledLayer:
         n: circuit instances (ReLU elements, or max-pool outputs).
         tweak: first tweak of the layer's range (all layers share the session's Delta).
         shift, clip: the ReLU circuit's truncation and clip bound.
-        windows: a max pool's input indices per output (:func:`.maxpool.pool_windows`).
+        windows: a max pool's input indices per output (:func:`.maxpool_layer.pool_windows`).
     """
 
     kind: str
