@@ -15,7 +15,7 @@ Three widths, chosen per call from :func:`safenet.crypto.aesni.step_lanes` (:fun
 The garbled output rows (:mod:`.tables`) are encrypted and opened here too
 (:func:`encrypt_rows`, :func:`decrypt_rows`, :func:`open_rows_sum`).
 
-Same hash, same tweaks, same tables as the buffer path (``tests/test_aesni.py`` compares
+Same hash, same tweaks, same tables as the buffer path (``tests/crypto/test_aesni.py`` compares
 them bit for bit). Hash ``H(x, t) = pi(pi(x) ^ t) ^ pi(x)`` with ``t`` XORed into the low
 word; the tweak of AND gate ``g`` of instance ``i`` (of ``n_total``, chunk starting at tweak
 offset ``tw0``) is ``2 * (g * n_total + tw0 + i) + half`` (see :mod:`._kernels`).
