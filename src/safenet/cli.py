@@ -403,38 +403,38 @@ def _infer_image(args: argparse.Namespace, host: str, port: int) -> int:
     return 0
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    from safenet.secure import infer, phase_bytes, preprocess
-
-    host, sep, port = args.server.rpartition(":")
+def _server_address(server: str) -> tuple[str, str]:
+    """``--server HOST:PORT`` as (host, port digits); an empty host means loopback."""
+    host, sep, port = server.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"--server must be HOST:PORT, got {args.server!r}")
-    if args.preprocess:
-        if args.bank is None:
-            raise ValueError("--preprocess needs --bank DIR (where the sessions are kept)")
-        from tqdm import tqdm
+        raise ValueError(f"--server must be HOST:PORT, got {server!r}")
+    return host or "127.0.0.1", port
 
-        with tqdm(total=args.preprocess, desc="offline sessions", disable=args.json) as bar:
-            rep = preprocess(
-                host or "127.0.0.1", int(port), args.preprocess, args.bank,
-                tls=_tls(args, server=False),  # type: ignore[arg-type]
-                progress=lambda done, _total: bar.update(done - bar.n),
-            )  # fmt: skip
-        print(json.dumps({k: rep[k] for k in ("banked", "model_version", "total_s")}))
-        return 0
-    if args.image is not None:
-        return _infer_image(args, host or "127.0.0.1", int(port))
-    if args.input is None and args.dataset is None:
-        raise ValueError("give --image FILE, --input FILE or --dataset NAME (or --preprocess K)")
-    x, label = _infer_input(args)
-    y, rep = infer(
-        host or "127.0.0.1", int(port), x,
-        tls=_tls(args, server=False),  # type: ignore[arg-type]
-        bank=args.bank,
-    )  # fmt: skip
+
+def _infer_preprocess(args: argparse.Namespace, host: str, port: str) -> int:
+    """``infer --preprocess K``: run K offline sessions into ``--bank``; print the bank size."""
+    from tqdm import tqdm
+
+    from safenet.secure import preprocess
+
+    if args.bank is None:
+        raise ValueError("--preprocess needs --bank DIR (where the sessions are kept)")
+    with tqdm(total=args.preprocess, desc="offline sessions", disable=args.json) as bar:
+        rep = preprocess(
+            host, int(port), args.preprocess, args.bank,
+            tls=_tls(args, server=False),  # type: ignore[arg-type]
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )  # fmt: skip
+    print(json.dumps({k: rep[k] for k in ("banked", "model_version", "total_s")}))
+    return 0
+
+
+def _infer_summary(y: np.ndarray, rep: dict[str, Any], label: int | None) -> dict[str, Any]:
+    """The figures ``infer`` prints: prediction, label, logits, times and bytes per phase."""
+    from safenet.secure import phase_bytes
+
     traffic = rep["traffic"]
-
-    out = {
+    return {
         "prediction": int(np.argmax(y)),
         "label": label,
         "logits": [round(float(v), 4) for v in y.reshape(-1)],
@@ -445,11 +445,34 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "mode": rep.get("mode", "full"),
         "model_version": rep.get("model_version"),
     }
-    if args.json:
+
+
+def _print_infer(out: dict[str, Any], rep: dict[str, Any], as_json: bool) -> None:
+    """``out`` as one JSON line with the full report, or one ``name value`` line each."""
+    if as_json:
         print(json.dumps(out | {"report": rep}))
     else:
         for k, v in out.items():
             print(f"{k:14s} {v}")
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from safenet.secure import infer
+
+    host, port = _server_address(args.server)
+    if args.preprocess:
+        return _infer_preprocess(args, host, port)
+    if args.image is not None:
+        return _infer_image(args, host, int(port))
+    if args.input is None and args.dataset is None:
+        raise ValueError("give --image FILE, --input FILE or --dataset NAME (or --preprocess K)")
+    x, label = _infer_input(args)
+    y, rep = infer(
+        host, int(port), x,
+        tls=_tls(args, server=False),  # type: ignore[arg-type]
+        bank=args.bank,
+    )  # fmt: skip
+    _print_infer(_infer_summary(y, rep, label), rep, args.json)
     return 0
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,115 @@ def _cost_table(rows: dict[str, dict[str, Any]], acc: dict[str, float]) -> list[
     return lines
 
 
+@dataclass
+class _Prepared:
+    """Both built-in models compiled, the test images and their plaintext predictions."""
+
+    checkpoints: dict[str, checkpoint.Checkpoint]
+    plans: dict[str, Plan]
+    classes: tuple[str, ...]
+    xs: list[np.ndarray]
+    labels: np.ndarray
+    pred_float: np.ndarray
+    pred_fixed: np.ndarray
+
+
+def _prepare(images: int, data_dir: str | Path | None) -> _Prepared:
+    """Load and compile :data:`MODELS`, read ``images`` test images and predict them in the
+    clear with ``default-approx`` (float model and the Plan's fixed point)."""
+    cks = {n: checkpoint.load(n) for n in MODELS}
+    ck = cks["default-approx"]
+    ds = ImageDataset(ck.dataset, "test", data_dir, images)  # DatasetError if not fetched
+    plans, models = {}, {}
+    for n, k in cks.items():
+        models[n] = k.build().eval()
+        plans[n] = compile_model(models[n], k.input_shape)
+        plans[n].info |= {"model": n, "dataset": k.dataset}
+    xb = ds.normalize(ds.images)
+    with torch.no_grad():
+        pred_float = models["default-approx"](xb).argmax(1).numpy()
+    pred_fixed = np.asarray(plans["default-approx"].reference(xb.double().numpy())).argmax(1)
+    xs = [x.double().numpy() for x in xb]
+    return _Prepared(cks, plans, ds.info.classes, xs, ds.labels.numpy(), pred_float, pred_fixed)
+
+
+def _print_intro(prep: _Prepared) -> None:
+    counts = prep.plans["default-approx"].counts()
+    print(
+        f"Private inference of {len(prep.xs)} Fashion-MNIST test images with default-approx "
+        f"({prep.checkpoints['default-approx'].arch}: {counts['relu_count']:,} ReLUs, "
+        f"{counts['poly_count']:,} polynomial activations).\nA server process holds the "
+        "weights; this process is the client and learns only the prediction.\nThe plaintext "
+        "columns come from the model in the clear, for comparison only.\n",
+        flush=True,
+    )
+
+
+class _PredictionTable:
+    """Each private prediction beside the plaintext ones, printed one row per image as it
+    arrives (:meth:`show` is :func:`serve_and_query`'s ``on_result``); ``rows`` keeps them."""
+
+    def __init__(self, prep: _Prepared) -> None:
+        self.prep = prep
+        self.width = max(len(n) for n in prep.classes)
+        self.rows: list[dict[str, Any]] = []
+
+    def line(self, *cells: str) -> str:
+        idx, *classes, mark, online, offline = cells
+        named = "  ".join(f"{c:{self.width}s}" for c in classes)
+        return f"  {idx:>5s}  {named}  {mark:5s}  {online:>8s}  {offline:>9s}"
+
+    def header(self) -> str:
+        return self.line(
+            "image", "true", "private", "float", "fixed point", "match", "online s", "offline s"
+        )
+
+    def show(self, k: int, y: np.ndarray, rep: dict[str, Any]) -> None:
+        p = self.prep
+        row = {
+            "index": k,
+            "label": int(p.labels[k]),
+            "private": int(np.argmax(y)),
+            "float": int(p.pred_float[k]),
+            "fixed_point": int(p.pred_fixed[k]),
+            "online_s": rep["phase_s"]["online"],
+            "offline_s": rep["phase_s"]["offline"],
+        }
+        self.rows.append(row)
+        preds = [p.classes[row[c]] for c in ("label", "private", "float", "fixed_point")]
+        mark = "ok" if row["private"] == row["fixed_point"] == row["float"] else "DIFF"
+        online, offline = f"{row['online_s']:.2f}", f"{row['offline_s']:.2f}"
+        tqdm.write(self.line(str(k), *preds, mark, online, offline))
+
+    def summary(self) -> str:
+        """How many private predictions equal the fixed-point ones and the true labels."""
+        same = sum(r["private"] == r["fixed_point"] for r in self.rows)
+        right = sum(r["private"] == r["label"] for r in self.rows)
+        n = len(self.rows)
+        return (
+            f"{same}/{n} private predictions equal the plaintext fixed-point ones; "
+            f"{right}/{n} are the true label."
+        )
+
+
+def _median_cost(merged: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first merged report with the median online and offline times of all of them."""
+
+    def med(key: str) -> float:
+        return statistics.median(m[key] for m in merged)
+
+    return merged[0] | {k: med(k) for k in ("online_s", "offline_s")}
+
+
+def _print_cost(cost: dict[str, dict[str, Any]], prep: _Prepared, runs: int) -> None:
+    acc = {n: k.metrics["accuracy"] for n, k in prep.checkpoints.items()}
+    print(
+        f"\nCost of one private inference over loopback on this machine (default-approx: median "
+        f"of {runs}); offline = input-independent preprocessing:"
+    )
+    print("\n".join(_cost_table(cost, acc)))
+
+
 def run_demo(
     images: int = 5, data_dir: str | Path | None = None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -215,81 +325,19 @@ def run_demo(
     if images < 1:
         raise ValueError(f"--images must be at least 1, got {images}")
     t0 = time.perf_counter()
-    cks = {n: checkpoint.load(n) for n in MODELS}
-    ck = cks["default-approx"]
-    ds = ImageDataset(ck.dataset, "test", data_dir, images)  # DatasetError if not fetched
-    plans, models = {}, {}
-    for n, k in cks.items():
-        models[n] = k.build().eval()
-        plans[n] = compile_model(models[n], k.input_shape)
-        plans[n].info |= {"model": n, "dataset": k.dataset}
-    names = ds.info.classes
-    xb = ds.normalize(ds.images)
-    with torch.no_grad():
-        pred_float = models["default-approx"](xb).argmax(1).numpy()
-    pred_fixed = np.asarray(plans["default-approx"].reference(xb.double().numpy())).argmax(1)
-    xs = [x.double().numpy() for x in xb]
-    labels = ds.labels.numpy()
-
-    counts = plans["default-approx"].counts()
+    prep = _prepare(images, data_dir)
+    _print_intro(prep)
+    table = _PredictionTable(prep)
+    print(table.header())
+    _, merged = serve_and_query(prep.plans["default-approx"], prep.xs, progress, table.show)
     print(
-        f"Private inference of {len(xs)} Fashion-MNIST test images with default-approx "
-        f"({ck.arch}: {counts['relu_count']:,} ReLUs, {counts['poly_count']:,} polynomial "
-        "activations).\nA server process holds the weights; this process is the client and "
-        "learns only the prediction.\nThe plaintext columns come from the model in the clear, "
-        "for comparison only.\n",
+        f"\n{table.summary()}\n\nOne private inference of the all-ReLU model default, for "
+        "the cost comparison ...",
         flush=True,
     )
-    width = max(len(n) for n in names)
-
-    def line(*cells: str) -> str:
-        idx, *classes, mark, online, offline = cells
-        named = "  ".join(f"{c:{width}s}" for c in classes)
-        return f"  {idx:>5s}  {named}  {mark:5s}  {online:>8s}  {offline:>9s}"
-
-    print(
-        line("image", "true", "private", "float", "fixed point", "match", "online s", "offline s")
-    )
-    rows: list[dict[str, Any]] = []
-
-    def show(k: int, y: np.ndarray, rep: dict[str, Any]) -> None:
-        row = {
-            "index": k,
-            "label": int(labels[k]),
-            "private": int(np.argmax(y)),
-            "float": int(pred_float[k]),
-            "fixed_point": int(pred_fixed[k]),
-            "online_s": rep["phase_s"]["online"],
-            "offline_s": rep["phase_s"]["offline"],
-        }
-        rows.append(row)
-        preds = [names[row[c]] for c in ("label", "private", "float", "fixed_point")]
-        mark = "ok" if row["private"] == row["fixed_point"] == row["float"] else "DIFF"
-        online, offline = f"{row['online_s']:.2f}", f"{row['offline_s']:.2f}"
-        tqdm.write(line(str(k), *preds, mark, online, offline))
-
-    _, merged = serve_and_query(plans["default-approx"], xs, progress, show)
-    same = sum(r["private"] == r["fixed_point"] for r in rows)
-    right = sum(r["private"] == r["label"] for r in rows)
-    print(
-        f"\n{same}/{len(rows)} private predictions equal the plaintext fixed-point ones; "
-        f"{right}/{len(rows)} are the true label.\n\nOne private inference of the all-ReLU "
-        "model default, for the cost comparison ...",
-        flush=True,
-    )
-    (y_base,), (base,) = serve_and_query(plans["default"], xs[:1], progress)
-
-    def med(key: str) -> float:
-        return statistics.median(m[key] for m in merged)
-
-    approx = merged[0] | {k: med(k) for k in ("online_s", "offline_s")}
-    cost = {"default-approx": approx, "default": base}
-    acc = {n: k.metrics["accuracy"] for n, k in cks.items()}
-    print(
-        f"\nCost of one private inference over loopback on this machine (default-approx: median "
-        f"of {len(merged)}); offline = input-independent preprocessing:"
-    )
-    print("\n".join(_cost_table(cost, acc)))
+    (y_base,), (base,) = serve_and_query(prep.plans["default"], prep.xs[:1], progress)
+    cost = {"default-approx": _median_cost(merged), "default": base}
+    _print_cost(cost, prep, len(merged))
     wall = time.perf_counter() - t0
     print(
         "\ntest acc: float accuracy on all 10,000 test images, recorded with the model (safenet "
@@ -298,7 +346,7 @@ def run_demo(
         flush=True,
     )
     return {
-        "images": rows,
+        "images": table.rows,
         "default_prediction": int(np.argmax(y_base)),
         "cost": cost,
         "wall_s": wall,

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,99 @@ def _child(sock: socket.socket, addr: tuple[Any, ...], model: ServerModel, bank:
     out.close()
 
 
+_Session = tuple[ServerModel, Bank | None, TLSConfig | None, float | None]
+"""What :func:`_handle` needs besides the connection: model, bank, TLS settings, timeout."""
+
+
+class _Workers:
+    """Sessions in forked workers, at most ``limit`` at a time; each finished worker's report
+    is appended to ``reports`` (in the order they end)."""
+
+    def __init__(self, ctx: Any, limit: int, memory: int | None, reports: list[dict[str, Any]]):
+        self.ctx, self.limit, self.memory, self.reports = ctx, limit, memory, reports
+        self.running: list[tuple[Any, Any]] = []  # (worker, the pipe its report comes back on)
+
+    def start(self, sock: socket.socket, addr: tuple[Any, ...], session: _Session) -> None:
+        """Hand one accepted connection to a new worker, once a slot is free."""
+        self.reap(block=True)
+        recv_end, send_end = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child, args=(sock, addr, *session, send_end, self.memory))
+        proc.start()
+        send_end.close()
+        sock.close()  # the worker has its own copy
+        self.running.append((proc, recv_end))
+        self.reap(block=False)
+
+    def reap(self, block: bool) -> None:
+        """Collect finished workers' reports (reading before joining: a worker with a large
+        report cannot exit until it is read); with ``block``, wait until a slot is free."""
+        while self.running:
+            for proc, pipe in list(self.running):
+                if pipe.poll():
+                    self._collect(proc, pipe)
+            if not block or len(self.running) < self.limit:
+                return
+            self._wait()
+
+    def drain(self) -> None:
+        """Wait for every running worker and collect its report."""
+        while self.running:
+            self.reap(block=False)
+            if self.running:
+                self._wait()
+
+    def _collect(self, proc: Any, pipe: Any) -> None:
+        try:
+            self.reports.append(pipe.recv())
+        except EOFError:  # died without a report
+            proc.join()
+            self.reports.append({"peer": None, "error": f"worker exit {proc.exitcode}"})
+        pipe.close()
+        proc.join()
+        self.running.remove((proc, pipe))
+
+    def _wait(self) -> None:
+        mp.connection.wait([pipe for _, pipe in self.running], timeout=1.0)
+
+
+def _server_bank(bank: str | Path | None, model: ServerModel) -> Bank | None:
+    """The server's preprocessing bank in folder ``bank`` (None without one), rid of banked
+    sessions made for another model version."""
+    if bank is None:
+        return None
+    store = Bank(bank, model.fingerprint, "server", version=model.version)
+    if stale := store.discard_stale():
+        log.warning("discarded %d banked sessions made for another model version", stale)
+    return store
+
+
+def _fork_context(concurrency: int) -> Any:
+    """The ``fork`` context to run sessions in workers with, or None to serve them in this
+    process (``concurrency`` 1, no ``fork`` here, or this process is a daemon)."""
+    use_fork = concurrency > 1 and "fork" in mp.get_all_start_methods()
+    if use_fork and mp.current_process().daemon:  # daemons may not have children
+        log.warning("serving one client at a time: this process is a daemon")
+        use_fork = False
+    return mp.get_context("fork") if use_fork else None
+
+
+def _accepted(
+    lst: socket.socket, max_sessions: int | None
+) -> Iterator[tuple[socket.socket, tuple[Any, ...]]]:
+    """Accepted connections, ``max_sessions`` of them (None: until the listener is closed)."""
+    served = 0
+    while max_sessions is None or served < max_sessions:
+        try:
+            sock, addr = lst.accept()
+        except TimeoutError:
+            continue
+        except OSError as e:  # the listener was closed: stop serving
+            log.info("listener closed (%s); stopping", e)
+            break
+        served += 1
+        yield sock, addr
+
+
 def serve(
     plan: Plan,
     host: str = "127.0.0.1",
@@ -343,70 +436,25 @@ def serve(
     model = ServerModel(plan, config)
     if session_memory is None:
         session_memory = default_session_memory(plan)
-    store = None
-    if bank is not None:
-        store = Bank(bank, model.fingerprint, "server", version=model.version)
-        if stale := store.discard_stale():
-            log.warning("discarded %d banked sessions made for another model version", stale)
+    store = _server_bank(bank, model)
     lst = listener or listen(host, port)
     if on_ready is not None:
         on_ready(lst.getsockname()[1])
     if tls is not None:
         tls.server_context()  # a bad configuration fails now, not per client
     reports: list[dict[str, Any]] = []
-    served = 0
-    use_fork = concurrency > 1 and "fork" in mp.get_all_start_methods()
-    if use_fork and mp.current_process().daemon:  # daemons may not have children
-        log.warning("serving one client at a time: this process is a daemon")
-        use_fork = False
-    ctx = mp.get_context("fork") if use_fork else None
-    running: list[tuple[Any, Any]] = []  # (worker, the pipe its report comes back on)
-
-    def reap(block: bool) -> None:
-        """Collect finished workers' reports (reading before joining: a worker with a large
-        report cannot exit until it is read); with ``block``, wait until a slot is free."""
-        while running:
-            for proc, pipe in list(running):
-                if pipe.poll():
-                    try:
-                        reports.append(pipe.recv())
-                    except EOFError:  # died without a report
-                        proc.join()
-                        reports.append({"peer": None, "error": f"worker exit {proc.exitcode}"})
-                    pipe.close()
-                    proc.join()
-                    running.remove((proc, pipe))
-            if not block or len(running) < concurrency:
-                return
-            mp.connection.wait([pipe for _, pipe in running], timeout=1.0)
-
+    ctx = _fork_context(concurrency)
+    workers = None if ctx is None else _Workers(ctx, concurrency, session_memory, reports)
+    session = (model, store, tls, timeout)
     try:
-        while max_sessions is None or served < max_sessions:
-            try:
-                sock, addr = lst.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:  # the listener was closed: stop serving
-                log.info("listener closed (%s); stopping", e)
-                break
-            served += 1
-            if ctx is None:
-                reports.append(_handle(sock, addr, model, store, tls, timeout))
-                continue
-            reap(block=True)
-            recv_end, send_end = ctx.Pipe(duplex=False)
-            args = (sock, addr, model, store, tls, timeout, send_end, session_memory)
-            proc = ctx.Process(target=_child, args=args)
-            proc.start()
-            send_end.close()
-            sock.close()  # the worker has its own copy
-            running.append((proc, recv_end))
-            reap(block=False)
+        for sock, addr in _accepted(lst, max_sessions):
+            if workers is None:
+                reports.append(_handle(sock, addr, *session))
+            else:
+                workers.start(sock, addr, session)
     finally:
-        while running:
-            reap(block=False)
-            if running:
-                mp.connection.wait([pipe for _, pipe in running], timeout=1.0)
+        if workers is not None:
+            workers.drain()
         if listener is None:
             lst.close()
     return reports

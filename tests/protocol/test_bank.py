@@ -2,6 +2,8 @@
 the concurrent server."""
 
 import json
+import multiprocessing as mp
+import os
 import socket
 import threading
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import serve_cli
+from safenet import secure
 from safenet.benchmark import random_plan
 from safenet.channel import connect, listen
 from safenet.protocol.bank import Bank, BankError
@@ -189,3 +192,18 @@ def test_session_memory_cap_fails_only_that_session():
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
+def test_a_worker_that_dies_without_a_report_is_reported(monkeypatch):
+    """A forked session that dies before sending its report (e.g. killed by the OOM killer)
+    yields an error report with its exit code, and frees its slot."""
+    monkeypatch.setattr(secure, "_child", lambda *args: os._exit(3))
+    reports = []
+    workers = secure._Workers(mp.get_context("fork"), 1, None, reports)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        workers.start(ours, ("127.0.0.1", 0), (None, None, None, None))
+        workers.drain()
+    assert reports == [{"peer": None, "error": "worker exit 3"}]
+    assert not workers.running
