@@ -327,11 +327,12 @@ class _SlotAssigner:
 
     def xor_gate(self, t: int, gates: list[int]) -> None:
         """Step ``t``, one XOR gate: its inputs' slots may be reused for its output."""
-        c, slot = self.c, self.slot
-        dead = self.dead(t, gates)
+        c, slot, last = self.c, self.slot, self.last
         g = gates[0]
-        self.xa.append(slot[c.gate_a[g] >> 1])
-        self.xb.append(slot[c.gate_b[g] >> 1])
+        a, b = int(c.gate_a[g] >> 1), int(c.gate_b[g] >> 1)
+        dead = [w for w in {a, b} if last[w] == t and w != 0]  # dead() of one gate, inlined
+        self.xa.append(slot[a])
+        self.xb.append(slot[b])
         self.free.extend(slot[w] for w in dead)  # elementwise kernel: in-place reuse is safe
         self.alloc(int(c.gate_out[g]))
         self.xo.append(slot[c.gate_out[g]])
