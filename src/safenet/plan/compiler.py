@@ -149,6 +149,37 @@ def _label(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
 
 
+def _is_method(node: fx.Node, *names: str) -> bool:
+    """Whether ``node`` calls a tensor method named in ``names`` (``x.add(y)``, ...)."""
+    return node.op == "call_method" and node.target in names
+
+
+def _affine_attrs(node: fx.Node, m: nn.Module, wbits: int) -> OpAttrs:
+    """The op attributes of a conv (numeric zero padding, no dilation) or linear layer."""
+    if not isinstance(m, nn.Conv2d):
+        return Linear(weight_bits=wbits)
+    if m.padding_mode != "zeros" or m.dilation != (1, 1) or isinstance(m.padding, str):
+        raise UnsupportedLayerError(
+            f"{_label(node)}: Conv2d needs numeric zero padding and no dilation"
+        )
+    return Conv(
+        stride=list(m.stride),
+        padding=list(m.padding),
+        groups=m.groups,
+        kernel=list(m.kernel_size),
+        weight_bits=wbits,
+    )
+
+
+def _unsupported_operation(node: fx.Node) -> UnsupportedLayerError:
+    """The error for a function or method the compiler cannot lower, naming where it is."""
+    name = getattr(node.target, "__name__", node.target)
+    return UnsupportedLayerError(
+        f"unsupported operation {name} ({node.op} {_label(node)}){_where(node)}; "
+        f"supported: {SUPPORTED}"
+    )
+
+
 class _Lowering:
     def __init__(self, gm: fx.GraphModule, field: Field, reorder_pools: bool = True) -> None:
         self.gm = gm
@@ -194,42 +225,17 @@ class _Lowering:
         return self.emit(op)
 
     def materialise(self, node: fx.Node, aff: _Affine) -> _Val:
-        inp = self.value(self._affine_input[node])  # lowered before the conv/linear itself
+        """A pending conv/linear (batch norms folded in) as an op: the input truncated first
+        if its scale is too high, a pending pool divisor folded into the weights (with its
+        log2 more weight bits), weights and bias rounded to fixed point."""
+        inp = self._truncated_input(node)
         f = self.field
-        src = self.ops[inp.op]
-        scale_in = src.scale
-        if scale_in > f.frac_bits + f.weight_bits:
-            truncated = self.emit(
-                Op(
-                    Truncate(scale_in - f.frac_bits),
-                    [inp.op],
-                    src.shape,
-                    f.frac_bits,
-                    name=f"{_label(node)}.truncate",
-                )
-            )
-            truncated.divisor = inp.divisor  # a pending pool divisor survives the truncation
-            inp = truncated
-            scale_in = f.frac_bits
+        scale_in = self.ops[inp.op].scale
         wbits = f.weight_bits + math.ceil(math.log2(inp.divisor))
         weight = aff.weight / inp.divisor
         w_int = np.rint(weight.numpy() * 2.0**wbits).astype(np.int64)
         b_int = np.rint(aff.bias.numpy() * 2.0 ** (scale_in + wbits)).astype(np.int64)
-        m = aff.module
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or m.dilation != (1, 1) or isinstance(m.padding, str):
-                raise UnsupportedLayerError(
-                    f"{_label(node)}: Conv2d needs numeric zero padding and no dilation"
-                )
-            attrs: OpAttrs = Conv(
-                stride=list(m.stride),
-                padding=list(m.padding),
-                groups=m.groups,
-                kernel=list(m.kernel_size),
-                weight_bits=wbits,
-            )
-        else:
-            attrs = Linear(weight_bits=wbits)
+        attrs = _affine_attrs(node, aff.module, wbits)
         if np.abs(w_int).max(initial=0) > f.half or np.abs(b_int).max(initial=0) > f.half:
             raise OverflowError(f"{_label(node)}: weights do not fit the field at {wbits} bits")
         return self.emit(
@@ -242,6 +248,26 @@ class _Lowering:
                 name=aff.label or _label(node),
             )
         )
+
+    def _truncated_input(self, node: fx.Node) -> _Val:
+        """The input of the conv/linear ``node``, truncated to ``frac_bits`` when its scale
+        exceeds ``frac_bits + weight_bits``; a pending pool divisor survives the truncation."""
+        inp = self.value(self._affine_input[node])  # lowered before the conv/linear itself
+        f = self.field
+        src = self.ops[inp.op]
+        if src.scale <= f.frac_bits + f.weight_bits:
+            return inp
+        truncated = self.emit(
+            Op(
+                Truncate(src.scale - f.frac_bits),
+                [inp.op],
+                src.shape,
+                f.frac_bits,
+                name=f"{_label(node)}.truncate",
+            )
+        )
+        truncated.divisor = inp.divisor
+        return truncated
 
     def relu_site(
         self, node: fx.Node, act: ChannelActivation | None, clip: float | None = None
@@ -513,55 +539,61 @@ class _Lowering:
         self.env[node] = self.emit(op)
 
     def call_function(self, node: fx.Node) -> None:
+        """A function or tensor-method call, lowered by what it calls."""
         t = node.target
         if is_relu(node, self.gm):
             self.relu_site(node, None)
         elif (bounds := clip_bounds(node, self.gm)) is not None:
             plain = bounds[1] is None and isinstance(bounds[0], int | float) and bounds[0] == 0
             self.relu_site(node, None, None if plain else _clip_bound(node, *bounds))
-        elif t in _ADD_FUNCS or (node.op == "call_method" and t in ("add", "add_", "__add__")):
-            a, b = node.args[:2]
-            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:
-                raise UnsupportedLayerError(f"{_label(node)}: only tensor + tensor adds")
-            va = self.settle(self.value(a), f"{_label(node)}.a")
-            vb = self.settle(self.value(b), f"{_label(node)}.b")
-            sa, sb = self.ops[va.op].scale, self.ops[vb.op].scale
-            top = max(sa, sb)
-            self.env[node] = self.emit(
-                Op(
-                    Add([top - sa, top - sb]),
-                    [va.op, vb.op],
-                    self.shape_of(node),
-                    top,
-                    name=_label(node),
-                )
-            )
+        elif t in _ADD_FUNCS or _is_method(node, "add", "add_", "__add__"):
+            self.add(node)
         elif t in _CAT_FUNCS:
             self.concat(node)
-        elif t is torch.mean or (node.op == "call_method" and t == "mean"):
+        elif t is torch.mean or _is_method(node, "mean"):
             self.global_mean(node)
         elif t in _POOL_FUNCS:  # functional pooling: the module it spells, then as above
             self.pool(node, _POOL_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
         elif t in _MAX_FUNCS:
             self.maxpool(node, _MAX_FUNCS[t](*node.args[1:], **node.kwargs), _label(node))
-        elif t in _FLATTEN_FUNCS or (
-            node.op == "call_method" and t in ("flatten", "view", "reshape")
-        ):
-            rest = list(node.args[1:]) + list(node.kwargs.values())
-            if t == torch.flatten or t == "flatten":
-                if rest not in ([1], [1, -1]):
-                    raise UnsupportedLayerError(f"{_label(node)}: only flatten(x, 1) is supported")
-            elif len(self.shape_of(node)) != 1:
-                raise UnsupportedLayerError(f"{_label(node)}: only view/reshape to (N, -1)")
-            self.flatten(node)
-        elif node.op == "call_method" and t == "size":
+        elif t in _FLATTEN_FUNCS or _is_method(node, "flatten", "view", "reshape"):
+            self.flatten_call(node)
+        elif _is_method(node, "size"):
             pass  # x.size(0) feeding view(N, -1): a shape query, no tensor to lower
         else:
-            name = getattr(t, "__name__", t)
-            raise UnsupportedLayerError(
-                f"unsupported operation {name} ({node.op} {_label(node)}){_where(node)}; "
-                f"supported: {SUPPORTED}"
+            raise _unsupported_operation(node)
+
+    def add(self, node: fx.Node) -> None:
+        """Residual ``a + b`` of two tensors: an ``add`` op, inputs shifted to the higher
+        scale."""
+        a, b = node.args[:2]
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs:
+            raise UnsupportedLayerError(f"{_label(node)}: only tensor + tensor adds")
+        va = self.settle(self.value(a), f"{_label(node)}.a")
+        vb = self.settle(self.value(b), f"{_label(node)}.b")
+        sa, sb = self.ops[va.op].scale, self.ops[vb.op].scale
+        top = max(sa, sb)
+        self.env[node] = self.emit(
+            Op(
+                Add([top - sa, top - sb]),
+                [va.op, vb.op],
+                self.shape_of(node),
+                top,
+                name=_label(node),
             )
+        )
+
+    def flatten_call(self, node: fx.Node) -> None:
+        """``torch.flatten(x, 1)``, ``x.flatten(1)``, or ``x.view`` / ``x.reshape`` to
+        ``(N, -1)``: a flatten; any other shape is refused."""
+        t = node.target
+        rest = list(node.args[1:]) + list(node.kwargs.values())
+        if t == torch.flatten or t == "flatten":
+            if rest not in ([1], [1, -1]):
+                raise UnsupportedLayerError(f"{_label(node)}: only flatten(x, 1) is supported")
+        elif len(self.shape_of(node)) != 1:
+            raise UnsupportedLayerError(f"{_label(node)}: only view/reshape to (N, -1)")
+        self.flatten(node)
 
 
 def _poly_degrees(model: nn.Module) -> list[int]:

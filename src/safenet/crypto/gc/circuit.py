@@ -219,17 +219,31 @@ class Circuit:
 
 
 def _make_schedule(c: Circuit) -> Schedule:
-    n_gates = len(c.gate_kind)
+    """Layer ``c`` by AND depth, order the steps, then give every wire a slot (see
+    :class:`Schedule`)."""
+    glevel, depth = _and_depths(c)
+    steps = _steps(c, glevel, depth)
+    return _SlotAssigner(c, _last_reads(c, steps)).run(steps, depth)
+
+
+def _and_depths(c: Circuit) -> tuple[np.ndarray, int]:
+    """Per gate, the AND depth of its output (ANDs on the longest input path), and the
+    circuit's AND depth."""
     level = np.zeros(c.n_wires, dtype=np.int64)
-    glevel = np.zeros(n_gates, dtype=np.int64)
-    for i in range(n_gates):
+    glevel = np.zeros(len(c.gate_kind), dtype=np.int64)
+    for i in range(len(c.gate_kind)):
         lv = max(level[c.gate_a[i] >> 1], level[c.gate_b[i] >> 1]) + int(c.gate_kind[i])
         level[c.gate_out[i]] = glevel[i] = lv
     depth = int(glevel[c.gate_kind == AND].max()) if c.and_count else 0
-    # Execution order: XOR block 0, AND layer 1, XOR block 1, ..., AND layer D, XOR block D.
+    return glevel, depth
+
+
+def _steps(c: Circuit, glevel: np.ndarray, depth: int) -> list[tuple[int, list[int]]]:
+    """Execution order: XOR block 0, AND layer 1, XOR block 1, ..., AND layer D, XOR block
+    D; a step is ``(XOR, [gate])`` or ``(AND, gates of the layer)``, gates in circuit order."""
     xor_blocks: list[list[int]] = [[] for _ in range(depth + 1)]
     and_layers: list[list[int]] = [[] for _ in range(depth)]
-    for i in range(n_gates):
+    for i in range(len(c.gate_kind)):
         if c.gate_kind[i] == AND:
             and_layers[glevel[i] - 1].append(i)
         else:
@@ -239,81 +253,130 @@ def _make_schedule(c: Circuit) -> Schedule:
         steps.extend((XOR, [g]) for g in xor_blocks[d])
         if d < depth:
             steps.append((AND, and_layers[d]))
-    # Liveness: last step at which each wire is read; outputs live to the end.
-    inf = len(steps) + 1
+    return steps
+
+
+def _last_reads(c: Circuit, steps: list[tuple[int, list[int]]]) -> np.ndarray:
+    """Liveness: per wire, the last step that reads it (-1 if none); outputs live to the end."""
     last = np.full(c.n_wires, -1, dtype=np.int64)
     for t, (_, gates) in enumerate(steps):
         for g in gates:
             last[c.gate_a[g] >> 1] = t
             last[c.gate_b[g] >> 1] = t
     for lits in c.outputs.values():
-        last[np.asarray(lits, dtype=np.int64) >> 1] = inf
-    slot = np.full(c.n_wires, -1, dtype=np.int64)
-    free: list[int] = []
-    n_slots = 1
-    slot[0] = 0  # the constant wire: all-zero labels on both sides
+        last[np.asarray(lits, dtype=np.int64) >> 1] = len(steps) + 1
+    return last
 
-    def alloc(w: int) -> None:
-        nonlocal n_slots
-        if free:
-            slot[w] = free.pop()
+
+class _SlotAssigner:
+    """Walks the steps in order, giving each wire a slot when it is written and reusing a
+    slot once its wire is dead; collects the :class:`Schedule` arrays on the way."""
+
+    def __init__(self, c: Circuit, last: np.ndarray) -> None:
+        self.c = c
+        self.last = last
+        self.slot = np.full(c.n_wires, -1, dtype=np.int64)
+        self.slot[0] = 0  # the constant wire: all-zero labels on both sides
+        self.free: list[int] = []
+        self.n_slots = 1
+        self.xo: list[int] = []
+        self.xa: list[int] = []
+        self.xb: list[int] = []
+        self.xptr = [0]
+        self.ao: list[int] = []
+        self.aa: list[int] = []
+        self.ab: list[int] = []
+        self.an: list[np.uint64] = []
+        self.bn: list[np.uint64] = []
+        self.aptr = [0]
+
+    def alloc(self, w: int) -> None:
+        """Give wire ``w`` the most recently freed slot, or a new one."""
+        if self.free:
+            self.slot[w] = self.free.pop()
         else:
-            slot[w] = n_slots
-            n_slots += 1
+            self.slot[w] = self.n_slots
+            self.n_slots += 1
 
-    input_slots = {}
-    for name, wires in c.inputs.items():
-        for w in wires:
-            if last[w] >= 0:
-                alloc(int(w))
-        input_slots[name] = slot[wires].copy()
-    xo, xa, xb, xptr = [], [], [], [0]
-    ao, aa, ab, an, bn, aptr = [], [], [], [], [], [0]
-    for t, (kind, gates) in enumerate(steps):
+    def run(self, steps: list[tuple[int, list[int]]], depth: int) -> Schedule:
+        """Slots for the inputs, then for each step in order; the finished schedule."""
+        input_slots = self.input_slots()
+        for t, (kind, gates) in enumerate(steps):
+            if kind == XOR:
+                self.xor_gate(t, gates)
+            else:
+                self.and_layer(t, gates)
+        self.xptr.append(len(self.xo))
+        return self.schedule(depth, input_slots)
+
+    def input_slots(self) -> dict[str, np.ndarray]:
+        """Slots for the input wires that are read, group by group (unread ones get -1)."""
+        out = {}
+        for name, wires in self.c.inputs.items():
+            for w in wires:
+                if self.last[w] >= 0:
+                    self.alloc(int(w))
+            out[name] = self.slot[wires].copy()
+        return out
+
+    def dead(self, t: int, gates: list[int]) -> list[int]:
+        """Input wires of ``gates`` last read at step ``t`` (never the constant wire)."""
+        c, last = self.c, self.last
         ins = {int(c.gate_a[g] >> 1) for g in gates} | {int(c.gate_b[g] >> 1) for g in gates}
-        dead = [w for w in ins if last[w] == t and w != 0]
-        if kind == XOR:
-            g = gates[0]
-            xa.append(slot[c.gate_a[g] >> 1])
-            xb.append(slot[c.gate_b[g] >> 1])
-            free.extend(slot[w] for w in dead)  # elementwise kernel: in-place reuse is safe
-            alloc(int(c.gate_out[g]))
-            xo.append(slot[c.gate_out[g]])
-        else:
-            for g in gates:
-                aa.append(slot[c.gate_a[g] >> 1])
-                ab.append(slot[c.gate_b[g] >> 1])
-                an.append(_ALL_ONES if c.gate_a[g] & 1 else np.uint64(0))
-                bn.append(_ALL_ONES if c.gate_b[g] & 1 else np.uint64(0))
-                alloc(int(c.gate_out[g]))
-                ao.append(slot[c.gate_out[g]])
-            free.extend(slot[w] for w in dead)  # freed after: a layer may run in pieces
-            aptr.append(len(ao))
-            xptr.append(len(xo))
-    xptr.append(len(xo))
-    out_lits = (
-        np.concatenate([np.asarray(v, dtype=np.int64) for v in c.outputs.values()])
-        if c.outputs
-        else np.zeros(0, dtype=np.int64)
-    )
-    i64 = np.int64
-    return Schedule(
-        n_slots=n_slots,
-        depth=depth,
-        input_slots=input_slots,
-        xor_out=np.array(xo, dtype=i64),
-        xor_a=np.array(xa, dtype=i64),
-        xor_b=np.array(xb, dtype=i64),
-        xor_ptr=np.array(xptr, dtype=i64),
-        and_out=np.array(ao, dtype=i64),
-        and_a=np.array(aa, dtype=i64),
-        and_b=np.array(ab, dtype=i64),
-        and_a_neg=np.array(an, dtype=np.uint64),
-        and_b_neg=np.array(bn, dtype=np.uint64),
-        and_ptr=np.array(aptr, dtype=i64),
-        out_slots=slot[out_lits >> 1].astype(i64),
-        out_neg=(out_lits & 1).astype(np.uint8),
-    )
+        return [w for w in ins if last[w] == t and w != 0]
+
+    def xor_gate(self, t: int, gates: list[int]) -> None:
+        """Step ``t``, one XOR gate: its inputs' slots may be reused for its output."""
+        c, slot, last = self.c, self.slot, self.last
+        g = gates[0]
+        a, b = int(c.gate_a[g] >> 1), int(c.gate_b[g] >> 1)
+        dead = [w for w in {a, b} if last[w] == t and w != 0]  # dead() of one gate, inlined
+        self.xa.append(slot[a])
+        self.xb.append(slot[b])
+        self.free.extend(slot[w] for w in dead)  # elementwise kernel: in-place reuse is safe
+        self.alloc(int(c.gate_out[g]))
+        self.xo.append(slot[c.gate_out[g]])
+
+    def and_layer(self, t: int, gates: list[int]) -> None:
+        """Step ``t``, an AND layer, which closes the XOR block before it."""
+        c, slot = self.c, self.slot
+        dead = self.dead(t, gates)
+        for g in gates:
+            self.aa.append(slot[c.gate_a[g] >> 1])
+            self.ab.append(slot[c.gate_b[g] >> 1])
+            self.an.append(_ALL_ONES if c.gate_a[g] & 1 else np.uint64(0))
+            self.bn.append(_ALL_ONES if c.gate_b[g] & 1 else np.uint64(0))
+            self.alloc(int(c.gate_out[g]))
+            self.ao.append(slot[c.gate_out[g]])
+        self.free.extend(slot[w] for w in dead)  # freed after: a layer may run in pieces
+        self.aptr.append(len(self.ao))
+        self.xptr.append(len(self.xo))
+
+    def schedule(self, depth: int, input_slots: dict[str, np.ndarray]) -> Schedule:
+        """The collected lists as :class:`Schedule` arrays, with the output slots."""
+        out_lits = (
+            np.concatenate([np.asarray(v, dtype=np.int64) for v in self.c.outputs.values()])
+            if self.c.outputs
+            else np.zeros(0, dtype=np.int64)
+        )
+        i64 = np.int64
+        return Schedule(
+            n_slots=self.n_slots,
+            depth=depth,
+            input_slots=input_slots,
+            xor_out=np.array(self.xo, dtype=i64),
+            xor_a=np.array(self.xa, dtype=i64),
+            xor_b=np.array(self.xb, dtype=i64),
+            xor_ptr=np.array(self.xptr, dtype=i64),
+            and_out=np.array(self.ao, dtype=i64),
+            and_a=np.array(self.aa, dtype=i64),
+            and_b=np.array(self.ab, dtype=i64),
+            and_a_neg=np.array(self.an, dtype=np.uint64),
+            and_b_neg=np.array(self.bn, dtype=np.uint64),
+            and_ptr=np.array(self.aptr, dtype=i64),
+            out_slots=self.slot[out_lits >> 1].astype(i64),
+            out_neg=(out_lits & 1).astype(np.uint8),
+        )
 
 
 class CircuitBuilder:

@@ -84,62 +84,97 @@ def relu_width(p: int, shift: int) -> int:
 
 @functools.cache
 def _build(p: int, k: int, clip: int | None = None) -> Circuit:
-    if p < 5 or p % 2 == 0:
-        raise ValueError(f"p must be an odd prime >= 5, got {p}")
-    n = p.bit_length()
-    if not 0 <= k < n:
-        raise ValueError(f"shift must be in [0, {n}), got {k}")
-    h = p // 2
+    """The circuit of :func:`relu_circuit`, stage by stage as in the module doc."""
+    n = _check_params(p, k, clip)
     bld = CircuitBuilder()
     a = bld.input("server_share", n)
     b = bld.input("client_share", n)
-    if clip is not None and clip < 0:
-        raise ValueError("clip needs a bound >= 0")
 
     with bld.stage("1 add shares"):
         sl, carry = bld.add(a, b)
         s = [*sl, carry]  # n + 1 bits, s <= 2p - 2
 
     with bld.stage("2 sign and range tests"):
-        thresholds = (h + 1, p, p + h + 1)
-        t = _v2(p - 1) - 1  # thresholds are 1, 1, 2 mod 2^t
-        low_one = p % (1 << k) == 1 if k else False
-        # q[i] = [s_1..s_{i-1} != 0], an OR prefix chain shared by everything below
-        reach = max(t, k) if (t >= 2 or low_one) else 0
-        q = [FALSE, FALSE]
-        for i in range(2, reach + 1):
-            q.append(bld.or_(q[-1], s[i - 1]))
-        if t >= 2:
-            low = {1: bld.or_(s[0], q[t]), 2: q[t]}
-            A, B, C = (bld.ge_const(s[t:], c >> t, low[c % (1 << t)]) for c in thresholds)
-        else:
-            A, B, C = (bld.ge_const(s, c) for c in thresholds)
-        pos = bld.xor(bld.xor(A, B), C) ^ 1  # v <= h
-        upper = bld.xor(B, C)  # p <= s <= p + h (implies pos)
-        if k == 0:
-            low_lt = FALSE
-        elif low_one:
-            low_lt = bld.or_(s[0], q[k]) ^ 1  # s mod 2^k == 0 < 1
-        else:
-            low_lt = bld.lt_const(s[:k], p % (1 << k))
+        A, pos, upper, low_lt = _sign_and_range(bld, s, p, k)
 
     with bld.stage("3 truncate"):
-        width = relu_width(p, k)  # holds y + delta
-        big_p = p >> k
-        masked = [A if (big_p >> i) & 1 else FALSE for i in range(width)]
-        y_plus, _ = bld.sub(s[k : k + width], masked, width=width)
+        y_plus = _truncate(bld, s, A, p, k)
         delta = bld.and_(upper, low_lt)
 
     with bld.stage("4 relu"):
         y_masked = bld.and_vec(pos, y_plus)
 
-    if clip is not None and clip < (h >> k):  # a larger bound never binds
+    if clip is not None and clip < ((p // 2) >> k):  # a larger bound never binds
         with bld.stage("4b clip"):
             y_masked = _clip(bld, y_masked, delta, clip)
 
     bld.output("y", y_masked)
     bld.output("delta", [delta])
     return bld.build()
+
+
+def _check_params(p: int, k: int, clip: int | None) -> int:
+    """The bit length of ``p`` once ``p``, the shift ``k`` and ``clip`` are valid."""
+    if p < 5 or p % 2 == 0:
+        raise ValueError(f"p must be an odd prime >= 5, got {p}")
+    n = p.bit_length()
+    if not 0 <= k < n:
+        raise ValueError(f"shift must be in [0, {n}), got {k}")
+    if clip is not None and clip < 0:
+        raise ValueError("clip needs a bound >= 0")
+    return n
+
+
+def _sign_and_range(bld: CircuitBuilder, s: list[int], p: int, k: int) -> tuple[int, int, int, int]:
+    """Step 2 (module doc) on the sum ``s``: ``A = [s > h]``, ``pos = [v <= h]``, ``upper =
+    [p <= s <= p + h]`` and ``low_lt = [s mod 2^k < p mod 2^k]``, from one OR prefix chain
+    over the low bits of ``s``."""
+    t = _v2(p - 1) - 1  # thresholds are 1, 1, 2 mod 2^t
+    low_one = p % (1 << k) == 1 if k else False
+    q = _or_prefix(bld, s, max(t, k) if (t >= 2 or low_one) else 0)
+    A, B, C = _threshold_tests(bld, s, q, p, t)
+    pos = bld.xor(bld.xor(A, B), C) ^ 1  # v <= h
+    upper = bld.xor(B, C)  # p <= s <= p + h (implies pos)
+    if k == 0:
+        low_lt = FALSE
+    elif low_one:
+        low_lt = bld.or_(s[0], q[k]) ^ 1  # s mod 2^k == 0 < 1
+    else:
+        low_lt = bld.lt_const(s[:k], p % (1 << k))
+    return A, pos, upper, low_lt
+
+
+def _or_prefix(bld: CircuitBuilder, s: list[int], reach: int) -> list[int]:
+    """``q[i] = [s_1..s_{i-1} != 0]`` for ``i <= reach`` (``q[0] = q[1] = FALSE``), an OR
+    prefix chain shared by everything in step 2."""
+    q = [FALSE, FALSE]
+    for i in range(2, reach + 1):
+        q.append(bld.or_(q[-1], s[i - 1]))
+    return q
+
+
+def _threshold_tests(
+    bld: CircuitBuilder, s: list[int], q: list[int], p: int, t: int
+) -> tuple[int, int, int]:
+    """``A, B, C = [s > h], [s >= p], [s > p + h]``. For ``t >= 2`` the low ``t`` bits of
+    ``s`` enter through ``q`` and each test pays only for the bits above them."""
+    h = p // 2
+    thresholds = (h + 1, p, p + h + 1)
+    if t >= 2:
+        low = {1: bld.or_(s[0], q[t]), 2: q[t]}
+        A, B, C = (bld.ge_const(s[t:], c >> t, low[c % (1 << t)]) for c in thresholds)
+    else:
+        A, B, C = (bld.ge_const(s, c) for c in thresholds)
+    return A, B, C
+
+
+def _truncate(bld: CircuitBuilder, s: list[int], A: int, p: int, k: int) -> list[int]:
+    """Step 3 without ``delta``: ``(s >> k) - A * (p >> k)`` on :func:`relu_width` bits,
+    which holds ``y + delta``."""
+    width = relu_width(p, k)
+    big_p = p >> k
+    masked = [A if (big_p >> i) & 1 else FALSE for i in range(width)]
+    return bld.sub(s[k : k + width], masked, width=width)[0]
 
 
 def _clip(bld: CircuitBuilder, y: list[int], delta: int, c: int) -> list[int]:
