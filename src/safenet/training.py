@@ -148,6 +148,16 @@ def _arch_kwargs(info: DatasetInfo, width: int | None) -> dict[str, Any]:
     return arch_kwargs
 
 
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
+
+
 def _resume(
     out: Path,
     arch: str,
@@ -228,13 +238,7 @@ def train(
     info = train_ds.info
     arch_kwargs = _arch_kwargs(info, config.width)
     model = build_model(config.arch, **arch_kwargs).to(config.device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=True,
-    )
+    opt = _optimizer(model, config)
     history: list[dict[str, Any]] = []
     start = 0
     if resume and out.is_file():
