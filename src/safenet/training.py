@@ -19,6 +19,7 @@ from safenet.checkpoint import Checkpoint
 from safenet.checkpoint import load as load_checkpoint
 from safenet.data import ImageDataset, make_loader
 from safenet.data.images import canonical, preprocessing
+from safenet.data.registry import DatasetInfo
 from safenet.nn.zoo import build_model
 from safenet.options import option
 
@@ -127,6 +128,96 @@ def run_epochs(
         on_epoch(epoch, row)
 
 
+def epoch_summary(row: dict[str, Any]) -> str:
+    """The line logged after each epoch of training or fine-tuning."""
+    return (
+        f"epoch {row['epoch']}: loss {row['train_loss']:.4f} "
+        f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)"
+    )
+
+
+def _arch_kwargs(info: DatasetInfo, width: int | None) -> dict[str, Any]:
+    """The zoo constructor's arguments for a dataset (and an optional base width)."""
+    arch_kwargs: dict[str, Any] = {
+        "in_channels": info.channels,
+        "image_size": info.image_size,
+        "num_classes": info.num_classes,
+    }
+    if width is not None:
+        arch_kwargs["width"] = width
+    return arch_kwargs
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
+
+
+def _resume(
+    out: Path,
+    arch: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    log: Callable[[str], None],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the weights and optimiser state of checkpoint ``out``; (epochs done, history)."""
+    ck = load_checkpoint(out)
+    if ck.training.get("config", {}).get("arch") != arch:
+        raise ValueError(f"{out} was trained as another architecture; refusing to resume")
+    model.load_state_dict(ck.state_dict)
+    opt.load_state_dict(ck.training["optimizer"])
+    start, history = int(ck.training["epoch"]), ck.history
+    log(f"resuming {out} after epoch {start}")
+    return start, history
+
+
+def _cross_entropy(m: nn.Module, x: torch.Tensor, y: torch.Tensor, _step: int) -> torch.Tensor:
+    return F.cross_entropy(m(x), y)
+
+
+@dataclass
+class _EpochEnd:
+    """The ``on_epoch`` of :func:`train`: record and log the row, checkpoint to ``out``."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    config: TrainConfig
+    arch_kwargs: dict[str, Any]
+    info: DatasetInfo
+    evaluated_on: int
+    history: list[dict[str, Any]]
+    metrics_path: Path
+    out: Path
+    log: Callable[[str], None]
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.log(epoch_summary(row))
+        config = self.config
+        ck = Checkpoint.from_model(
+            self.model,
+            config.arch,
+            self.arch_kwargs,
+            config.dataset,
+            metrics={"accuracy": row["test_accuracy"], "evaluated_on": self.evaluated_on},
+            history=self.history,
+            training={
+                "epoch": epoch + 1,
+                "optimizer": self.opt.state_dict(),
+                "config": asdict(config),
+            },
+            data=preprocessing(self.info),
+        )
+        ck.save(self.out)
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -145,60 +236,21 @@ def train(
     train_ds = ImageDataset(config.dataset, "train", data_dir, config.limit)
     test_ds = ImageDataset(config.dataset, "test", data_dir, config.eval_limit)
     info = train_ds.info
-    arch_kwargs: dict[str, Any] = {
-        "in_channels": info.channels,
-        "image_size": info.image_size,
-        "num_classes": info.num_classes,
-    }
-    if config.width is not None:
-        arch_kwargs["width"] = config.width
+    arch_kwargs = _arch_kwargs(info, config.width)
     model = build_model(config.arch, **arch_kwargs).to(config.device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=True,
-    )
-    start, history = 0, []
+    opt = _optimizer(model, config)
+    history: list[dict[str, Any]] = []
+    start = 0
     if resume and out.is_file():
-        ck = load_checkpoint(out)
-        if ck.training.get("config", {}).get("arch") != config.arch:
-            raise ValueError(f"{out} was trained as another architecture; refusing to resume")
-        model.load_state_dict(ck.state_dict)
-        opt.load_state_dict(ck.training["optimizer"])
-        start, history = int(ck.training["epoch"]), ck.history
-        log(f"resuming {out} after epoch {start}")
+        start, history = _resume(out, config.arch, model, opt, log)
     steps = math.ceil(len(train_ds) / config.batch_size)
     total, warm = config.epochs * steps, int(config.warmup_epochs * steps)
     metrics_path = out.with_name(out.name + ".metrics.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not history:
         metrics_path.unlink(missing_ok=True)  # a new run: no rows of an earlier one
-
-    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, _step: int) -> torch.Tensor:
-        return F.cross_entropy(m(x), y)
-
-    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        log(
-            f"epoch {row['epoch']}: loss {row['train_loss']:.4f} "
-            f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)"
-        )
-        ck = Checkpoint.from_model(
-            model,
-            config.arch,
-            arch_kwargs,
-            config.dataset,
-            metrics={"accuracy": row["test_accuracy"], "evaluated_on": len(test_ds)},
-            history=history,
-            training={"epoch": epoch + 1, "optimizer": opt.state_dict(), "config": asdict(config)},
-            data=preprocessing(info),
-        )
-        ck.save(out)
-
+    on_epoch = _EpochEnd(model, opt, config, arch_kwargs, info, len(test_ds), history,
+                         metrics_path, out, log)  # fmt: skip
     run_epochs(
         model,
         train_ds,
@@ -208,7 +260,7 @@ def train(
         config.batch_size,
         opt,
         lambda s: lr_at(s, total, warm, config.lr),
-        loss_fn,
+        _cross_entropy,
         on_epoch,
         config.device,
         config.seed,

@@ -404,85 +404,106 @@ def _fit_gc_eval(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
     return float(per_and), float(per_layer)
 
 
-def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True) -> Calibration:
-    """Measure unit costs with real two-process sessions of random-weight models.
+#: calibrate's default sessions: all-ReLU, half polynomial, and ReLU in 2 whole layers only
+_DEFAULT_CONFIGS: list[dict[str, Any]] = [
+    {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 1.0},
+    {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 0.5},
+    {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_layers": 2},
+]
 
-    ``configs`` are :func:`safenet.benchmark.random_plan` keyword sets (default: a ResNet-20
-    at 3x32x32, all-ReLU, half polynomial, and ReLU in 2 whole layers only). Each unit cost
-    is the engine's own profiled time for a primitive divided by the plan's count of that
-    unit, summed over the runs; garbled-circuit evaluation is fitted by least squares as a
-    cost per AND gate plus a cost per layer with ReLUs (a few large ReLU layers evaluate
-    faster per gate than many small ones), which the third configuration separates.
-    """
+
+def _session(cfg: dict[str, Any], progress: bool) -> tuple[Plan, PlanCounts, dict[str, Any]]:
+    """One real two-process session of a random-weight plan: (plan, its counts, report)."""
     from safenet.benchmark import random_plan
-    from safenet.crypto.he import ClientKeys, HEContext, HEParams
     from safenet.secure import run_local
 
-    configs = configs or [
-        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 1.0},
-        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_ratio": 0.5},
-        {"arch": "resnet20", "input_shape": (3, 32, 32), "relu_layers": 2},
-    ]
-    local = measure_loopback()
-    tot: dict[str, float] = dict.fromkeys(
-        ("ands", "eval", "bits", "encode", "macs", "linear", "poly", "poly_s", "products",
-         "he_cts", "he_lin_s", "poly_cts", "he_poly_s", "act", "overhead", "gc_off"), 0.0
-    )  # fmt: skip
-    sources = []
-    gc_rows: list[tuple[float, float, float]] = []  # (ANDs, ReLU layers, eval seconds)
-    ct_sizes: dict[str, list[tuple[float, int]]] = {"in": [], "reply": []}
-    for cfg in configs:
-        cfg = dict(cfg)
-        plan = random_plan(cfg.pop("arch"), tuple(cfg.pop("input_shape")), **cfg)
-        c = count(plan)
-        x = np.random.default_rng(0).normal(size=plan.input_shape)
-        _, rep = run_local(plan, x, decode=False)
-        if progress:
-            n = plan.info.get("relu_layers")
-            kind = (
-                f"ReLU in {n} layers" if n is not None else f"relu_ratio {plan.info['relu_ratio']}"
-            )
-            what = f"{plan.info['arch']} {kind}"
-            print(f"calibration run {what}: online {rep['online_s']:.2f} s, "
-                  f"offline {rep['offline_s']:.2f} s", flush=True)  # fmt: skip
-        ev = _prim(rep, "client", "gc.eval", "online")
-        gc_rows.append((float(c.ands), float(c.relu_layers), ev))
-        enc = _prim(rep, "server", "gc.encode", "online")
-        lin = _prim(rep, "server", "linear.plain", "online")
-        pol = _prim(rep, "server", "poly", "online") + _prim(rep, "client", "poly", "online")
-        transfer = local.transfer(rep["online_bytes"], 1 + c.act_layers)
-        rest = rep["online_s"] - ev - enc - lin - pol - transfer
-        he_lin = _prim(rep, "server", "he.linear", "offline") + _prim(
-            rep, "client", "he.linear", "offline"
-        )
-        he_pol = _prim(rep, "server", "he.poly", "offline") + _prim(
-            rep, "client", "he.poly", "offline"
-        )
-        traffic = rep["client"]["traffic"].get("offline", {})
-        t = traffic.get("he.linear")
+    cfg = dict(cfg)
+    plan = random_plan(cfg.pop("arch"), tuple(cfg.pop("input_shape")), **cfg)
+    c = count(plan)
+    x = np.random.default_rng(0).normal(size=plan.input_shape)
+    _, rep = run_local(plan, x, decode=False)
+    if progress:
+        n = plan.info.get("relu_layers")
+        kind = f"ReLU in {n} layers" if n is not None else f"relu_ratio {plan.info['relu_ratio']}"
+        what = f"{plan.info['arch']} {kind}"
+        print(f"calibration run {what}: online {rep['online_s']:.2f} s, "
+              f"offline {rep['offline_s']:.2f} s", flush=True)  # fmt: skip
+    return plan, c, rep
+
+
+def _unit_counts(c: PlanCounts) -> dict[str, float]:
+    """The units a session's primitives are charged per, by name in calibrate's totals."""
+    return {"ands": c.ands, "bits": c.label_bits, "macs": c.macs, "poly": c.poly,
+            "products": c.he_products, "he_cts": c.he_in + c.he_out,
+            "poly_cts": c.poly_cts + c.poly_replies, "act": c.act_layers}  # fmt: skip
+
+
+def _online_times(rep: dict[str, Any], c: PlanCounts, local: Network) -> dict[str, float]:
+    """Online seconds by primitive; what neither they nor the transfer explain is overhead."""
+    ev = _prim(rep, "client", "gc.eval", "online")
+    enc = _prim(rep, "server", "gc.encode", "online")
+    lin = _prim(rep, "server", "linear.plain", "online")
+    pol = _prim(rep, "server", "poly", "online") + _prim(rep, "client", "poly", "online")
+    transfer = local.transfer(rep["online_bytes"], 1 + c.act_layers)
+    rest = rep["online_s"] - ev - enc - lin - pol - transfer
+    return {"eval": ev, "encode": enc, "linear": lin, "poly_s": pol, "overhead": max(rest, 0.0)}
+
+
+def _offline_times(rep: dict[str, Any], local: Network) -> dict[str, float]:
+    """Offline seconds of HE (linear, polynomial); the rest, less the transfer, is garbling."""
+    he_lin = _prim(rep, "server", "he.linear", "offline") + _prim(
+        rep, "client", "he.linear", "offline"
+    )
+    he_pol = _prim(rep, "server", "he.poly", "offline") + _prim(rep, "client", "he.poly", "offline")
+    off_transfer = local.transfer(rep["offline_bytes"], 0)
+    gc_off = rep["offline_s"] - he_lin - he_pol - off_transfer
+    return {"he_lin_s": he_lin, "he_poly_s": he_pol, "gc_off": max(gc_off, 0.0)}
+
+
+@dataclass
+class _Measurements:
+    """What calibrate's sessions measured, summed over them, before any fitting."""
+
+    local: Network
+    #: unit counts and seconds by name (see :func:`_unit_counts`, :func:`_online_times`)
+    tot: dict[str, float] = field(default_factory=dict)
+    gc_rows: list[tuple[float, float, float]] = field(default_factory=list)  # ANDs, layers, s
+    ct_sizes: dict[str, list[tuple[float, int]]] = field(
+        default_factory=lambda: {"in": [], "reply": []}
+    )  # (bytes, ciphertexts) of linear-layer HE, per session
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, plan: Plan, c: PlanCounts, rep: dict[str, Any]) -> None:
+        """Add one session's report (``c``: the counts of its ``plan``)."""
+        online = _online_times(rep, c, self.local)
+        self.gc_rows.append((float(c.ands), float(c.relu_layers), online["eval"]))
+        t = rep["client"]["traffic"].get("offline", {}).get("he.linear")
         if t:
-            ct_sizes["in"].append((t["bytes_sent"], c.he_in))
-            ct_sizes["reply"].append((t["bytes_received"], c.he_out))
-        off_transfer = local.transfer(rep["offline_bytes"], 0)
-        gc_off = rep["offline_s"] - he_lin - he_pol - off_transfer
-        for k, v in (("ands", c.ands), ("eval", ev), ("bits", c.label_bits), ("encode", enc),
-                     ("macs", c.macs), ("linear", lin), ("poly", c.poly), ("poly_s", pol),
-                     ("products", c.he_products), ("he_cts", c.he_in + c.he_out),
-                     ("he_lin_s", he_lin), ("poly_cts", c.poly_cts + c.poly_replies),
-                     ("he_poly_s", he_pol), ("act", c.act_layers), ("overhead", max(rest, 0.0)),
-                     ("gc_off", max(gc_off, 0.0))):  # fmt: skip
-            tot[k] += v
-        sources.append({"arch": plan.info["arch"], "relu_ratio": plan.info["relu_ratio"],
-                        "relu_layers": plan.info.get("relu_layers"),
-                        "input_shape": list(plan.input_shape), "online_s": rep["online_s"],
-                        "offline_s": rep["offline_s"]})  # fmt: skip
+            self.ct_sizes["in"].append((t["bytes_sent"], c.he_in))
+            self.ct_sizes["reply"].append((t["bytes_received"], c.he_out))
+        for k, v in (_unit_counts(c) | online | _offline_times(rep, self.local)).items():
+            self.tot[k] = self.tot.get(k, 0.0) + v
+        self.sources.append({"arch": plan.info["arch"], "relu_ratio": plan.info["relu_ratio"],
+                             "relu_layers": plan.info.get("relu_layers"),
+                             "input_shape": list(plan.input_shape), "online_s": rep["online_s"],
+                             "offline_s": rep["offline_s"]})  # fmt: skip
+
+
+def _ct_bytes(sizes: list[tuple[float, int]]) -> float:
+    """Average bytes per ciphertext over the sessions' (bytes, ciphertexts)."""
+    return sum(b for b, _ in sizes) / max(1, sum(n for _, n in sizes))
+
+
+def _fit(m: _Measurements) -> Calibration:
+    """Unit costs from the summed measurements (and the public key's size)."""
+    from safenet.crypto.he import ClientKeys, HEContext, HEParams
+
     he = HEContext(HEParams(8192, DELPHI_PRIME))
     pk_bytes = len(ClientKeys(he).public_key_bytes)
-    ct_in = sum(b for b, _ in ct_sizes["in"]) / max(1, sum(n for _, n in ct_sizes["in"]))
-    ct_reply = sum(b for b, _ in ct_sizes["reply"]) / max(1, sum(n for _, n in ct_sizes["reply"]))
+    tot = m.tot
     # linear-layer HE time is charged per plaintext-ciphertext product (the dominant term; the
     # per-ciphertext work is proportional to it for these layouts)
-    per_and, per_layer = _fit_gc_eval(gc_rows)
+    per_and, per_layer = _fit_gc_eval(m.gc_rows)
     return Calibration(
         gc_eval_per_and=per_and,
         gc_eval_per_relu_layer=per_layer,
@@ -493,11 +514,27 @@ def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True
         gc_offline_per_and=tot["gc_off"] / max(tot["ands"], 1),
         he_linear_per_product=tot["he_lin_s"] / max(tot["products"], 1),
         he_poly_per_ct=tot["he_poly_s"] / max(tot["poly_cts"], 1),
-        ct_in_bytes=ct_in,
-        ct_reply_bytes=ct_reply,
+        ct_in_bytes=_ct_bytes(m.ct_sizes["in"]),
+        ct_reply_bytes=_ct_bytes(m.ct_sizes["reply"]),
         public_key_bytes=float(pk_bytes),
-        local=local,
+        local=m.local,
         machine=f"{platform.machine()} {platform.processor() or ''} x{os.cpu_count() or 1}".strip(),
         date=time.strftime("%Y-%m-%d"),
-        sources=sources,
+        sources=m.sources,
     )
+
+
+def calibrate(configs: list[dict[str, Any]] | None = None, progress: bool = True) -> Calibration:
+    """Measure unit costs with real two-process sessions of random-weight models.
+
+    ``configs`` are :func:`safenet.benchmark.random_plan` keyword sets (default: a ResNet-20
+    at 3x32x32, all-ReLU, half polynomial, and ReLU in 2 whole layers only). Each unit cost
+    is the engine's own profiled time for a primitive divided by the plan's count of that
+    unit, summed over the runs; garbled-circuit evaluation is fitted by least squares as a
+    cost per AND gate plus a cost per layer with ReLUs (a few large ReLU layers evaluate
+    faster per gate than many small ones), which the third configuration separates.
+    """
+    measured = _Measurements(measure_loopback())
+    for cfg in configs or _DEFAULT_CONFIGS:
+        measured.add(*_session(cfg, progress))
+    return _fit(measured)

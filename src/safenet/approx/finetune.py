@@ -28,7 +28,7 @@ from safenet.data import ImageDataset
 from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
 from safenet.options import option
-from safenet.training import evaluate, lr_at, run_epochs
+from safenet.training import epoch_summary, evaluate, lr_at, run_epochs
 
 
 class FinetuneDiverged(RuntimeError):
@@ -185,6 +185,119 @@ def prepare(
     return student, scores
 
 
+def _optimizer(student: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """Nesterov SGD; weight decay on the network's weights, none on polynomial coefficients."""
+    poly = [p for n, p in student.named_parameters() if n.endswith("coefficients")]
+    rest = [p for n, p in student.named_parameters() if not n.endswith("coefficients")]
+    return torch.optim.SGD(
+        [
+            {"params": rest, "weight_decay": config.weight_decay},
+            {"params": poly, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+
+
+def _guard(
+    student: nn.Module, opt: torch.optim.Optimizer, n_train: int, config: FinetuneConfig
+) -> tuple[DivergenceGuard, int]:
+    """The run's :class:`DivergenceGuard` and its total number of steps."""
+    steps = math.ceil(n_train / config.batch_size)
+    total, blend_steps = config.epochs * steps, max(int(config.blend_epochs * steps), 1)
+    # snapshots ten times per blend ramp (at most every 50 steps): a rollback late in a short
+    # ramp must not throw the whole ramp away
+    every = max(1, min(50, blend_steps // 10))
+    deadline = max(blend_steps, int(0.8 * total))  # the last fifth trains at blend 1
+    guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks, every, deadline)
+    return guard, total
+
+
+@dataclass
+class _GuardedLoss:
+    """The ``loss_fn`` of :func:`finetune`: distillation from ``teacher``, each step's blend
+    advanced by ``guard``, bad losses rolled back (or their batch skipped)."""
+
+    teacher: nn.Module
+    guard: DivergenceGuard
+    config: FinetuneConfig
+    log: Callable[[str], None]
+
+    def loss(self, m: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        loss = distillation_loss(m(x), t, y, c.temperature, c.kd_weight)
+        return loss + c.range_weight * range_penalty(m) if c.range_weight else loss
+
+    def __call__(
+        self, m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+    ) -> torch.Tensor | None:
+        self.guard.advance()
+        with torch.no_grad():
+            t = self.teacher(x)
+        loss = self.loss(m, x, t, y)
+        if self.guard.bad(loss):
+            recovered = self.recover(m, x, t, y, loss, step)
+            if recovered is None:
+                return None
+            loss = recovered
+        self.guard.accept(loss)
+        return loss
+
+    def recover(
+        self,
+        m: nn.Module,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        loss: torch.Tensor,
+        step: int,
+    ) -> torch.Tensor | None:
+        """Roll back until the batch's loss is good; None when the batch is at fault."""
+        guard, first_try = self.guard, True
+        while guard.bad(loss):
+            bad = float(loss.detach())
+            guard.rollback()
+            loss = self.loss(m, x, t, y)
+            if first_try and guard.bad(loss) and math.isfinite(float(loss.detach())):
+                guard.forgive()  # the last good weights fail here too: the batch is at fault
+                self.log(f"step {step}: loss {bad:.3g}, and {float(loss.detach()):.3g} with "
+                         "the last good weights too: batch skipped")  # fmt: skip
+                return None
+            first_try = False
+            self.log(f"step {step}: loss {bad:.3g}, rolled back, lr x{guard.lr_scale:g}")
+        return loss
+
+
+@dataclass
+class _EpochEnd:
+    """The ``on_epoch`` of :func:`finetune`: evaluate (at blend 1), record, log and save."""
+
+    student: nn.Module
+    test_ds: ImageDataset
+    guard: DivergenceGuard
+    history: list[dict[str, Any]]
+    config: FinetuneConfig
+    save: Callable[[nn.Module, list[dict[str, Any]]], None] | None
+    metrics_path: str | Path | None
+    log: Callable[[str], None]
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        # measured and saved as it will be served (blend 1), whatever the training blend
+        set_blend(self.student, 1.0)
+        row["test_accuracy"] = evaluate(self.student, self.test_ds, device=self.config.device)
+        row["rollbacks"], row["blend"] = self.guard.rollbacks, self.guard.blend
+        row["skipped_batches"] = self.guard.skipped
+        self.history.append(row)
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.log(epoch_summary(row))
+        if self.save is not None:
+            self.save(self.student, self.history)
+        set_blend(self.student, self.guard.blend)
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -204,68 +317,9 @@ def finetune(
     torch.manual_seed(config.seed)
     teacher = teacher.eval().to(config.device)
     student = student.to(config.device)
-    poly = [p for n, p in student.named_parameters() if n.endswith("coefficients")]
-    rest = [p for n, p in student.named_parameters() if not n.endswith("coefficients")]
-    opt = torch.optim.SGD(
-        [
-            {"params": rest, "weight_decay": config.weight_decay},
-            {"params": poly, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        momentum=0.9,
-        nesterov=True,
-    )
-    steps = math.ceil(len(train_ds) / config.batch_size)
-    total, blend_steps = config.epochs * steps, max(int(config.blend_epochs * steps), 1)
-    # snapshots ten times per blend ramp (at most every 50 steps): a rollback late in a short
-    # ramp must not throw the whole ramp away
-    every = max(1, min(50, blend_steps // 10))
-    deadline = max(blend_steps, int(0.8 * total))  # the last fifth trains at blend 1
-    guard = DivergenceGuard(student, opt, blend_steps, config.max_rollbacks, every, deadline)
+    opt = _optimizer(student, config)
+    guard, total = _guard(student, opt, len(train_ds), config)
     history: list[dict[str, Any]] = []
-
-    def _loss(m: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = distillation_loss(m(x), t, y, config.temperature, config.kd_weight)
-        return loss + config.range_weight * range_penalty(m) if config.range_weight else loss
-
-    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor | None:
-        guard.advance()
-        with torch.no_grad():
-            t = teacher(x)
-        loss = _loss(m, x, t, y)
-        first_try = True
-        while guard.bad(loss):
-            bad = float(loss.detach())
-            guard.rollback()
-            loss = _loss(m, x, t, y)
-            if first_try and guard.bad(loss) and math.isfinite(float(loss.detach())):
-                guard.forgive()  # the last good weights fail here too: the batch is at fault
-                log(f"step {step}: loss {bad:.3g}, and {float(loss.detach()):.3g} with the "
-                    "last good weights too: batch skipped")  # fmt: skip
-                return None
-            first_try = False
-            log(f"step {step}: loss {bad:.3g}, rolled back, lr x{guard.lr_scale:g}")
-        guard.accept(loss)
-        return loss
-
-    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-        # measured and saved as it will be served (blend 1), whatever the training blend
-        set_blend(student, 1.0)
-        row["test_accuracy"] = evaluate(student, test_ds, device=config.device)
-        row["rollbacks"], row["blend"] = guard.rollbacks, guard.blend
-        row["skipped_batches"] = guard.skipped
-        history.append(row)
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        log(
-            f"epoch {row['epoch']}: loss {row['train_loss']:.4f} "
-            f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)"
-        )
-        if save is not None:
-            save(student, history)
-        set_blend(student, guard.blend)
-
     run_epochs(
         student,
         train_ds,
@@ -275,8 +329,8 @@ def finetune(
         config.batch_size,
         opt,
         lambda s: lr_at(s, total, 0, config.lr) * guard.lr_scale,
-        loss_fn,
-        on_epoch,
+        _GuardedLoss(teacher, guard, config, log),
+        _EpochEnd(student, test_ds, guard, history, config, save, metrics_path, log),
         config.device,
         config.seed,
         clip=config.clip,
@@ -289,6 +343,57 @@ def finetune(
             "polynomial (blend 1): more --epochs or a larger --blend-epochs let training "
             "get there")  # fmt: skip
     return student.eval(), history
+
+
+def _specs_json(specs: Mapping[str, LayerSpec] | LayerSpec) -> dict[str, Any]:
+    if isinstance(specs, LayerSpec):
+        return asdict(specs)
+    return {k: asdict(v) for k, v in specs.items()}
+
+
+@dataclass
+class _SaveCheckpoint:
+    """The ``save`` of :func:`finetune_checkpoint`: the model as an approximated child
+    checkpoint of ``parent`` at ``out``."""
+
+    parent: Checkpoint
+    parent_name: str
+    parent_accuracy: float
+    evaluated_on: int
+    config: FinetuneConfig
+    specs: dict[str, Any]
+    criterion: str
+    extra: Mapping[str, Any] | None
+    out: Path
+
+    def __call__(self, model: nn.Module, history: list[dict[str, Any]]) -> None:
+        acts = activations(model)
+        kept = sum(int(a.relu_mask.sum().item()) for a in acts.values())
+        total = sum(a.num_channels for a in acts.values())
+        parent = self.parent
+        ck = Checkpoint.from_model(
+            model,
+            parent.arch,
+            parent.arch_kwargs,
+            parent.dataset,
+            metrics={
+                "accuracy": history[-1]["test_accuracy"],
+                "evaluated_on": self.evaluated_on,
+                "parent_accuracy": self.parent_accuracy,
+                "relu_channel_fraction": kept / total,
+            },
+            history=history,
+            training={
+                "finetune": asdict(self.config),
+                "specs": self.specs,
+                "criterion": self.criterion,
+            }
+            | dict(self.extra or {}),
+            parent=self.parent_name,
+            shape=parent.shape,
+            data=parent.data,
+        )
+        ck.save(self.out)
 
 
 def finetune_checkpoint(
@@ -322,47 +427,12 @@ def finetune_checkpoint(
         )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    spec_json = (
-        asdict(specs) if isinstance(specs, LayerSpec) else {k: asdict(v) for k, v in specs.items()}
-    )
-
-    def save(model: nn.Module, history: list[dict[str, Any]]) -> None:
-        acts = activations(model)
-        kept = sum(int(a.relu_mask.sum().item()) for a in acts.values())
-        total = sum(a.num_channels for a in acts.values())
-        ck = Checkpoint.from_model(
-            model,
-            parent.arch,
-            parent.arch_kwargs,
-            parent.dataset,
-            metrics={
-                "accuracy": history[-1]["test_accuracy"],
-                "evaluated_on": len(test_ds),
-                "parent_accuracy": base_acc,
-                "relu_channel_fraction": kept / total,
-            },
-            history=history,
-            training={"finetune": asdict(config), "specs": spec_json, "criterion": criterion}
-            | dict(extra or {}),
-            parent=parent_name,
-            shape=parent.shape,
-            data=parent.data,
-        )
-        ck.save(out)
-
+    save = _SaveCheckpoint(parent, parent_name, base_acc, len(test_ds), config,
+                           _specs_json(specs), criterion, extra, out)  # fmt: skip
     metrics = out.with_name(out.name + ".metrics.jsonl")
     metrics.unlink(missing_ok=True)  # a new run: no rows of an earlier one
     log(f"parent accuracy {base_acc:.4f} on {len(test_ds)} test images")
-    finetune(
-        student,
-        teacher,
-        train_ds,
-        test_ds,
-        config,
-        save,
-        metrics,
-        log,
-    )
+    finetune(student, teacher, train_ds, test_ds, config, save, metrics, log)
     from safenet.checkpoint import load
 
     return load(out)

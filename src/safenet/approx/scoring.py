@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from safenet.nn.activation import ChannelActivation, fit_relu_polynomial
 from safenet.nn.surgery import activations
@@ -45,6 +46,80 @@ def _poly_eval(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _record(
+    acts: dict[str, ChannelActivation],
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], list[RemovableHandle]]:
+    """Forward hooks on ``acts``: (inputs per layer, each layer's latest output with its
+    gradient retained when it has one, the hooks' handles)."""
+    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, act in acts.items():
+
+        def hook(_m: ChannelActivation, inp: tuple, out: torch.Tensor, name: str = name) -> None:
+            inputs[name].append(inp[0].detach())
+            if out.requires_grad:
+                out.retain_grad()
+                outputs[name] = out
+
+        hooks.append(act.register_forward_hook(hook))
+    return inputs, outputs, hooks
+
+
+def _collect(
+    model: nn.Module,
+    acts: dict[str, ChannelActivation],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    with_grads: bool,
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+    """Run ``batches`` through ``model`` in eval mode: (inputs, loss gradients at the
+    outputs) of every layer of ``acts``, per batch; gradients only ``with_grads``."""
+    inputs, outputs, hooks = _record(acts)
+    was = model.training
+    model.eval()
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
+    try:
+        for x, y in batches:
+            if with_grads:
+                with torch.enable_grad():
+                    x = x.clone().requires_grad_(True)
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                for n in acts:
+                    grad = outputs[n].grad
+                    assert grad is not None  # the hook retained it on the backward pass
+                    grads[n].append(grad.detach())
+                model.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return inputs, grads
+
+
+def _score_layer(
+    act: ChannelActivation,
+    inputs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    criterion: str,
+    degree: int,
+) -> torch.Tensor:
+    """One layer's (C,) scores from its recorded inputs (and output gradients, "taylor")."""
+    x = torch.cat(inputs)
+    gap = _poly_eval(_layer_poly(x, degree, act.clip), x) - act.target(x)
+    dims = tuple(range(2, x.dim()))
+    if criterion == "approx-error":
+        s = (gap**2).mean(dim=(0, *dims))
+    else:
+        dy = torch.cat(grads)
+        per = (dy * gap).sum(dim=dims) if dims else dy * gap
+        s = per.abs().mean(0)
+    return s.float()
+
+
 def score_channels(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -65,54 +140,11 @@ def score_channels(
     if criterion == "random":
         g = torch.Generator().manual_seed(seed)
         return {n: torch.rand(a.num_channels, generator=g) for n, a in acts.items()}
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
-    outputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, act in acts.items():
-
-        def hook(_m: ChannelActivation, inp: tuple, out: torch.Tensor, name: str = name) -> None:
-            inputs[name].append(inp[0].detach())
-            if out.requires_grad:
-                out.retain_grad()
-                outputs[name] = out
-
-        hooks.append(act.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    grads: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
-    try:
-        for x, y in batches:
-            if criterion == "taylor":
-                with torch.enable_grad():
-                    x = x.clone().requires_grad_(True)
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
-                for n in acts:
-                    grad = outputs[n].grad
-                    assert grad is not None  # the hook retained it on the backward pass
-                    grads[n].append(grad.detach())
-                model.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad():
-                    model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    scores = {}
-    for name in acts:
-        x = torch.cat(inputs[name])
-        act = acts[name]
-        gap = _poly_eval(_layer_poly(x, degree, act.clip), x) - act.target(x)
-        dims = tuple(range(2, x.dim()))
-        if criterion == "approx-error":
-            s = (gap**2).mean(dim=(0, *dims))
-        else:
-            dy = torch.cat(grads[name])
-            per = (dy * gap).sum(dim=dims) if dims else dy * gap
-            s = per.abs().mean(0)
-        scores[name] = s.float()
-    return scores
+    inputs, grads = _collect(model, acts, batches, with_grads=criterion == "taylor")
+    return {
+        name: _score_layer(act, inputs[name], grads[name], criterion, degree)
+        for name, act in acts.items()
+    }
 
 
 def ranking_agreement(a: torch.Tensor, b: torch.Tensor, ratio: float = 0.5) -> float:
