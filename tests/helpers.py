@@ -4,6 +4,7 @@ process, and CIFAR files in the official layout. Fixtures stay in ``conftest.py`
 import io
 import pickle
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,40 @@ def make_cifar(root: Path, name: str, archive: bool, per_file: int = 3) -> dict:
         for fn, blob in blobs.items():
             (root / folder / fn).write_bytes(blob)
     return expected
+
+
+#: arrays of several dtypes, shapes and layouts for channel round trips
+ARRAYS = [
+    np.arange(12, dtype=np.uint64).reshape(3, 2, 2),
+    np.array(3.5),
+    np.zeros((0, 4), dtype=np.int16),
+    np.random.default_rng(0).random((5, 7)).astype(">f4"),
+    np.arange(30, dtype=np.int32).reshape(5, 6)[:, ::2],  # not contiguous
+]
+
+
+def exchange(a, b):
+    """One conversation over any pair of channel ends (arrays echoed, bytes, JSON, all in
+    the ``offline`` phase); returns what ``a`` received."""
+    got = []
+
+    def peer():
+        b.phase = "offline"
+        for _ in ARRAYS:
+            b.send_array(b.recv_array("x"), "echo")
+        b.send(b.recv("raw") + b"!", "raw")
+        b.send_json({"got": b.recv_json("j")}, "j")
+
+    t = threading.Thread(target=peer)
+    t.start()
+    a.phase = "offline"
+    for x in ARRAYS:
+        a.send_array(x, "x")
+        got.append(a.recv_array("echo"))
+    a.send(b"hello", "raw")
+    got.append(a.recv("raw"))
+    a.send_json([1, "two"], "j")
+    got.append(a.recv_json("j"))
+    t.join(5)
+    assert not t.is_alive()
+    return got

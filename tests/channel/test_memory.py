@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import safenet
+from helpers import ARRAYS, exchange
 from safenet.channel import (
     ERROR_MAX,
     HEADER,
@@ -30,40 +30,6 @@ from safenet.channel import (
     memory_pair,
 )
 
-ARRAYS = [
-    np.arange(12, dtype=np.uint64).reshape(3, 2, 2),
-    np.array(3.5),
-    np.zeros((0, 4), dtype=np.int16),
-    np.random.default_rng(0).random((5, 7)).astype(">f4"),
-    np.arange(30, dtype=np.int32).reshape(5, 6)[:, ::2],  # not contiguous
-]
-
-
-def _exchange(a, b):
-    """The same conversation over any pair of ends; returns what ``a`` received."""
-    got = []
-
-    def peer():
-        b.phase = "offline"
-        for _ in ARRAYS:
-            b.send_array(b.recv_array("x"), "echo")
-        b.send(b.recv("raw") + b"!", "raw")
-        b.send_json({"got": b.recv_json("j")}, "j")
-
-    t = threading.Thread(target=peer)
-    t.start()
-    a.phase = "offline"
-    for x in ARRAYS:
-        a.send_array(x, "x")
-        got.append(a.recv_array("echo"))
-    a.send(b"hello", "raw")
-    got.append(a.recv("raw"))
-    a.send_json([1, "two"], "j")
-    got.append(a.recv_json("j"))
-    t.join(5)
-    assert not t.is_alive()
-    return got
-
 
 def test_both_ends_are_channels():
     a, b = memory_pair()
@@ -77,7 +43,7 @@ def test_both_ends_are_channels():
 def test_round_trips_and_counters_match_the_socket():
     ma, mb = memory_pair(timeout=5)
     sa, sb = connection_pair(timeout=5)
-    got_m, got_s = _exchange(ma, mb), _exchange(sa, sb)
+    got_m, got_s = exchange(ma, mb), exchange(sa, sb)
     for x, y in zip(ARRAYS, got_m, strict=False):
         assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(x, y)
         assert y.ctypes.data % 16 == 0 or y.size == 0  # the data arrives aligned, as on a socket

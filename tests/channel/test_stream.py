@@ -2,12 +2,12 @@
 
 import socket
 import struct
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from helpers import ARRAYS, exchange
 from safenet.channel import (
     HEADER,
     KIND_ERROR,
@@ -29,36 +29,14 @@ def _raw_pair(timeout=2.0, max_message=1 << 20):
 
 def test_round_trips_and_counters():
     a, b = connection_pair(timeout=5)
-    arrays = [
-        np.arange(12, dtype=np.uint64).reshape(3, 2, 2),
-        np.array(3.5),
-        np.zeros((0, 4), dtype=np.int16),
-        np.random.default_rng(0).random((5, 7)).astype(">f4"),
-    ]
-
-    def peer():
-        b.phase = "offline"
-        for _ in arrays:
-            b.send_array(b.recv_array("x"), "echo")
-        b.send(b.recv("raw") + b"!", "raw")
-        b.send_json({"got": b.recv_json("j")}, "j")
-
-    t = threading.Thread(target=peer)
-    t.start()
-    a.phase = "offline"
-    for x in arrays:
-        a.send_array(x, "x")
-        y = a.recv_array("echo")
+    got = exchange(a, b)
+    for x, y in zip(ARRAYS, got, strict=False):
         assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(x, y)
-    a.send(b"hello", "raw")
-    assert a.recv("raw") == b"hello!"
-    a.send_json([1, "two"], "j")
-    assert a.recv_json("j") == {"got": [1, "two"]}
-    t.join(5)
+    assert got[len(ARRAYS) :] == [b"hello!", {"got": [1, "two"]}]
     s = a.stats.as_dict()
-    assert s["offline"]["x"]["messages_sent"] == len(arrays)
-    assert s["offline"]["echo"]["messages_received"] == len(arrays)
-    assert s["rounds"]["offline"] == len(arrays) + 2
+    assert s["offline"]["x"]["messages_sent"] == len(ARRAYS)
+    assert s["offline"]["echo"]["messages_received"] == len(ARRAYS)
+    assert s["rounds"]["offline"] == len(ARRAYS) + 2
     total = a.stats.total("offline")
     assert total.bytes_sent == b.stats.total("offline").bytes_received
     assert total.bytes_received == b.stats.total("offline").bytes_sent
