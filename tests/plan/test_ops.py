@@ -13,7 +13,7 @@ from safenet.plan.ir import KINDS, Plan
 from safenet.plan.ops import OP_TYPES, Activation, Conv, MaxPool, Op, Truncate, attrs_from_json
 
 OLD_PLAN = FIXTURES / "plans" / "every_kind.plan"
-#: its fingerprint when it was written (tests/data/README.md)
+#: its fingerprint when it was written (tests/fixtures/README.md)
 OLD_FINGERPRINT = "2370e3ee74bd724307ec9dbc3ad8dfa65e73387f64cc655b5197b3e4835d7506"
 
 
