@@ -296,10 +296,9 @@ def test_a_search_saved_before_a_setting_existed_resumes():
 
 
 def test_report_round_trips_through_its_json():
-    from safenet.approx.search import STRATEGIES, DelphiStrategy, SafenetStrategy, SearchReport
+    from safenet.approx.search import SearchReport
     from safenet.nn.surgery import LayerSpec
 
-    assert {"safenet": SafenetStrategy, "delphi": DelphiStrategy} == STRATEGIES
     rep = SearchReport(
         method="safenet", config={"a": LayerSpec(0.5, 2), "b": LayerSpec(1.0, 3)}, accuracy=0.9,
         predicted_online_s=1.5, failure_rate=0.0, teacher_accuracy=0.92, teacher_online_s=2.0,

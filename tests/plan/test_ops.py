@@ -82,6 +82,7 @@ def test_a_plan_with_an_edited_attribute_is_not_readable(tmp_path, old):
 
 
 def test_every_kind_has_one_entry_in_each_dispatch_table():
+    from safenet.approx.cost import COUNTERS
     from safenet.plan import analysis, reference
     from safenet.plan.ops import LOCAL_OPS, Input
     from safenet.protocol.layers import HANDLERS, LOCAL_RULES
@@ -90,3 +91,5 @@ def test_every_kind_has_one_entry_in_each_dispatch_table():
     assert set(HANDLERS) == set(reference.RULES) == kinds
     assert set(analysis.RULES) == kinds - {Input}  # the input's interval is the bound itself
     assert set(LOCAL_RULES) == set(LOCAL_OPS)
+    # every kind that costs protocol work is counted; local ops and the input are free
+    assert set(COUNTERS) == kinds - set(LOCAL_OPS) - {Input}

@@ -154,8 +154,8 @@ class SearchConfig:
                                       "across resumes)")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.method not in ("safenet", "delphi"):
-            raise ValueError(f"method must be 'safenet' or 'delphi', got {self.method!r}")
+        if self.method not in STRATEGIES:
+            raise ValueError(f"method must be one of {sorted(STRATEGIES)}, got {self.method!r}")
         if self.population < 2:
             raise ValueError("population must be at least 2")
         if not set(self.degrees) <= {2, 3} or not self.degrees:
