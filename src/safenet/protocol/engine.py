@@ -19,7 +19,7 @@ Per op, with ``S`` / ``C`` the server / client shares of the op's output:
 ``input``      ``C = R_0``; online ``S = x - R_0`` (sent by the client)
 ``conv``       offline HE: client sends ``Enc(C_in)``, decrypts ``C = W C_in - T``;
 ``linear``     online ``S = W S_in + b + T`` (:mod:`safenet.protocol.linear`)
-local ops      applied to ``S`` online and to ``C`` offline (:func:`local_op`)
+local ops      applied to ``S`` online and to ``C`` offline (:func:`.layers.local_op`)
 ``truncate``   local probabilistic truncation (:mod:`safenet.protocol.arith`); only a
                linear layer fed straight by another one needs it
 ``activation`` ReLU channels by garbled circuit (:mod:`safenet.protocol.relu_layer`),
@@ -69,7 +69,6 @@ from safenet.protocol.layers import (
     GarbledLayer,
     ServerOffline,
     handler,
-    local_op,
 )
 from safenet.protocol.profile import Profile
 from safenet.protocol.statistical import (
@@ -83,10 +82,8 @@ __all__ = [
     "ServerModel",
     "ServerSession",
     "SessionConfig",
-    "GarbledLayer",
     "garbled_layers",
     "garbled_table_bytes",
-    "local_op",
     "model_version",
 ]
 
@@ -126,7 +123,7 @@ def garbled_table_bytes(plan: Plan) -> int:
     """Bytes of all garbled tables of one session of ``plan``: 32 per AND gate, and 16 per
     output bit (its two 8-byte rows)."""
     layers = garbled_layers(plan).values()
-    return sum((32 * g.circuit.and_count + 16 * g.circuit.n_outputs) * g.n for g in layers)
+    return sum(g.circuit.sent_bytes * g.n for g in layers)
 
 
 def model_version(plan: Plan) -> str:

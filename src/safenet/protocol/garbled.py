@@ -92,9 +92,7 @@ class GarbledServer:
         v1 = A.add(s, np.broadcast_to(w, s.shape), p)
         self._garbled = garble(self.circuit, self.n, delta=self.delta,
                                tweak_base=self.tweak_base, rows=(s, v1))  # fmt: skip
-        total = np.zeros(self.n, dtype=np.int64)
-        for row in s:
-            total = A.add(total, row, p)
+        total = s.sum(axis=0) % p  # at most bits(p) + 1 rows below 2^52: no int64 overflow
         self.out_share = A.neg(A.add(total, self.offset % p, p), p)
 
     def send_offline(self, conn: Channel, ot: OTSender) -> None:
@@ -197,7 +195,8 @@ class GarbledClient:
         self._material = {k: state[k] for k in want}
 
     def evaluate(self, server_labels: np.ndarray) -> np.ndarray:
-        """Evaluate with the server's online labels; returns ``z mod p`` (our share). Once."""
+        """Evaluate with the server's online labels; returns our additive share (the sum of the
+        output rows the labels open, mod p). Once."""
         m = self._material
         if m is None:
             raise RuntimeError("garbled material already used (or never received)")
@@ -234,7 +233,7 @@ class GarblingWorker:
 
     @staticmethod
     def _size(layer: GarbledServer) -> int:
-        return layer.circuit.table_bytes * layer.n
+        return layer.circuit.sent_bytes * layer.n
 
     def start(self) -> GarblingWorker:
         self._thread.start()

@@ -28,6 +28,7 @@ from safenet.crypto.he import ClientKeys, HEContext
 from safenet.crypto.ot import OTReceiver, OTSender
 from safenet.plan.ir import Plan
 from safenet.plan.ops import (
+    LOCAL_OPS,
     Activation,
     Add,
     Concat,
@@ -493,12 +494,7 @@ HANDLERS: dict[type[OpAttrs], Layer] = {
     Input: InputLayer(),
     Conv: _LINEAR,
     Linear: _LINEAR,
-    SumPool: _LOCAL,
-    Rescale: _LOCAL,
-    Add: _LOCAL,
-    Concat: _LOCAL,
-    Flatten: _LOCAL,
-    Truncate: _LOCAL,
+    **dict.fromkeys(LOCAL_OPS, _LOCAL),
     Activation: ActivationLayer(),
     MaxPool: MaxPoolLayer(),
 }

@@ -182,6 +182,12 @@ class Circuit:
         """Garbled-table bytes per instance: two 128-bit ciphertexts per AND gate."""
         return 32 * self.and_count
 
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes the garbler sends per instance: the tables and, per output bit, two 8-byte
+        garbled output rows (:mod:`.tables`)."""
+        return self.table_bytes + 16 * self.n_outputs
+
     def evaluate_plain(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evaluate in the clear: ``inputs[name]`` has shape ``(bits, m)``; returns likewise.
 
