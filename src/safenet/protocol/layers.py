@@ -77,7 +77,6 @@ class GarbledLayer:
     """One garbled layer of a session, derived from the public plan by both parties.
 
     Attributes:
-        kind: ``"relu"`` (an activation's ReLU channels) or ``"maxpool"``.
         p: the field prime.
         n: circuit instances (ReLU elements, or max-pool outputs).
         tweak: first tweak of the layer's range (all layers share the session's Delta).
@@ -85,7 +84,6 @@ class GarbledLayer:
         windows: a max pool's input indices per output (:func:`.maxpool_layer.pool_windows`).
     """
 
-    kind: str
     p: int
     n: int
     tweak: int
@@ -337,7 +335,7 @@ class ActivationLayer(Layer):
         a = op.attrs_as(Activation)
         if not (n := int(channel_select(op).sum())):
             return None
-        return GarbledLayer("relu", plan.field.p, n, tweak, a.shift, a.clip)
+        return GarbledLayer(plan.field.p, n, tweak, a.shift, a.clip)
 
     def server_offline(self, srv: ServerParty, i: int, op: Op, ctx: ServerOffline) -> None:
         _send_garbled(srv, i, ctx)
@@ -452,7 +450,7 @@ class MaxPoolLayer(Layer):
 
     def garbled_layer(self, op: Op, plan: Plan, tweak: int) -> GarbledLayer | None:
         windows = pool_windows(op, plan.ops[op.inputs[0]].shape)
-        return GarbledLayer("maxpool", plan.field.p, len(windows), tweak, windows=windows)
+        return GarbledLayer(plan.field.p, len(windows), tweak, windows=windows)
 
     def server_offline(self, srv: ServerParty, i: int, op: Op, ctx: ServerOffline) -> None:
         _send_garbled(srv, i, ctx)
