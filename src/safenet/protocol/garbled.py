@@ -216,8 +216,8 @@ class GarblingWorker:
     """Garbles a session's layers in a background thread, in layer order, while the session
     runs its HE work: :meth:`wait` for a layer before sending it, :meth:`sent` after.
 
-    At most ``ahead_bytes`` of tables are garbled and not yet sent (one layer more if a single
-    layer is larger): the garbler's memory stays bounded however fast it runs ahead.
+    At most ``ahead_bytes`` of tables and rows are garbled and not yet sent (one layer more if a
+    single layer is larger): the garbler's memory stays bounded however fast it runs ahead.
     """
 
     def __init__(self, layers: dict[int, GarbledServer], ahead_bytes: int = 384 << 20) -> None:
@@ -226,7 +226,7 @@ class GarblingWorker:
         self.seconds = 0.0  #: time spent garbling
         self._done = {i: threading.Event() for i in layers}
         self._cond = threading.Condition()
-        self._pending = 0  # table bytes garbled and not yet sent
+        self._pending = 0  # bytes of tables and rows garbled and not yet sent
         self._stop = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="garble", daemon=True)
