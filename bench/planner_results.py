@@ -22,6 +22,7 @@ and vs online bytes) and per-layer plots from that file; ``table`` prints the ma
     python bench/planner_results.py plot --results docs/results/planner.json --out docs/results
     python bench/planner_results.py table --results docs/results/planner.json
     python bench/planner_results.py targets --results docs/results/planner.json
+    python bench/planner_results.py degrees --results docs/results/planner.json
     python bench/planner_results.py repredict --results docs/results/planner.json \
         --calibration docs/results/calibration-2026-12-02-after.json
 
@@ -64,7 +65,7 @@ def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 ACCURACY_KEYS = ("accuracy_float", "float_images", "accuracy_fixed_point", "test_images",
-                 "float_fixed_agreement", "headroom_bits", "failure_rate",
+                 "float_fixed_agreement", "headroom_bits", "failure_rate", "leak_bound",
                  "eval_s")  # fmt: skip
 SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
 
@@ -87,6 +88,7 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
             "headroom_bits": ev["headroom_bits"],
             "expected_wraps": ev["expected_wraps_per_inference"],
             "failure_rate": ev["secure_failure_rate"],
+            "leak_bound": ev["leak_bound_per_inference"],
             "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
@@ -130,6 +132,29 @@ def measure_secure(ref: str, secure_images: int, calibration: Calibration) -> di
     }
 
 
+def population_degrees(state_path: Path) -> dict[str, int]:
+    """Over the final population of a search (``search.pt``): how many (member, layer) pairs
+    replace channels, and how many of those on degree 3 (how often the search picks it)."""
+    if not state_path.exists():
+        return {}
+    saved = torch.load(state_path, weights_only=False)
+    pairs = [tuple(v) for m in saved["members"] for v in m["config"].values()]
+    replaced = [(ratio, degree) for ratio, degree in pairs if ratio > 0]
+    return {"members": len(saved["members"]), "replacing_layers": len(replaced),
+            "degree3_layers": sum(int(d == 3) for _, d in replaced)}  # fmt: skip
+
+
+def degree_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """A measured model's use of degree 3: layers with polynomial channels, those on degree 3,
+    and the share of polynomial channels on degree 3."""
+    poly = [(lay["channels"] * (1 - lay["relu_fraction"]), lay["degree"])
+            for lay in r.get("layers", []) if lay["relu_fraction"] < 1]  # fmt: skip
+    channels = sum(c for c, _ in poly)
+    return {"poly_layers": len(poly), "degree3_layers": sum(int(d == 3) for _, d in poly),
+            "degree3_channel_share": sum(c for c, d in poly if d == 3) / channels
+            if channels else 0.0}  # fmt: skip
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -153,6 +178,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             keep = ("accuracy", "teacher_accuracy", "threshold", "predicted_online_s",
                     "generations", "feasible", "config")  # fmt: skip
             row["search"] = {k: rep.get(k) for k in keep}
+            row["population_degrees"] = population_degrees(run / "search.pt")
         for part, keys, fn in (
             ("accuracy", ACCURACY_KEYS, lambda r=ref: measure_accuracy(r, args.fixed_images)),
             ("secure", SECURE_KEYS, lambda r=ref: measure_secure(r, args.secure_images, cal)),
@@ -274,10 +300,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = json.loads(Path(args.results).read_text())
     print(
         "| model | method | float % (10k) | fixed % (n) | agreement | secure (n) "
-        "| fail rate | online s (pred.) | x all-ReLU | online MiB | offline s | ReLUs "
-        "| poly |"
+        "| fail rate | leak bound | online s (pred.) | x all-ReLU | online MiB | offline s "
+        "| ReLUs | poly | deg-3 layers |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arch in sorted({r["arch"] for r in results.values()}):
         rows = sorted(
             (r for r in results.values() if r["arch"] == arch and "online_s" in r),
@@ -286,14 +312,17 @@ def cmd_table(args: argparse.Namespace) -> int:
         base = next((r["online_s"] for r in rows if r["method"] == "all-relu"), None)
         for r in rows:
             ratio = f"{r['online_s'] / base:.2f}" if base else "-"
+            deg = degree_summary(r)
             print(f"| {r['label']} | {r['method']} | {100 * r['accuracy_float']:.2f} "
                   f"| {100 * r['accuracy_fixed_point']:.2f} ({r['test_images']:,}) "
                   f"| {100 * r['float_fixed_agreement']:.2f} % "
                   f"| {100 * r['secure_accuracy']:.0f} % ({r['secure_images']}) "
                   f"| {r.get('failure_rate', float('nan')):.4f} "
+                  f"| {r.get('leak_bound', float('nan')):.4f} "
                   f"| {r['online_s']:.3f} ({r['predicted_online_s']:.3f}) | {ratio} "
                   f"| {r['online_bytes'] / MIB:.1f} | {r['offline_s']:.1f} | {r['relu_count']:,} "
-                  f"| {r['poly_count']:,} |")  # fmt: skip
+                  f"| {r['poly_count']:,} "
+                  f"| {deg['degree3_layers']} of {deg['poly_layers']} |")  # fmt: skip
     return 0
 
 
@@ -316,7 +345,8 @@ def cmd_repredict(args: argparse.Namespace) -> int:
 
 def secure_estimate(r: dict[str, Any]) -> float:
     """A row's expected secure accuracy: float accuracy (whole test set) less the share of
-    inferences expected to see a local-truncation failure (each may change a prediction)."""
+    inferences expected to see a truncation failure (a polynomial value past the exact-truncation
+    bound, or a local `truncate` wrap; each may change a prediction)."""
     return float(r["accuracy_float"]) - float(r.get("failure_rate", 0.0))
 
 
@@ -378,6 +408,23 @@ def targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cmd_degrees(args: argparse.Namespace) -> int:
+    """How often degree 3 was chosen: in each winner, and in each search's final population."""
+    results = json.loads(Path(args.results).read_text())
+    for r in results.values():
+        if r["method"] == "all-relu":
+            continue
+        d, pop = degree_summary(r), r.get("population_degrees", {})
+        line = (f"{r['label']}: winner {d['degree3_layers']} of {d['poly_layers']} polynomial "
+                f"layers on degree 3 ({100 * d['degree3_channel_share']:.0f} % of polynomial "
+                "channels)")  # fmt: skip
+        if pop:
+            line += (f"; final population ({pop['members']} members): {pop['degree3_layers']} of "
+                     f"{pop['replacing_layers']} replacing layers on degree 3")  # fmt: skip
+        print(line)
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     for line in targets(json.loads(Path(args.results).read_text())):
         print(line)
@@ -414,6 +461,9 @@ def main() -> int:
     q.add_argument("--calibration", type=Path, required=True)
     q.add_argument("--key", default="predicted_online_s_recal", help="field to store it in")
     q.set_defaults(func=cmd_repredict)
+    d = sub.add_parser("degrees", help="how often the searches chose degree 3")
+    d.add_argument("--results", required=True)
+    d.set_defaults(func=cmd_degrees)
     g = sub.add_parser("targets", help="issue 4's targets: reached or not, with the figures")
     g.add_argument("--results", required=True)
     g.set_defaults(func=cmd_targets)

@@ -75,3 +75,42 @@ def test_table_and_plots(tmp_path, capsys):
     assert pr.cmd_plot(args) == 0
     assert (tmp_path / "png" / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "png" / "layers-r20.png").stat().st_size > 1000
+
+
+def test_degree_summary_counts_polynomial_layers_and_channels_on_degree_3():
+    row = _row("safenet-b0.4", "safenet", 0.93, 0.4) | {"layers": [
+        {"layer": "a", "channels": 16, "relu_fraction": 0.25, "degree": 3},  # 12 poly channels
+        {"layer": "b", "channels": 32, "relu_fraction": 0.5, "degree": 2},  # 16
+        {"layer": "c", "channels": 64, "relu_fraction": 1.0, "degree": 3},  # all ReLU: not counted
+    ]}  # fmt: skip
+    d = pr.degree_summary(row)
+    assert (d["poly_layers"], d["degree3_layers"]) == (2, 1)
+    assert d["degree3_channel_share"] == pytest.approx(12 / 28)
+    assert pr.degree_summary(RESULTS["r20/all-relu"] | {"layers": []})["poly_layers"] == 0
+
+
+def test_population_degrees_reads_the_final_members_of_a_search(tmp_path):
+    torch = pytest.importorskip("torch")
+    members = [{"config": {"a": [0.5, 3], "b": [0.0, 3], "c": [1.0, 2]}},
+               {"config": {"a": [0.25, 2], "b": [0.75, 3], "c": [0.0, 2]}}]  # fmt: skip
+    torch.save({"members": members}, tmp_path / "search.pt")
+    got = pr.population_degrees(tmp_path / "search.pt")
+    assert got == {"members": 2, "replacing_layers": 4, "degree3_layers": 2}
+    assert pr.population_degrees(tmp_path / "missing.pt") == {}
+
+
+def test_degrees_and_table_show_degree_3(tmp_path, capsys):
+    row = _row("safenet-b0.4", "safenet", 0.93, 0.4) | {
+        "layers": [{"layer": "a", "channels": 8, "relu_fraction": 0.5, "degree": 3}],
+        "population_degrees": {"members": 4, "replacing_layers": 8, "degree3_layers": 3},
+        "leak_bound": 0.0049}  # fmt: skip
+    path = tmp_path / "planner.json"
+    path.write_text(json.dumps({row["label"]: row, "r20/all-relu": RESULTS["r20/all-relu"]}))
+    args = type("A", (), {"results": str(path)})
+    assert pr.cmd_degrees(args) == 0
+    out = capsys.readouterr().out
+    assert "winner 1 of 1 polynomial layers on degree 3 (100 %" in out
+    assert "3 of 8 replacing layers on degree 3" in out and "all-relu" not in out
+    assert pr.cmd_table(args) == 0
+    table = capsys.readouterr().out
+    assert "| 0.0049 |" in table and "| 1 of 1 |" in table
