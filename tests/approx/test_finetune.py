@@ -172,11 +172,15 @@ def test_the_blend_ramp_meets_its_deadline_after_a_rollback(data_dir):
     assert blends[4] < blends[3]  # slower after the rollback until the deadline forces it
 
 
-def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(data_dir, monkeypatch):
-    """A finite loss spike that the restored weights repeat on the same batch is the batch's
-    fault (an outlier input), not divergence: skipped, no slow-down, training goes on."""
+@pytest.mark.parametrize("spike", [1e4, float("nan")])
+def test_finetune_skips_a_batch_that_even_the_last_good_weights_blow_up_on(
+    data_dir, monkeypatch, spike
+):
+    """A loss spike (finite, or NaN as when a cube overflows float32 deep in a degree-3
+    network) that the restored weights repeat on the same batch is the batch's fault (an
+    outlier input), not divergence: skipped, no slow-down, training goes on."""
     model, history, logs = _finetune_with_loss(  # step 2, before and after the rollback
-        data_dir, monkeypatch, lambda n, loss: loss * 1e4 if n in (3, 4) else loss
+        data_dir, monkeypatch, lambda n, loss: loss * spike if n in (3, 4) else loss
     )
     assert history[-1]["rollbacks"] == 0 and history[-1]["skipped_batches"] == 1, logs
     assert any("batch skipped" in m for m in logs)
@@ -200,14 +204,20 @@ def test_a_skipped_batch_leaves_no_trace_in_batch_norm_statistics():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_finetune_gives_up_cleanly_when_always_diverging(data_dir, monkeypatch):
+@pytest.mark.parametrize(
+    ("batch_size", "why"), [(128, "all 2 batches"), (32, "3 batches in a row")]
+)
+def test_finetune_gives_up_cleanly_when_always_diverging(data_dir, monkeypatch, batch_size, why):
+    """Skipping a bad batch is bounded: more than max_rollbacks skipped in a row, or an epoch
+    in which nothing trained, is divergence, and nothing is saved."""
     teacher, student, ds = _student(data_dir, ratio=0.5)
     import safenet.approx.finetune as ft
 
     monkeypatch.setattr(ft, "distillation_loss",
                         lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))  # fmt: skip
     saved = []
-    with pytest.raises(FinetuneDiverged, match="lower --lr"):
-        finetune(student, teacher, ds, ds, FinetuneConfig(epochs=1, max_rollbacks=2),
+    cfg = FinetuneConfig(epochs=1, max_rollbacks=2, batch_size=batch_size)
+    with pytest.raises(FinetuneDiverged, match=f"{why}.*lower --lr"):
+        finetune(student, teacher, ds, ds, cfg,
                  save=lambda m, h: saved.append(1), log=lambda _m: None)  # fmt: skip
     assert saved == [], "a diverged model must never be saved"

@@ -83,9 +83,10 @@ class DivergenceGuard:
     exploding loss restores the snapshot and halves both the learning rate and the speed at
     which the blend approaches 1, so the next attempt is gentler (but the blend still
     reaches 1 by ``deadline``, when one is given). When the restored weights
-    give the same batch an exploding but finite loss too, the batch is at fault (an input the
-    polynomials blow up on), not the training: :meth:`forgive` takes the rollback back and
-    the batch is skipped.
+    give the same batch an exploding or non-finite loss too, the batch is at fault (an input
+    the polynomials blow up on, e.g. a cube overflowing float32 deep in an all-polynomial
+    network), not the training: :meth:`forgive` takes the rollback back and the batch is
+    skipped. More than ``max_rollbacks`` batches skipped in a row is divergence after all.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class DivergenceGuard:
         self.model, self.opt, self.max_rollbacks, self.every = model, opt, max_rollbacks, every
         self.deadline = deadline
         self.rollbacks, self.good, self.skipped, self.steps = 0, 0, 0, 0
+        self.skipped_in_a_row = 0
         self.lr_scale = 1.0
         self.blend, self.rate = 0.0, 1.0 / max(blend_steps, 1)
         self.avg: float | None = None
@@ -128,6 +130,7 @@ class DivergenceGuard:
         v = float(loss.detach())
         self.avg = v if self.avg is None else 0.98 * self.avg + 0.02 * v
         self.good += 1
+        self.skipped_in_a_row = 0
         if self.good % self.every == 0:
             self.snapshot()
 
@@ -155,6 +158,12 @@ class DivergenceGuard:
         self.lr_scale *= 2
         self.rate *= 2
         self.skipped += 1
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row > self.max_rollbacks:
+            raise FinetuneDiverged(
+                f"{self.skipped_in_a_row} batches in a row diverged even under the last good "
+                "weights; try a lower --lr, a larger --blend-epochs or a smaller replacement ratio"
+            )
 
 
 def prepare(
@@ -259,7 +268,7 @@ class _GuardedLoss:
             bad = float(loss.detach())
             guard.rollback()
             loss = self.loss(m, x, t, y)
-            if first_try and guard.bad(loss) and math.isfinite(float(loss.detach())):
+            if first_try and guard.bad(loss):
                 guard.forgive()  # the last good weights fail here too: the batch is at fault
                 self.log(f"step {step}: loss {bad:.3g}, and {float(loss.detach()):.3g} with "
                          "the last good weights too: batch skipped")  # fmt: skip
@@ -283,6 +292,11 @@ class _EpochEnd:
     log: Callable[[str], None]
 
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        if self.guard.good == 0:  # every batch skipped: nothing was trained, nothing is saved
+            raise FinetuneDiverged(
+                f"all {self.guard.skipped} batches diverged even under the starting weights; "
+                "try a lower --lr, a larger --blend-epochs or a smaller replacement ratio"
+            )
         # measured and saved as it will be served (blend 1), whatever the training blend
         set_blend(self.student, 1.0)
         row["test_accuracy"] = evaluate(self.student, self.test_ds, device=self.config.device)
