@@ -606,7 +606,7 @@ def cmd_approximate(args: argparse.Namespace) -> int:
         ).to_dict()  # fmt: skip
     keys = ("method", "accuracy", "teacher_accuracy", "predicted_online_s", "teacher_online_s",
             "failure_rate", "feasible", "complete", "test_accuracy", "teacher_test_accuracy",
-            "final_failure_rate", "checkpoint")  # fmt: skip
+            "final_failure_rate", "final_float_failures", "checkpoint")  # fmt: skip
     print(json.dumps({k: report[k] for k in keys if k in report}))
     return 0
 

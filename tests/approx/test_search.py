@@ -138,6 +138,7 @@ def test_approximate_cli(tiny_lenet, data_dir, tmp_path, capsys, monkeypatch):
     assert best.metrics["accuracy"] == out["test_accuracy"]
     # exact truncation: no secure inference of the winner leaves the error bound
     assert out["failure_rate"] == 0.0 and out["final_failure_rate"] == 0.0
+    assert out["final_float_failures"] == 0  # the float check on every test image
     assert best.training["finetune"]["epochs"] == 1 and "search" in best.training
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["calibration"].startswith("nominal")
@@ -259,14 +260,21 @@ def test_trials_measure_truncation_failures_and_the_reward_charges_them(tiny_len
     poly = s.train(_Member({n: [1.0, 3] for n in s.layers}), seed=1)
     assert relu.failure_rate == 0.0  # nothing is opened or truncated locally without polynomials
     assert poly.failure_rate == 0.0  # on real images every degree-3 sum stays below B
+    k = min(s.cfg.wrap_images, len(s.eval_x))
+    s.eval_x[k + 10 : k + 12] *= 1000  # out of range, but past the reference's images
+    poly = s.train(_Member({n: [1.0, 3] for n in s.layers}), seed=1)
+    assert poly.failure_rate == pytest.approx(2 / len(s.eval_x))  # the float check sees them
     s.eval_x[:8] *= 1000  # inputs far out of range: degree-3 sums pass B on those 8 images
     poly = s.train(_Member({n: [1.0, 3] for n in s.layers}), seed=1)
-    k = min(s.cfg.wrap_images, len(s.eval_x))
-    assert poly.failure_rate == pytest.approx(8 / k)
+    assert poly.failure_rate == pytest.approx(8 / k)  # the reference's count, the larger
     m = _Member({n: [1.0, 3] for n in s.layers}, accuracy=0.9, latency=1.0,
                 failure_rate=0.25)  # fmt: skip
-    assert s.reward(m) == pytest.approx(0.65)  # under a latency budget: secure accuracy
-    s.cfg.latency_budget = None
+    assert not s.feasible(m) and -2.0 < s.reward(m) < -1.0  # fails too often: infeasible
+    s.cfg.max_failure_rate = 1.0  # tolerated failures are charged to accuracy
+    assert s.feasible(m) and s.reward(m) == pytest.approx(0.65)  # under a budget: accuracy
+    m.latency = 20.0
+    assert not s.feasible(m) and s.reward(m) < -2.0  # over the budget ranks lower still
+    s.cfg.latency_budget, m.latency = None, 1.0
     s.threshold, m.failure_rate = 0.8, 0.05
     assert s.feasible(m) and s.reward(m) > -1.0
     m.failure_rate = 0.15  # 0.9 - 0.15 misses the 0.8 bar although the float accuracy clears it

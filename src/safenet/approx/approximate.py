@@ -21,6 +21,7 @@ from torch import nn
 
 from safenet.approx.cost import Calibration, default_calibration_path
 from safenet.approx.finetune import FinetuneConfig
+from safenet.approx.float_check import opening_peaks
 from safenet.approx.runners import Runner
 from safenet.approx.search import SearchConfig, SearchReport, search
 from safenet.checkpoint import Checkpoint
@@ -147,7 +148,8 @@ def _final_finetune(
 ) -> None:
     """Fine-tune the search's winner into ``best`` (on the full train set, measured on the
     test set); its figures go to ``rep.extra``, and a warning to ``log`` when the fixed-point
-    check on the first test images finds inferences that may fail."""
+    check on the first test images, or the float check on all of them
+    (:func:`~safenet.approx.float_check.opening_peaks`), finds inferences that may fail."""
     from safenet.approx.finetune import finetune_checkpoint
     from safenet.evaluate import secure_check
 
@@ -161,3 +163,12 @@ def _final_finetune(
     rep.extra["final_failure_rate"] = check["secure_failure_rate"]
     if warning:
         log(warning)
+    # the float check on every test image sees the rare input that blows a network up
+    test = ImageDataset(parent.dataset, "test", data_dir)
+    _, peaks = opening_peaks(ck.build(), test.normalize(test.images))
+    fails = int(peaks.failures(ck.plan().field).sum())
+    rep.extra["final_float_failures"] = fails
+    if fails:
+        log(f"warning: {fails} of {len(test)} test images reach the exact-truncation bound in "
+            "float or blow up: secure results on such inputs are wrong. Search with more "
+            "--eval-images, or fine-tune with a larger --range-weight")  # fmt: skip

@@ -22,10 +22,16 @@ The accuracy a member is judged by is its *secure* accuracy estimate: float accu
 the share of inferences that may leave the secure protocol's error bound
 (:attr:`~safenet.plan.reference.RangeStats.failure_rate`, measured with the plaintext
 fixed-point reference on ``wrap_images`` held-out images: a polynomial value at or beyond
-the exact-truncation bound ``B ~ p/16``, or a wrap of a local ``truncate`` op). A failure
+the exact-truncation bound ``B ~ p/16``, or a wrap of a local ``truncate`` op; and, on all
+``eval_images``, the share whose float values reach the same bounds or whose logits are not
+finite, :func:`~safenet.approx.float_check.opening_peaks`; the larger of the two). A failure
 corrupts one element and can change the prediction, so this is what failures can cost at
-worst. Before exact truncation (December 2026) local truncation wrapped with probability
-|u|/p, and without the charge a ResNet-32 search chose degree 3 everywhere, 0.70 expected
+worst. A member whose rate exceeds ``max_failure_rate`` (one image of the 2,000 already
+does) is infeasible, whatever its accuracy: the search's product must be servable. Without
+that, a ResNet-32 search on 2026-12-06 kept an all-polynomial degree-3 member that blew up on
+about one input in a thousand, which 64 reference images did not see. Before exact
+truncation (December 2026) local truncation wrapped with probability |u|/p, and without the
+charge a ResNet-32 search chose degree 3 everywhere, 0.70 expected
 failures per inference, and got 4 of 10 secure predictions right (docs/results.md).
 
 Channels kept as ReLU inside a layer are the teacher's highest-scored ones
@@ -83,6 +89,7 @@ from torch import nn
 
 from safenet.approx.cost import Calibration, count, predict
 from safenet.approx.finetune import FinetuneConfig, distillation_loss
+from safenet.approx.float_check import opening_peaks
 from safenet.approx.runners import Runner, SequentialRunner
 from safenet.approx.scoring import CRITERIA, score_channels
 from safenet.data.torchdata import ImageDataset
@@ -143,8 +150,10 @@ class SearchConfig:
     ramp_fraction: float = option(0.5, "in a trial, layers whose configuration changed since "
                                 "the member's weights were trained blend from ReLU to their "
                                 "polynomials over this fraction of the steps")  # fmt: skip
-    wrap_images: int = option(64, "held-out images measuring truncation failures (charged to "
-                            "accuracy; 0: off)")  # fmt: skip
+    wrap_images: int = option(64, "held-out images measuring truncation failures with the "
+                            "fixed-point reference (charged to accuracy; 0: off)")  # fmt: skip
+    max_failure_rate: float = option(1e-4, "held-out failure rate above which a member is "
+                                   "infeasible (one image in 2,000 is 5e-4)")  # fmt: skip
     criterion: str = option("taylor", "channel scoring: which channels stay ReLU",
                           choices=CRITERIA)  # fmt: skip
     seed: int = option(0, "seed of the search (exploration and trials)")
@@ -396,7 +405,7 @@ class _Search:
         self.layers = list(activations(base))
         batches = [(self.train_x[i : i + 64], self.train_y[i : i + 64]) for i in range(0, 512, 64)]
         self.scores = score_channels(base, batches, cfg.criterion)
-        self.teacher_acc = self._accuracy(teacher)
+        self.teacher_acc = float((self.predict(teacher) == self.eval_y).float().mean())
         self.teacher_latency = predict(count(compile_model(teacher, self.shape)), calibration)[
             "online_s"
         ]
@@ -426,12 +435,12 @@ class _Search:
         set_blend(student, 1.0)
         return student
 
-    def _accuracy(self, model: nn.Module) -> float:
+    def predict(self, model: nn.Module) -> torch.Tensor:
+        """``model``'s classes for the held-out images."""
         model.eval()
         with torch.no_grad():
-            pred = torch.cat([model(self.eval_x[i : i + 256]).argmax(1)
+            return torch.cat([model(self.eval_x[i : i + 256]).argmax(1)
                               for i in range(0, len(self.eval_x), 256)])  # fmt: skip
-        return float((pred == self.eval_y).float().mean())
 
     def train(self, m: _Member, seed: int) -> Trial:
         """One trial: distil ``m``'s student for ``cfg.steps`` steps from ``seed``; returns its
@@ -477,14 +486,17 @@ class _Search:
             opt.step()
         set_blend(student, 1.0)  # scored and kept as it will be served
         state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        accuracy = self._accuracy(student)
-        plan = compile_model(student.eval(), self.shape)
+        pred, peaks = opening_peaks(student, self.eval_x)
+        accuracy = float((pred == self.eval_y).float().mean())
+        plan = compile_model(student, self.shape)
         latency = predict(count(plan), self.cal)["online_s"]
-        return Trial(state, accuracy, float(latency), self.failure_rate(plan))
+        fails = float(peaks.failures(plan.field).float().mean())
+        failures = max(fails, self.failure_rate(plan))
+        return Trial(state, accuracy, float(latency), failures)
 
     def failure_rate(self, plan: Plan) -> float:
-        """Share of ``plan``'s inferences on held-out images expected to see a truncation
-        failure."""
+        """Share of ``plan``'s inferences on the first ``wrap_images`` held-out images expected
+        to see a truncation failure (the fixed-point reference's count)."""
         k = min(self.cfg.wrap_images, len(self.eval_x))
         if k <= 0:
             return 0.0
@@ -493,15 +505,20 @@ class _Search:
         return stats.failure_rate
 
     def reward(self, m: _Member) -> float:
-        """Higher is better; every infeasible member scores below -1, under every feasible one."""
+        """Higher is better; every infeasible member scores below -1, under every feasible one
+        (one that fails too often by its failure rate, one over the budget lower still)."""
         budget = self.cfg.latency_budget
         if budget is not None and m.latency > budget:
-            return -1.0 - m.latency / budget
+            return -2.0 - m.latency / budget
+        if m.failure_rate > self.cfg.max_failure_rate:
+            return -1.0 - m.failure_rate
         return self.strategy.reward(m)
 
     def feasible(self, m: _Member) -> bool:
-        """Within the latency budget (when one is set), else as the planner judges it
-        (SAFENet: at or above the accuracy bar; Delphi: always)."""
+        """Failing rarely enough, and within the latency budget (when one is set), else as the
+        planner judges it (SAFENet: at or above the accuracy bar; Delphi: always)."""
+        if m.failure_rate > self.cfg.max_failure_rate:
+            return False
         if self.cfg.latency_budget is not None:
             return m.latency <= self.cfg.latency_budget
         return self.strategy.feasible(m)

@@ -1,0 +1,92 @@
+"""A float stand-in for the fixed-point reference's failure check, cheap enough to run on
+every held-out image of every search trial.
+
+The secure protocol opens two values per polynomial channel under bounded masks
+(docs/protocol.md): the activation input ``v`` at ``frac_bits`` fractional bits, and the
+polynomial's sum at ``d * poly_frac_bits + coef_bits`` bits. Either at or beyond the
+exact-truncation bound ``B`` (:func:`safenet.field.trunc_bound`) may break the result
+(:class:`safenet.plan.reference.RangeStats` counts that exactly, but the reference is ~100x
+slower than torch). Here the float model's own values (:func:`opening_peaks`, one forward
+pass that also gives the predictions) are held against the same bounds
+(:meth:`OpeningPeaks.failures`), and a
+non-finite logit counts as a failure too: an input that blows a degree-3 network up in float
+does so in the field. An input is flagged when any polynomial channel of any layer is; one
+image in a few hundred doing so is invisible to a 64-image reference check but makes a plan
+unservable (a ResNet-32 searched all-polynomial at degree 3 blew up on about one training
+image in a thousand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from safenet.field import Field, trunc_bound
+from safenet.nn.activation import ChannelActivation
+
+
+def opening_limits(field: Field, degree: int) -> tuple[float, float]:
+    """Float magnitudes at which a polynomial channel's input and its sum reach ``B``."""
+    b = float(trunc_bound(field.p))
+    return b / 2.0**field.frac_bits, b / 2.0 ** (degree * field.poly_bits + field.coef_bits)
+
+
+@dataclass
+class OpeningPeaks:
+    """Per image, the largest float magnitude of each polynomial layer's input and sum (over
+    its polynomial channels), and whether every value and logit was finite."""
+
+    degrees: list[int]
+    inputs: torch.Tensor  # (images, polynomial layers)
+    sums: torch.Tensor
+    finite: torch.Tensor  # (images,)
+
+    def failures(self, field: Field) -> torch.Tensor:
+        """Per image: whether a value would reach the exact-truncation bound of ``field``."""
+        bad = ~self.finite
+        for j, d in enumerate(self.degrees):
+            lim_in, lim_sum = opening_limits(field, d)
+            bad = bad | (self.inputs[:, j] >= lim_in) | (self.sums[:, j] >= lim_sum)
+        return bad
+
+
+@torch.no_grad()
+def opening_peaks(
+    model: nn.Module, x: torch.Tensor, batch: int = 256
+) -> tuple[torch.Tensor, OpeningPeaks]:
+    """Predicted classes of ``model`` (put in eval mode) on ``x``, and its
+    :class:`OpeningPeaks`; compare them with a field's bounds by
+    :meth:`OpeningPeaks.failures` (the field comes from compiling the model)."""
+    acts = [a for a in model.modules() if isinstance(a, ChannelActivation)]
+    acts = [a for a in acts if not bool(a.relu_mask.all())]
+    peaks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def hook(act: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        poly = ~act.relu_mask
+        v, s = inputs[0][:, poly].flatten(1), out[:, poly].flatten(1)
+        finite = torch.isfinite(v).all(1) & torch.isfinite(s).all(1)
+        peaks[id(act)] = (v.abs().amax(1), s.abs().amax(1), finite)
+
+    handles = [a.register_forward_hook(hook) for a in acts]
+    preds, ins, sums, finite = [], [], [], []
+    try:
+        model.eval()
+        for i in range(0, len(x), batch):
+            logits = model(x[i : i + batch])
+            preds.append(logits.argmax(1))
+            got = [peaks[id(a)] for a in acts]
+            ok = torch.isfinite(logits).all(1)
+            for _, _, f in got:
+                ok = ok & f
+            finite.append(ok)
+            ins.append(torch.stack([g[0] for g in got], 1) if got else logits[:, :0])
+            sums.append(torch.stack([g[1] for g in got], 1) if got else logits[:, :0])
+    finally:
+        for h in handles:
+            h.remove()
+    degrees = [int(a.coefficients.shape[-1]) - 1 for a in acts]
+    return torch.cat(preds), OpeningPeaks(
+        degrees, torch.cat(ins), torch.cat(sums), torch.cat(finite)
+    )
