@@ -4,7 +4,9 @@
 with ``best.pt`` and ``report.json``), and for every model records:
 
 * float accuracy on the whole test set, fixed-point accuracy and float/fixed agreement on its
-  first ``--fixed-images`` (default 2,000);
+  first ``--fixed-images`` (default 2,000); the failure rate is the larger of the fixed-point
+  reference's on those and the float check's on the whole test set
+  (:func:`safenet.approx.float_check.opening_peaks`: the rare input that blows a network up);
 * secure accuracy on the first ``--secure-images`` test images, each classified by a real
   two-process private inference (server process preparing the model once, client process
   querying it over loopback TCP), and how often the secure logits equal the fixed-point
@@ -44,6 +46,7 @@ import torch
 
 from safenet import checkpoint
 from safenet.approx.cost import Calibration, count, default_calibration_path, predict
+from safenet.approx.float_check import opening_peaks
 from safenet.data import ImageDataset
 from safenet.demo import serve_and_query
 from safenet.evaluate import evaluate_plan
@@ -65,8 +68,8 @@ def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 ACCURACY_KEYS = ("accuracy_float", "float_images", "accuracy_fixed_point", "test_images",
-                 "float_fixed_agreement", "headroom_bits", "failure_rate", "leak_bound",
-                 "eval_s")  # fmt: skip
+                 "float_fixed_agreement", "headroom_bits", "failure_rate", "float_failures",
+                 "leak_bound", "eval_s")  # fmt: skip
 SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
 
 
@@ -80,14 +83,20 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     accuracy = evaluate(model, full)
     test = ImageDataset(ck.dataset, "test", limit=fixed_images)
-    ev = evaluate_plan(model, ck.plan(), test, progress=True)
+    plan = ck.plan()
+    ev = evaluate_plan(model, plan, test, progress=True)
+    _, peaks = opening_peaks(model, full.normalize(full.images))
+    float_failures = int(peaks.failures(plan.field).sum())
     return {"accuracy_float": accuracy, "float_images": len(full),
             "accuracy_float_subset": ev["accuracy"],
             "accuracy_fixed_point": ev["accuracy_fixed_point"],
             "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],
             "headroom_bits": ev["headroom_bits"],
             "expected_wraps": ev["expected_wraps_per_inference"],
-            "failure_rate": ev["secure_failure_rate"],
+            "failure_rate_fixed_subset": ev["secure_failure_rate"],
+            "float_failures": float_failures,  # on the whole test set
+            # the fixed-point count on the subset, or the float check's on the whole set
+            "failure_rate": max(ev["secure_failure_rate"], float_failures / len(full)),
             "leak_bound": ev["leak_bound_per_inference"],
             "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
 

@@ -64,6 +64,7 @@ def opening_peaks(
     peaks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def hook(act: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(act, ChannelActivation)
         poly = ~act.relu_mask
         v, s = inputs[0][:, poly].flatten(1), out[:, poly].flatten(1)
         finite = torch.isfinite(v).all(1) & torch.isfinite(s).all(1)
