@@ -38,8 +38,8 @@ _TRAIN = ("arch", "dataset", "epochs", "batch_size", "lr", "weight_decay", "widt
 _FINETUNE = ("epochs", "batch_size", "lr", "temperature", "kd_weight", "blend_epochs", "clip",
              "range_weight", "seed", "limit", "eval_limit", "device")  # fmt: skip
 _SEARCH = ("method", "population", "generations_per_level", "steps", "max_drop",
-           "min_accuracy", "latency_budget", "eval_images", "wrap_images", "time_budget_s",
-           "epoch_budget", "seed")  # fmt: skip
+           "min_accuracy", "latency_budget", "eval_images", "wrap_images", "max_failure_rate",
+           "time_budget_s", "epoch_budget", "seed")  # fmt: skip
 
 
 def _add_config(
