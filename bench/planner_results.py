@@ -187,7 +187,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             keep = ("accuracy", "teacher_accuracy", "threshold", "predicted_online_s",
                     "generations", "feasible", "config")  # fmt: skip
             row["search"] = {k: rep.get(k) for k in keep}
-            row["population_degrees"] = population_degrees(run / "search.pt")
+            row["population_degrees"] = population_degrees(Path(ref).parent / "search.pt")
         for part, keys, fn in (
             ("accuracy", ACCURACY_KEYS, lambda r=ref: measure_accuracy(r, args.fixed_images)),
             ("secure", SECURE_KEYS, lambda r=ref: measure_secure(r, args.secure_images, cal)),
