@@ -25,6 +25,7 @@ from torch import nn
 
 from safenet.field import Field, trunc_bound
 from safenet.nn.activation import ChannelActivation
+from safenet.nn.surgery import activations
 
 
 def opening_limits(field: Field, degree: int) -> tuple[float, float]:
@@ -59,8 +60,7 @@ def opening_peaks(
     """Predicted classes of ``model`` (put in eval mode) on ``x``, and its
     :class:`OpeningPeaks`; compare them with a field's bounds by
     :meth:`OpeningPeaks.failures` (the field comes from compiling the model)."""
-    acts = [a for a in model.modules() if isinstance(a, ChannelActivation)]
-    acts = [a for a in acts if not bool(a.relu_mask.all())]
+    acts = [a for a in activations(model).values() if not bool(a.relu_mask.all())]
     peaks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def hook(act: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -87,7 +87,7 @@ def opening_peaks(
     finally:
         for h in handles:
             h.remove()
-    degrees = [int(a.coefficients.shape[-1]) - 1 for a in acts]
+    degrees = [a.degree for a in acts]
     return torch.cat(preds), OpeningPeaks(
         degrees, torch.cat(ins), torch.cat(sums), torch.cat(finite)
     )
