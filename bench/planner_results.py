@@ -25,6 +25,7 @@ and vs online bytes) and per-layer plots from that file; ``table`` prints the ma
     python bench/planner_results.py table --results docs/results/planner.json
     python bench/planner_results.py targets --results docs/results/planner.json
     python bench/planner_results.py degrees --results docs/results/planner.json
+    python bench/planner_results.py hardening --results docs/results/planner.json
     python bench/planner_results.py repredict --results docs/results/planner.json \
         --calibration docs/results/calibration-2026-12-02-after.json
 
@@ -46,7 +47,7 @@ import torch
 
 from safenet import checkpoint
 from safenet.approx.cost import Calibration, count, default_calibration_path, predict
-from safenet.approx.float_check import opening_peaks
+from safenet.approx.float_check import opening_peaks, tail_estimate
 from safenet.data import ImageDataset
 from safenet.demo import serve_and_query
 from safenet.evaluate import evaluate_plan
@@ -68,7 +69,7 @@ def _layers(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 ACCURACY_KEYS = ("accuracy_float", "float_images", "accuracy_fixed_point", "test_images",
                  "float_fixed_agreement", "headroom_bits", "failure_rate", "float_failures",
-                 "leak_bound", "eval_s")  # fmt: skip
+                 "leak_bound", "largest_range_ratio", "eval_s")  # fmt: skip
 SECURE_KEYS = ("secure_images", "secure_accuracy", "online_s", "online_bytes")
 
 
@@ -85,8 +86,16 @@ def measure_accuracy(ref: str, fixed_images: int | None) -> dict[str, Any]:
     test = ImageDataset(ck.dataset, "test", limit=fixed_images)
     plan = ck.plan()
     ev = evaluate_plan(model, plan, test, progress=True)
-    float_failures = int(peaks.failures(plan.field).sum())
+    bad = peaks.failures(plan.field)
+    float_failures = int(bad.sum())
+    ratios = peaks.range_ratios()
+    hard = ck.metrics.get("hardening")
     return {"accuracy_float": accuracy, "float_images": len(full),
+            # range hardening (safenet.approx.harden): training-set failures per round
+            "hardening": hard, "output_bound": ck.metrics.get("output_bound"),
+            "largest_range_ratio": float(ratios[~bad].max()) if bool((~bad).any()) else None,
+            "tail_ratio_1_5": tail_estimate(ratios, 1.5),
+            "tail_ratio_2": tail_estimate(ratios, 2.0),
             "accuracy_float_subset": ev["accuracy"],
             "accuracy_fixed_point": ev["accuracy_fixed_point"],
             "test_images": ev["images"], "float_fixed_agreement": ev["agreement"],
@@ -334,6 +343,25 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardening(args: argparse.Namespace) -> int:
+    """Range hardening per polynomial model: training-set failures before and after, and on
+    the test set its float failures, largest range ratio and the tail estimates."""
+    results = json.loads(Path(args.results).read_text())
+    print("| model | training failures (60k), by round | test failures (10k) | largest range "
+          "ratio (test) | est. P(ratio >= 1.5) | est. P(ratio >= 2) | output bound |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for label in sorted(results):
+        r = results[label]
+        hard = r.get("hardening")
+        if r["method"] == "all-relu" or "largest_range_ratio" not in r:
+            continue
+        rounds = " -> ".join(str(f) for f in hard["failures"]) if hard else "not hardened"
+        print(f"| {label} | {rounds} | {r['float_failures']} | {r['largest_range_ratio']:.2f} "
+              f"| {r['tail_ratio_1_5']:.1e} | {r['tail_ratio_2']:.1e} "
+              f"| {r['output_bound'] or 0:.1f} |")  # fmt: skip
+    return 0
+
+
 def cmd_repredict(args: argparse.Namespace) -> int:
     """Price every measured model again under another calibration (e.g. one made right after
     the measurements) and store it under ``--key`` (default ``predicted_online_s_recal``)."""
@@ -475,6 +503,9 @@ def main() -> int:
     g = sub.add_parser("targets", help="issue 4's targets: reached or not, with the figures")
     g.add_argument("--results", required=True)
     g.set_defaults(func=cmd_targets)
+    h = sub.add_parser("hardening", help="range hardening: failures before/after, tail estimates")
+    h.add_argument("--results", required=True)
+    h.set_defaults(func=cmd_hardening)
     args = ap.parse_args()
     return args.func(args)
 

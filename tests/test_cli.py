@@ -98,3 +98,30 @@ def test_config_flags_default_to_the_config_dataclasses():
     assert (cfg.time_budget_s, cfg.method, cfg.min_accuracy, cfg.steps) == (5.0, "delphi", 0.9, 3)
     with pytest.raises(SystemExit):
         parse(["approximate", "--out", "x", "--method", "random"])
+
+
+def test_harden_writes_a_hardened_checkpoint_or_refuses(lenet, tmp_path, data_dir, capsys):
+    """``safenet harden`` on a fine-tune written without hardening: every training image is
+    checked, the report and the output bound land in the checkpoint, and the exit status
+    says whether training images still fail."""
+    from safenet import checkpoint
+
+    raw, out = tmp_path / "raw.pt", tmp_path / "hard.pt"
+    assert main(["finetune", "--model", str(lenet), "--ratio", "1", "--degree", "3",
+                 "--epochs", "1", "--limit", "600", "--harden-rounds", "0", "--out", str(raw),
+                 "--data-dir", str(data_dir)]) == 0  # fmt: skip
+    assert "hardening" not in checkpoint.load(raw).metrics
+    capsys.readouterr()
+    rc = main(["harden", "--model", str(raw), "--out", str(out), "--rounds", "2", "--steps", "30",
+               "--data-dir", str(data_dir)])  # fmt: skip
+    hard = checkpoint.load(out).metrics["hardening"]
+    assert hard["images"] == 600 and len(hard["failures"]) >= 1
+    assert rc == (0 if hard["ok"] else 4)
+    captured = capsys.readouterr()
+    if rc == 0:
+        assert json.loads(captured.out.strip().splitlines()[-1])["hardening"] == hard
+        assert checkpoint.load(out).plan().public().info["output_bound"] > 0
+    else:
+        assert "still fail" in captured.err
+    assert main(["harden", "--model", str(lenet), "--out", str(out)]) == 2  # a ReLU model
+    assert "not an approximated checkpoint" in capsys.readouterr().err

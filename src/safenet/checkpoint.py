@@ -86,10 +86,19 @@ class Checkpoint:
         from safenet.plan.compiler import compile_model
 
         plan = compile_model(self.build(), self.input_shape, field)
-        plan.info |= {"dataset": self.dataset}
-        with contextlib.suppress(DatasetError, OSError):  # a folder that is gone: no metadata
-            plan.info["preprocess"] = self.preprocess()
+        plan.info |= self.plan_info()
         return plan
+
+    def plan_info(self) -> dict[str, Any]:
+        """What a compiled plan's ``info`` takes from the checkpoint: the dataset, how
+        inputs are prepared, and the ``output_bound`` a client holds results to (models
+        range-hardened by :mod:`safenet.approx.harden`; :func:`safenet.secure.check_output`)."""
+        info: dict[str, Any] = {"dataset": self.dataset}
+        with contextlib.suppress(DatasetError, OSError):  # a folder that is gone: no metadata
+            info["preprocess"] = self.preprocess()
+        if self.metrics.get("output_bound"):
+            info["output_bound"] = float(self.metrics["output_bound"])
+        return info
 
     def save(self, path: str | Path) -> None:
         """Write atomically (a crash never leaves a half-written checkpoint)."""

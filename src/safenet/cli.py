@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 _TRAIN = ("arch", "dataset", "epochs", "batch_size", "lr", "weight_decay", "width", "seed",
           "limit", "eval_limit", "device")  # fmt: skip
 _FINETUNE = ("epochs", "batch_size", "lr", "temperature", "kd_weight", "blend_epochs", "clip",
-             "range_weight", "seed", "limit", "eval_limit", "device")  # fmt: skip
+             "range_weight", "harden_rounds", "seed", "limit", "eval_limit", "device")  # fmt: skip
 _SEARCH = ("method", "population", "generations_per_level", "steps", "max_drop",
            "min_accuracy", "latency_budget", "eval_images", "wrap_images", "max_failure_rate",
            "time_budget_s", "epoch_budget", "seed")  # fmt: skip
@@ -227,7 +227,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     ck = checkpoint.load(args.model)
     model = ck.build()
     plan = compile_model(model, ck.input_shape, _field(args, model))
-    plan.info |= {"model": str(args.model), "dataset": ck.dataset}
+    plan.info |= ck.plan_info() | {"model": str(args.model)}
     if args.out is not None:
         fp = plan.save(args.out)
         print(f"wrote {args.out} (fingerprint {fp})")
@@ -672,6 +672,28 @@ def _parser_finetune(sub: Any) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
+def _parser_harden(sub: Any) -> None:
+    from safenet.approx.harden import HardenConfig
+
+    p = sub.add_parser("harden", help="fine-tune an approximated model until no training "
+                       "image blows it up (range hardening)")  # fmt: skip
+    p.add_argument("--model", required=True, help="approximated checkpoint (its parent: ReLU)")
+    _add_config(p, HardenConfig, ("rounds", "steps", "range_weight"))
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_harden)
+
+
+def cmd_harden(args: argparse.Namespace) -> int:
+    from safenet.approx.harden import HardenConfig, harden_checkpoint
+
+    cfg = _config(HardenConfig, args, ("rounds", "steps", "range_weight"))
+    ck = harden_checkpoint(args.model, args.out, cfg, args.data_dir)
+    print(json.dumps({"checkpoint": str(args.out), "accuracy": ck.metrics["accuracy"],
+                      "hardening": ck.metrics["hardening"]}))  # fmt: skip
+    return 0
+
+
 def _parser_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="float vs fixed-point accuracy and agreement")
     p.add_argument("--model", default="default")
@@ -821,7 +843,8 @@ def _parser_demo(sub: Any) -> None:
 
 
 #: the commands, in the order ``safenet --help`` lists them
-_COMMANDS = (_parser_data, _parser_train, _parser_import, _parser_finetune, _parser_eval,
+_COMMANDS = (_parser_data, _parser_train, _parser_import, _parser_finetune, _parser_harden,
+             _parser_eval,
              _parser_compile, _parser_info_plot, _parser_serve, _parser_infer, _parser_bench,
              _parser_approximate, _parser_cost, _parser_demo)  # fmt: skip
 
@@ -847,11 +870,17 @@ def main(argv: list[str] | None = None) -> int:
         print("safenet: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # transport and protocol failures: one clear line, not a traceback
+        from safenet.approx.finetune import FinetuneDiverged
+        from safenet.approx.harden import UnsafeModelError
         from safenet.channel import TransportError
+        from safenet.secure import OutputOutOfRange
 
         if isinstance(e, TransportError):
             print(f"safenet: error: {type(e).__name__}: {e}", file=sys.stderr)
             return 3
+        if isinstance(e, FinetuneDiverged | UnsafeModelError | OutputOutOfRange):
+            print(f"safenet: error: {e}", file=sys.stderr)
+            return 4
         raise
 
 

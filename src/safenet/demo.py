@@ -228,7 +228,7 @@ def _prepare(images: int, data_dir: str | Path | None) -> _Prepared:
     for n, k in cks.items():
         models[n] = k.build().eval()
         plans[n] = compile_model(models[n], k.input_shape)
-        plans[n].info |= {"model": n, "dataset": k.dataset}
+        plans[n].info |= k.plan_info() | {"model": n}
     xb = ds.normalize(ds.images)
     with torch.no_grad():
         pred_float = models["default-approx"](xb).argmax(1).numpy()

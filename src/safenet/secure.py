@@ -56,7 +56,9 @@ from safenet.protocol.session import (
 )
 
 __all__ = [
+    "OutputOutOfRange",
     "SecureRunError",
+    "check_output",
     "infer",
     "infer_image",
     "merge_reports",
@@ -73,7 +75,32 @@ class SecureRunError(RuntimeError):
     """A party of a local run failed; the message carries its traceback."""
 
 
+class OutputOutOfRange(RuntimeError):
+    """A secure result lies beyond the plan's ``output_bound``: the input took a polynomial
+    channel out of the range where the protocol is exact, and the output is garbage."""
+
+
+def check_output(plan: Plan, y: np.ndarray) -> None:
+    """Refuse a result (field integers at the output scale) that no correct inference of
+    ``plan`` gives. A polynomial value at or beyond the exact-truncation bound (an input the
+    network blows up on) leaves the output wrong by about p / 2^k or more, almost always far
+    beyond the largest |logit| seen on the training set; ``plan.info["output_bound"]`` (4x
+    that, set by range hardening) makes that failure an error instead of a silent answer.
+    Plans without a bound (all-ReLU ones cannot fail) are not checked."""
+    bound = plan.info.get("output_bound")
+    if not bound:
+        return
+    top = float(np.abs(y.astype(np.float64)).max()) / 2.0**plan.output_scale
+    if not top <= bound:
+        raise OutputOutOfRange(
+            f"the secure result is out of range (|output| {top:.3g} > bound {bound:.3g}): "
+            "this input took the model's polynomial channels beyond the range where the "
+            "protocol is exact, so the answer would be wrong; no prediction is given"
+        )
+
+
 def _decode(plan: Plan, y: np.ndarray, decode: bool) -> np.ndarray:
+    check_output(plan, y)
     return y.astype(np.float64) / 2.0**plan.output_scale if decode else y
 
 

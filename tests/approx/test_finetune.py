@@ -57,6 +57,13 @@ def test_finetune_checkpoint_keeps_accuracy_and_saves_config(parent, tmp_path, d
         assert torch.isfinite(a.coefficients).all()
     ds = ImageDataset("fashion-mnist", "test", data_dir)
     assert evaluate(model, ds) == pytest.approx(approx.metrics["accuracy"])
+    # range hardening checked every training image; clients hold results to its bound
+    hard = approx.metrics["hardening"]
+    assert hard["images"] == 600 and hard["ok"] and hard["failures"][-1] == 0
+    assert approx.metrics["output_bound"] == pytest.approx(4 * hard["max_output"])
+    assert hard["max_output"] > 0
+    plan = load(out).plan()
+    assert plan.public().info["output_bound"] == approx.metrics["output_bound"]
 
 
 def test_finetune_refuses_an_already_approximated_parent(parent, tmp_path, data_dir):

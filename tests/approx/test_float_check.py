@@ -1,5 +1,7 @@
 """The float failure check against the fixed-point reference it stands in for."""
 
+import math
+
 import pytest
 import torch
 
@@ -52,3 +54,15 @@ def test_non_finite_values_fail_and_relu_layers_are_not_checked(poly_net):
     relu_net = build_model("lenet5").eval()
     _, none = opening_peaks(relu_net, x)
     assert none.inputs.shape == (4, 0) and none.degrees == []
+
+
+def test_tail_estimate_extrapolates_an_exponential_tail():
+    from safenet.approx.float_check import tail_estimate
+
+    torch.manual_seed(0)
+    r = 1.0 + torch.distributions.Exponential(10.0).sample((200_000,))  # P(R >= t) = e^-10(t-1)
+    assert tail_estimate(r, 2.5) == pytest.approx(math.exp(-15.0), rel=0.5)  # none seen
+    assert tail_estimate(r, 1.05) == pytest.approx(math.exp(-0.5), rel=0.05)  # seen: counted
+    blown = torch.cat([r[:999], torch.tensor([float("inf")])])
+    assert tail_estimate(blown, 2.0) == pytest.approx(1 / 1000)
+    assert tail_estimate(torch.ones(100), 2.0) == 0.0

@@ -114,3 +114,22 @@ def test_degrees_and_table_show_degree_3(tmp_path, capsys):
     assert pr.cmd_table(args) == 0
     table = capsys.readouterr().out
     assert "| 0.0049 |" in table and "| 1 of 1 |" in table
+
+
+def test_hardening_table_shows_rounds_and_tail_estimates(tmp_path, capsys):
+    hard = {"images": 60000, "failures": [5, 0], "max_ratio": [1.9, 1.1], "rounds": 1,
+            "ok": True, "max_output": 16.3, "output_bound": 65.2}  # fmt: skip
+    done = _row("safenet-b0.4", "safenet", 0.93, 0.4) | {
+        "hardening": hard, "output_bound": 65.2, "float_failures": 0,
+        "largest_range_ratio": 1.11, "tail_ratio_1_5": 3e-9, "tail_ratio_2": 1e-20}  # fmt: skip
+    raw = _row("delphi-b0.4", "delphi", 0.92, 0.4) | {
+        "hardening": None, "output_bound": None, "float_failures": 2,
+        "largest_range_ratio": 1.6, "tail_ratio_1_5": 2e-4, "tail_ratio_2": 2e-4}  # fmt: skip
+    path = tmp_path / "planner.json"
+    rows = [done, raw, RESULTS["r20/all-relu"]]
+    path.write_text(json.dumps({r["label"]: r for r in rows}))
+    assert pr.cmd_hardening(type("A", (), {"results": str(path)})) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| r20/delphi-b0.4 | not hardened | 2 | 1.60 | 2.0e-04 | 2.0e-04 | 0.0 |"
+    assert out[3] == "| r20/safenet-b0.4 | 5 -> 0 | 0 | 1.11 | 3.0e-09 | 1.0e-20 | 65.2 |"
+    assert len(out) == 4  # the all-ReLU row has nothing to harden

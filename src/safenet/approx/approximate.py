@@ -22,6 +22,7 @@ from torch import nn
 from safenet.approx.cost import Calibration, default_calibration_path
 from safenet.approx.finetune import FinetuneConfig
 from safenet.approx.float_check import opening_peaks
+from safenet.approx.harden import UnsafeModelError
 from safenet.approx.runners import Runner
 from safenet.approx.search import SearchConfig, SearchReport, search
 from safenet.checkpoint import Checkpoint
@@ -101,7 +102,9 @@ def approximate_checkpoint(
 
     When the search is complete and ``final_epochs > 0`` the winner is fine-tuned for
     ``final_epochs`` epochs at ``final_lr`` on the full train set (the first ``limit``
-    images) and measured on the test set; its fixed-point failure rate on the first test
+    images), range-hardened until no training image blows it up (:mod:`.harden`; when some
+    still do, everything is written and :class:`UnsafeModelError` raised) and measured on the
+    test set; its fixed-point failure rate on the first test
     images is a diagnostic (a warning goes to ``log``). Otherwise the best member so far is
     saved as it is. Writes ``best.pt``, ``report.json`` (:meth:`SearchReport.to_dict`) and
     ``layers.json`` (the winner for ``safenet finetune --layers``) to ``out_dir``; returns the
@@ -116,11 +119,15 @@ def approximate_checkpoint(
     search_metrics = {"search_accuracy": rep.accuracy,
                       "predicted_online_s": rep.predicted_online_s,
                       "teacher_accuracy": rep.teacher_accuracy}  # fmt: skip
+    unsafe: UnsafeModelError | None = None
     if rep.complete and final_epochs > 0:
         fcfg = FinetuneConfig(epochs=final_epochs, lr=final_lr, blend_epochs=0.0, limit=limit,
                               seed=cfg.seed)  # fmt: skip
-        _final_finetune(rep, parent, parent_name, fcfg, best, data_dir, log,
-                        {"search": asdict(cfg), **search_metrics})  # fmt: skip
+        try:
+            _final_finetune(rep, parent, parent_name, fcfg, best, data_dir, log,
+                            {"search": asdict(cfg), **search_metrics})  # fmt: skip
+        except UnsafeModelError as e:  # best.pt is written; the report says why it is refused
+            unsafe, rep.extra["unsafe"] = e, str(e)
     else:
         if not rep.complete:
             log("search not finished: best.pt holds the best member so far, not fine-tuned")
@@ -133,6 +140,8 @@ def approximate_checkpoint(
     rep.extra |= {"checkpoint": str(best), "calibration": calibration.machine}
     (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=1))
     (out / "layers.json").write_text(json.dumps(rep.layers_json(), indent=1))
+    if unsafe is not None:
+        raise unsafe
     return rep
 
 
@@ -158,6 +167,8 @@ def _final_finetune(
                              log=log, student=rep.model, extra=training)  # fmt: skip
     rep.extra["test_accuracy"] = ck.metrics["accuracy"]
     rep.extra["teacher_test_accuracy"] = ck.metrics["parent_accuracy"]
+    if "hardening" in ck.metrics:
+        rep.extra["hardening"] = ck.metrics["hardening"]
     # on the first 256 test images; a diagnostic, nothing is chosen by it
     check, warning = secure_check(best, data_dir)
     rep.extra["final_failure_rate"] = check["secure_failure_rate"]

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from safenet.approx.distill import distillation_loss
+from safenet.approx.harden import HardenConfig, UnsafeModelError, harden_dataset
 from safenet.approx.scoring import score_channels
 from safenet.checkpoint import Checkpoint
 from safenet.data import ImageDataset
 from safenet.nn.activation import range_penalty
 from safenet.nn.surgery import LayerSpec, activations, calibrate, convert, set_blend, set_layers
 from safenet.options import option
+from safenet.plan.compiler import compile_model
 from safenet.training import epoch_summary, evaluate, lr_at, run_epochs
 
 
@@ -52,28 +54,16 @@ class FinetuneConfig:
     range_weight: float = option(
         1.0, "penalty on polynomial inputs beyond their fitted range (0: off)"
     )
+    #: rounds of :func:`safenet.approx.harden.harden` after training; 0 skips it (and the
+    #: check of every training image, and the checkpoint's ``output_bound``)
+    harden_rounds: int = option(
+        4, "range hardening rounds after training: until no training image blows up (0: off)"
+    )
     max_rollbacks: int = 8
     seed: int = option(0, "seed of the training")
     limit: int | None = option(None, "use only the first N train images")
     eval_limit: int | None = option(None, "evaluate on the first N test images only")
     device: str = option("cpu", "torch device")
-
-
-def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, t: float, w: float
-) -> torch.Tensor:
-    """w * T^2 * KL(teacher_T || student_T) + (1 - w) * CE(student, labels) (Hinton et al.)."""
-    kd = (
-        F.kl_div(
-            F.log_softmax(student / t, 1),
-            F.log_softmax(teacher / t, 1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        * t
-        * t
-    )
-    return w * kd + (1 - w) * F.cross_entropy(student, labels)
 
 
 class DivergenceGuard:
@@ -379,6 +369,21 @@ class _SaveCheckpoint:
     criterion: str
     extra: Mapping[str, Any] | None
     out: Path
+    #: the report of :func:`_harden`, once it ran
+    hardening: dict[str, Any] | None = None
+
+    def hardening_metrics(self) -> dict[str, Any]:
+        """The report, the accuracy after it, and the ``output_bound`` clients hold results
+        to (:func:`safenet.secure.check_output`); nothing before hardening ran."""
+        hard = self.hardening
+        if hard is None:
+            return {}
+        out: dict[str, Any] = {"hardening": hard}
+        if hard["test_accuracy"] is not None:
+            out["accuracy"] = hard["test_accuracy"]
+        if hard["output_bound"]:
+            out["output_bound"] = hard["output_bound"]
+        return out
 
     def __call__(self, model: nn.Module, history: list[dict[str, Any]]) -> None:
         acts = activations(model)
@@ -395,7 +400,8 @@ class _SaveCheckpoint:
                 "evaluated_on": self.evaluated_on,
                 "parent_accuracy": self.parent_accuracy,
                 "relu_channel_fraction": kept / total,
-            },
+            }
+            | self.hardening_metrics(),
             history=history,
             training={
                 "finetune": asdict(self.config),
@@ -446,7 +452,35 @@ def finetune_checkpoint(
     metrics = out.with_name(out.name + ".metrics.jsonl")
     metrics.unlink(missing_ok=True)  # a new run: no rows of an earlier one
     log(f"parent accuracy {base_acc:.4f} on {len(test_ds)} test images")
-    finetune(student, teacher, train_ds, test_ds, config, save, metrics, log)
+    _, history = finetune(student, teacher, train_ds, test_ds, config, save, metrics, log)
+    if config.harden_rounds > 0:
+        hard = _harden(student, teacher, train_ds, test_ds, parent.input_shape, config, log)
+        save.hardening = hard
+        save(student, history)
+        if not hard["ok"]:
+            raise UnsafeModelError(
+                f"{hard['failures'][-1]} of {hard['images']} training images still reach the "
+                f"exact-truncation bound or blow up after {hard['rounds']} hardening rounds: "
+                f"secure results on such inputs would be wrong ({out} is written all the same). "
+                "Keep more ReLU channels (a lower ratio), use degree 2, or raise --harden-rounds"
+            )
     from safenet.checkpoint import load
 
     return load(out)
+
+
+def _harden(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+    shape: tuple[int, ...],
+    config: FinetuneConfig,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Range-harden ``student`` on every training image (:mod:`safenet.approx.harden`)."""
+    student.cpu()
+    teacher.cpu()
+    field = compile_model(student, shape).field
+    cfg = HardenConfig(rounds=config.harden_rounds, seed=config.seed)
+    return harden_dataset(student, teacher, train_ds, test_ds, field, cfg, log)

@@ -18,7 +18,8 @@ image in a thousand).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -43,6 +44,20 @@ class OpeningPeaks:
     inputs: torch.Tensor  # (images, polynomial layers)
     sums: torch.Tensor
     finite: torch.Tensor  # (images,)
+    #: each polynomial layer's ``input_bound`` (0 where the model has none)
+    bounds: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    #: per image, the largest |logit|
+    outputs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def range_ratios(self) -> torch.Tensor:
+        """Per image, the largest polynomial input over its layer's ``input_bound`` (inf for
+        an image that blows up; layers without a bound are left out). Typical images stay
+        near 1; one that goes past about 2 is escaping: layer after layer the polynomials
+        square it, and it ends non-finite."""
+        has = self.bounds > 0
+        r = self.inputs[:, has] / self.bounds[has]
+        out = r.amax(1) if r.shape[1] else torch.zeros(len(self.finite))
+        return torch.where(self.finite, torch.nan_to_num(out, nan=math.inf), math.inf)
 
     def failures(self, field: Field) -> torch.Tensor:
         """Per image: whether a value would reach the exact-truncation bound of ``field``."""
@@ -71,12 +86,13 @@ def opening_peaks(
         peaks[id(act)] = (v.abs().amax(1), s.abs().amax(1), finite)
 
     handles = [a.register_forward_hook(hook) for a in acts]
-    preds, ins, sums, finite = [], [], [], []
+    preds, ins, sums, finite, outs = [], [], [], [], []
     try:
         model.eval()
         for i in range(0, len(x), batch):
             logits = model(x[i : i + batch])
             preds.append(logits.argmax(1))
+            outs.append(logits.abs().amax(1))
             got = [peaks[id(a)] for a in acts]
             ok = torch.isfinite(logits).all(1)
             for _, _, f in got:
@@ -88,6 +104,29 @@ def opening_peaks(
         for h in handles:
             h.remove()
     degrees = [a.degree for a in acts]
+    bounds = torch.tensor([float(a.input_bound) for a in acts])
     return torch.cat(preds), OpeningPeaks(
-        degrees, torch.cat(ins), torch.cat(sums), torch.cat(finite)
+        degrees, torch.cat(ins), torch.cat(sums), torch.cat(finite), bounds, torch.cat(outs)
     )
+
+
+def tail_estimate(ratios: torch.Tensor, threshold: float, top: float = 0.01) -> float:
+    """Extrapolated share of inputs whose range ratio (:meth:`OpeningPeaks.range_ratios`)
+    reaches ``threshold``: peaks over a threshold with an exponential tail (the generalised
+    Pareto with shape 0) fitted to the largest ``top`` share of ``ratios``,
+    ``P(R >= t) ~ top * exp(-(t - u) / mean excess)`` with ``u`` the tail's lowest ratio.
+    An estimate for rates far below what the data can show (0 of 10,000 only says <= 3e-4),
+    not a measurement; inputs at or past ``threshold`` in the data are counted as they are."""
+    r = ratios[torch.isfinite(ratios)].double()
+    n = len(ratios)
+    if n == 0:
+        return 0.0
+    seen = int((ratios >= threshold).sum())  # inf counts too
+    k = max(int(top * n), 10)
+    if len(r) < k or seen:
+        return seen / n
+    tail = r.topk(k).values
+    u, scale = float(tail[-1]), float((tail - tail[-1]).mean())
+    if scale <= 0:
+        return 0.0
+    return (k / n) * math.exp(-(threshold - u) / scale)

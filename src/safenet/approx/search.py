@@ -88,7 +88,8 @@ import torch
 from torch import nn
 
 from safenet.approx.cost import Calibration, count, predict
-from safenet.approx.finetune import FinetuneConfig, distillation_loss
+from safenet.approx.distill import distillation_loss
+from safenet.approx.finetune import FinetuneConfig
 from safenet.approx.float_check import opening_peaks
 from safenet.approx.runners import Runner, SequentialRunner
 from safenet.approx.scoring import CRITERIA, score_channels
@@ -347,6 +348,7 @@ class DelphiStrategy(Strategy):
         return [[list(range(n))]] * len(layer_tree(n))
 
     def fit(self, student: nn.Module) -> None:
+        calibrate(student, [self.s.train_x[:256]], refit=False)  # the range penalty's bounds
         for act in activations(student).values():
             if not bool(act.relu_mask.all()):
                 c = torch.tensor(DELPHI_QUADRATIC, dtype=act.coefficients.dtype)

@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ChannelActivation", "fit_relu_polynomial", "range_penalty"]
+__all__ = ["TRAIN_CLAMP", "ChannelActivation", "fit_relu_polynomial", "range_penalty"]
+
+#: in training mode, polynomial inputs are clamped to this many times ``input_bound``
+TRAIN_CLAMP = 2.0
 
 
 def fit_relu_polynomial(
@@ -49,7 +52,11 @@ class ChannelActivation(nn.Module):
     after layer, can blow up (a cube of a cube...): in training mode ``range_excess`` holds
     ``sum (|x| / input_bound - 1)_+^2`` over the polynomial channels per image (batch mean),
     which fine-tuning adds to its loss (:func:`range_penalty`) to keep the network inside the
-    range where the fixed-point protocol is exact.
+    range where the fixed-point protocol is exact. In training mode the polynomial sees its
+    input clamped to ``TRAIN_CLAMP`` times that bound, so an image that escapes the range
+    still gives a finite loss (and the penalty's gradient) instead of a skipped step; typical
+    inputs stay below 1.2 times the bound and never meet the clamp. Served models are not
+    clamped (a clamp is a comparison, i.e. a garbled circuit).
 
     Args:
         num_channels: size of dimension 1 of the input (conv channels or linear features).
@@ -152,10 +159,14 @@ class ChannelActivation(nn.Module):
         self.range_excess = None
         if bool(self.relu_mask.all()):
             return relu
-        if self.training and float(self.input_bound) > 0:
+        bound = float(self.input_bound)
+        if self.training and bound > 0:
             xp = x[:, ~self.relu_mask]
-            over = torch.relu(xp.abs() / self.input_bound - 1.0)
+            over = torch.relu(xp.abs() / bound - 1.0)
             self.range_excess = over.pow(2).flatten(1).sum(1).mean()
+            # an input escaping its range would blow the layers after it up to inf, and the
+            # step would be lost: train on it clamped, with range_excess pulling it back
+            x = x.clamp(-TRAIN_CLAMP * bound, TRAIN_CLAMP * bound)
         poly = self.polynomial(x)
         if float(self.blend) < 1.0:
             poly = torch.lerp(relu, poly, self.blend)
@@ -180,6 +191,15 @@ class ChannelActivation(nn.Module):
             coef = fit_relu_polynomial(chosen, self.degree, self.clip)[None]
         self.coefficients.copy_(torch.from_numpy(coef).to(self.coefficients))
         self.input_bound.fill_(float(chosen.abs().max()))
+
+    @torch.no_grad()
+    def set_bound(self, preactivations: torch.Tensor) -> None:
+        """Set ``input_bound`` alone (the coefficients stay): the largest finite
+        |pre-activation| of the polynomial channels in ``preactivations`` (N, C, ...), for
+        fixed polynomials (Delphi's quadratic) and models saved without a bound."""
+        x = preactivations.detach().transpose(0, 1)[~self.relu_mask].abs()
+        x = x[torch.isfinite(x)]
+        self.input_bound.fill_(float(x.max()) if x.numel() else 0.0)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # checkpoints written before input_bound existed: no bound, no range penalty

@@ -237,9 +237,13 @@ def set_blend(model: nn.Module, blend: float) -> None:
 
 @torch.no_grad()
 def calibrate(
-    model: nn.Module, batches: Iterable[torch.Tensor], max_samples: int = 200_000
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    max_samples: int = 200_000,
+    refit: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Fit every activation's coefficients to ReLU on pre-activations seen on ``batches``.
+    """Fit every activation's coefficients to ReLU on pre-activations seen on ``batches``
+    (with ``refit=False``, only their ``input_bound``: for fixed polynomials).
 
     The pre-activations are those of the ReLU network (blend 0 during the pass), the
     distribution the polynomials must imitate; fitting under the unfitted polynomials would
@@ -275,5 +279,8 @@ def calibrate(
         if not seen[name]:
             raise ValueError("calibrate needs at least one batch")
         out[name] = torch.cat(seen[name])
-        act.fit(out[name])
+        if refit:
+            act.fit(out[name])
+        elif not bool(act.relu_mask.all()):
+            act.set_bound(out[name])
     return out

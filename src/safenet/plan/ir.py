@@ -144,7 +144,7 @@ class Plan:
         Keeps every op's kind, inputs, shape, scale and attributes (strides, shifts, degree)
         and the ``relu_mask`` of activations (which channels are ReLU is public in the
         protocol) and ``info["preprocess"]`` (input size, normalisation, class names);
-        drops weights, biases and polynomial coefficients.
+        and ``info["output_bound"]``; drops weights, biases and polynomial coefficients.
         """
         ops = [
             Op(op.attrs, list(op.inputs), op.shape, op.scale,
@@ -152,8 +152,11 @@ class Plan:
             for op in self.ops
         ]  # fmt: skip
         info: dict[str, Any] = {"public": True}
-        if "preprocess" in self.info:  # how a client prepares a picture: public by nature
-            info["preprocess"] = self.info["preprocess"]
+        # how a client prepares a picture, and the largest |output| it accepts as a result
+        # (safenet.secure.check_output): public by nature
+        for key in ("preprocess", "output_bound"):
+            if key in self.info:
+                info[key] = self.info[key]
         return Plan(self.field, self.input_shape, ops, info)
 
     @property
