@@ -27,15 +27,18 @@ def _degree3_lenet():
     return teacher, student.eval(), x
 
 
-def test_training_mode_clamps_an_escaping_input_and_charges_it():
+def test_hardening_clamps_an_escaping_input_in_training_and_charges_it():
     act = ChannelActivation(2, degree=3, relu_mask=torch.tensor([False, True]))
     torch.manual_seed(0)
     act.fit(torch.randn(1000, 2))
     bound = float(act.input_bound)
     x = torch.tensor([[1e6, 1e6]])
     with torch.no_grad():
+        plain = act.train()(x)  # ordinary training: charged, not clamped
+        assert abs(plain[0, 0]) > 1e9
+        act.train_clamp = TRAIN_CLAMP  # as range hardening sets it
         served = act.eval()(x)
-        assert abs(served[0, 0]) > 1e9 and served[0, 1] == 1e6  # no clamp when served
+        assert abs(served[0, 0]) > 1e9 and served[0, 1] == 1e6  # never clamped when served
         trained = act.train()(x)
         clamped = act.polynomial(torch.full((1, 2), TRAIN_CLAMP * bound))[0, 0]
     assert trained[0, 0] == pytest.approx(float(clamped)) and trained[0, 1] == 1e6
@@ -83,6 +86,7 @@ def test_harden_trains_the_blow_ups_back_into_range():
     assert rep.failures[0] == failing and rep.ok
     assert rep.max_ratio[-1] < TRAIN_CLAMP
     assert not student.training
+    assert all(a.train_clamp is None for a in activations(student).values())  # off again
     _, after = opening_peaks(student, xt)
     assert int(after.failures(field).sum()) == 0
     assert rep.output_bound == pytest.approx(4 * float(after.outputs.max()))

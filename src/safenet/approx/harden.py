@@ -14,9 +14,10 @@ distillation never learns from them: their loss is not finite and the step is sk
 random batch with images drawn from the failures (of this round and every earlier one: fixing
 some can push others out) and the images nearest to failing (the largest
 :meth:`~safenet.approx.float_check.OpeningPeaks.range_ratios`), under distillation
-plus a strong range penalty (:func:`~safenet.nn.activation.range_penalty`); in training
-mode polynomial inputs are clamped at ``TRAIN_CLAMP`` times their bound, so the loss stays
-finite. Batch-norm statistics stay frozen: the outliers must not move the normalisation
+plus a strong range penalty (:func:`~safenet.nn.activation.range_penalty`); while it trains,
+polynomial inputs are clamped at ``TRAIN_CLAMP`` times their bound
+(``ChannelActivation.train_clamp``), so the loss stays finite. Batch-norm statistics stay
+frozen: the outliers must not move the normalisation
 every other image is served with. Rounds repeat until a pass over the training set finds no
 failure, or the rounds run out (then the caller refuses the model). The last pass also gives
 the largest |logit| of the training images: 4x that (``OUTPUT_MARGIN``) is the checkpoint's
@@ -42,7 +43,7 @@ from safenet.approx.distill import distillation_loss
 from safenet.approx.float_check import opening_peaks
 from safenet.data import ImageDataset
 from safenet.field import Field
-from safenet.nn.activation import range_penalty
+from safenet.nn.activation import TRAIN_CLAMP, range_penalty
 from safenet.nn.surgery import activations
 from safenet.options import option
 
@@ -200,7 +201,28 @@ def _train_round(
     for m in student.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+    acts = list(activations(student).values())
+    for a in acts:
+        a.train_clamp = TRAIN_CLAMP
     teacher.eval()
+    try:
+        _steps(student, teacher, x, y, hard, cfg, gen, opt, params)
+    finally:
+        for a in acts:
+            a.train_clamp = None
+
+
+def _steps(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hard: torch.Tensor,
+    cfg: HardenConfig,
+    gen: torch.Generator,
+    opt: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+) -> None:
     for _ in range(cfg.steps):
         pick = torch.randint(0, len(hard), (cfg.hard_batch,), generator=gen)
         idx = torch.cat([torch.randint(0, len(x), (cfg.batch_size,), generator=gen), hard[pick]])

@@ -16,7 +16,8 @@ from torch import nn
 
 __all__ = ["TRAIN_CLAMP", "ChannelActivation", "fit_relu_polynomial", "range_penalty"]
 
-#: in training mode, polynomial inputs are clamped to this many times ``input_bound``
+#: while range hardening trains, polynomial inputs are clamped at this many times
+#: ``input_bound`` (``ChannelActivation.train_clamp``)
 TRAIN_CLAMP = 2.0
 
 
@@ -52,11 +53,15 @@ class ChannelActivation(nn.Module):
     after layer, can blow up (a cube of a cube...): in training mode ``range_excess`` holds
     ``sum (|x| / input_bound - 1)_+^2`` over the polynomial channels per image (batch mean),
     which fine-tuning adds to its loss (:func:`range_penalty`) to keep the network inside the
-    range where the fixed-point protocol is exact. In training mode the polynomial sees its
-    input clamped to ``TRAIN_CLAMP`` times that bound, so an image that escapes the range
-    still gives a finite loss (and the penalty's gradient) instead of a skipped step; typical
-    inputs stay below 1.2 times the bound and never meet the clamp. Served models are not
-    clamped (a clamp is a comparison, i.e. a garbled circuit).
+    range where the fixed-point protocol is exact. While ``train_clamp`` is set (range
+    hardening sets it to ``TRAIN_CLAMP``, :mod:`safenet.approx.harden`) the polynomial sees
+    its input clamped to that many times the bound in training mode, so an image that
+    escapes the range still gives a finite loss (and the penalty's gradient) instead of a
+    skipped step; typical inputs of a trained model stay below 1.2 times the bound and never
+    meet the clamp. It is off otherwise: during fine-tuning and the search's trials the bound
+    is fitted on the ReLU network's pre-activations, and a clamp at a stale bound saturates
+    and kills the gradient (a search with it on collapsed to 10 % members). Served models are
+    never clamped (a clamp is a comparison, i.e. a garbled circuit).
 
     Args:
         num_channels: size of dimension 1 of the input (conv channels or linear features).
@@ -118,6 +123,8 @@ class ChannelActivation(nn.Module):
         # the largest |pre-activation| the polynomial was fitted on (0: not fitted yet)
         self.register_buffer("input_bound", torch.tensor(0.0))
         self.range_excess: torch.Tensor | None = None
+        #: in training mode, clamp polynomial inputs at this many times ``input_bound``
+        self.train_clamp: float | None = None
         groups = num_channels if per_channel else 1
         init = torch.zeros(groups, degree + 1)
         init[:, :3] = torch.tensor([0.1992, 0.5002, 0.1997])  # Delphi's quadratic, until fitted
@@ -164,9 +171,8 @@ class ChannelActivation(nn.Module):
             xp = x[:, ~self.relu_mask]
             over = torch.relu(xp.abs() / bound - 1.0)
             self.range_excess = over.pow(2).flatten(1).sum(1).mean()
-            # an input escaping its range would blow the layers after it up to inf, and the
-            # step would be lost: train on it clamped, with range_excess pulling it back
-            x = x.clamp(-TRAIN_CLAMP * bound, TRAIN_CLAMP * bound)
+            if self.train_clamp is not None:  # range hardening: see the class docstring
+                x = x.clamp(-self.train_clamp * bound, self.train_clamp * bound)
         poly = self.polynomial(x)
         if float(self.blend) < 1.0:
             poly = torch.lerp(relu, poly, self.blend)
