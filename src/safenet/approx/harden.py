@@ -43,7 +43,7 @@ from safenet.approx.distill import distillation_loss
 from safenet.approx.float_check import opening_peaks
 from safenet.data import ImageDataset
 from safenet.field import Field
-from safenet.nn.activation import TRAIN_CLAMP, range_penalty
+from safenet.nn.activation import TRAIN_CLAMP, ChannelActivation, range_penalty
 from safenet.nn.surgery import activations
 from safenet.options import option
 
@@ -124,8 +124,16 @@ def measure_bounds(model: nn.Module, x: torch.Tensor) -> int:
     todo = [a for a in acts if float(a.input_bound) <= 0]
     if not todo:
         return 0
-    seen: dict[int, list[torch.Tensor]] = {id(a): [] for a in todo}
-    hooks = [a.register_forward_hook(lambda m, i, o: seen[id(m)].append(i[0])) for a in todo]
+    top = dict.fromkeys(map(id, todo), 0.0)  # running maxima: the inputs are not kept
+
+    def hook(act: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        assert isinstance(act, ChannelActivation)
+        v = inputs[0].transpose(0, 1)[~act.relu_mask].abs()
+        v = v[torch.isfinite(v)]
+        if v.numel():
+            top[id(act)] = max(top[id(act)], float(v.max()))
+
+    hooks = [a.register_forward_hook(hook) for a in todo]
     was = model.training
     model.eval()
     try:
@@ -136,7 +144,7 @@ def measure_bounds(model: nn.Module, x: torch.Tensor) -> int:
             h.remove()
         model.train(was)
     for a in todo:
-        a.set_bound(torch.cat(seen[id(a)]))
+        a.input_bound.fill_(top[id(a)])
     return len(todo)
 
 
