@@ -39,6 +39,7 @@ _FINETUNE = ("epochs", "batch_size", "lr", "temperature", "kd_weight", "blend_ep
              "range_weight", "harden_rounds", "seed", "limit", "eval_limit", "device")  # fmt: skip
 _SEARCH = ("method", "population", "generations_per_level", "steps", "max_drop",
            "min_accuracy", "latency_budget", "eval_images", "wrap_images", "max_failure_rate",
+           "failure_weight",
            "time_budget_s", "epoch_budget", "seed")  # fmt: skip
 
 

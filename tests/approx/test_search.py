@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -270,7 +271,14 @@ def test_trials_measure_truncation_failures_and_the_reward_charges_them(tiny_len
     m = _Member({n: [1.0, 3] for n in s.layers}, accuracy=0.9, latency=1.0,
                 failure_rate=0.25)  # fmt: skip
     assert not s.feasible(m) and -2.0 < s.reward(m) < -1.0  # fails too often: infeasible
-    s.cfg.max_failure_rate = 1.0  # tolerated failures are charged to accuracy
+    s.cfg.max_failure_rate = 1.0  # tolerated failures are charged to accuracy, weighted
+    assert s.feasible(m) and s.reward(m) == 0.0  # 0.9 - 20 x 0.25, floored at 0
+    m.failure_rate = 0.001
+    assert s.reward(m) == pytest.approx(0.88)  # one in 1,000 costs 2 points
+    learning, broken = replace(m, accuracy=0.45, failure_rate=5e-4), replace(m, accuracy=0.1)
+    broken.failure_rate = 0.0
+    assert s.reward(learning) > s.reward(broken)  # a rare blow-up does not lose to a 10 % net
+    s.cfg.failure_weight, m.failure_rate = 1.0, 0.25
     assert s.feasible(m) and s.reward(m) == pytest.approx(0.65)  # under a budget: accuracy
     m.latency = 20.0
     assert not s.feasible(m) and s.reward(m) < -2.0  # over the budget ranks lower still

@@ -18,18 +18,22 @@ the accuracy threshold scores ``teacher latency / (teacher latency + latency)``,
 by how much it misses. With a latency
 budget instead, feasible means within the budget and the reward is accuracy.
 
-The accuracy a member is judged by is its *secure* accuracy estimate: float accuracy minus
-the share of inferences that may leave the secure protocol's error bound
+The accuracy a member is judged by (:meth:`_Search.score`) is its float accuracy minus
+``failure_weight`` (20) times the share of inferences that may leave the secure protocol's
+error bound
 (:attr:`~safenet.plan.reference.RangeStats.failure_rate`, measured with the plaintext
 fixed-point reference on ``wrap_images`` held-out images: a polynomial value at or beyond
 the exact-truncation bound ``B ~ p/16``, or a wrap of a local ``truncate`` op; and, on all
 ``eval_images``, the share whose float values reach the same bounds or whose logits are not
 finite, :func:`~safenet.approx.float_check.opening_peaks`; the larger of the two). A failure
-corrupts one element and can change the prediction, so this is what failures can cost at
-worst. A member whose rate exceeds ``max_failure_rate`` (one image of the 2,000 already
-does) is infeasible, whatever its accuracy: the search's product must be servable. Without
-that, a ResNet-32 search on 2026-12-06 kept an all-polynomial degree-3 member that blew up on
-about one input in a thousand, which 64 reference images did not see. Before exact
+can change one prediction, and it marks a fragile member that range hardening
+(:mod:`safenet.approx.harden`) must repair after the search: hence the weight. A member whose
+rate exceeds ``max_failure_rate`` (1 %) is infeasible, whatever its accuracy. Without a
+charge, a ResNet-32 search on 2026-12-06 kept an all-polynomial degree-3 member that blew up
+on about one input in a thousand, which 64 reference images did not see; with every member
+failing once in 2,000 infeasible (the rule until the hardening), a ResNet-20 search from an
+all-polynomial start ranked a 10 % member, which cannot fail, above every learning one and
+collapsed to it. Before exact
 truncation (December 2026) local truncation wrapped with probability |u|/p, and without the
 charge a ResNet-32 search chose degree 3 everywhere, 0.70 expected
 failures per inference, and got 4 of 10 secure predictions right (docs/results.md).
@@ -153,8 +157,10 @@ class SearchConfig:
                                 "polynomials over this fraction of the steps")  # fmt: skip
     wrap_images: int = option(64, "held-out images measuring truncation failures with the "
                             "fixed-point reference (charged to accuracy; 0: off)")  # fmt: skip
-    max_failure_rate: float = option(1e-4, "held-out failure rate above which a member is "
+    max_failure_rate: float = option(0.01, "held-out failure rate above which a member is "
                                    "infeasible (one image in 2,000 is 5e-4)")  # fmt: skip
+    failure_weight: float = option(20.0, "how many wrong images one held-out failure costs "
+                                 "a member (20: one in 2,000 costs a point)")  # fmt: skip
     criterion: str = option("taylor", "channel scoring: which channels stay ReLU",
                           choices=CRITERIA)  # fmt: skip
     seed: int = option(0, "seed of the search (exploration and trials)")
@@ -216,11 +222,6 @@ class _Member:
         self.config = as_config(self.config)
         if self.state_config is not None:
             self.state_config = as_config(self.state_config)
-
-    @property
-    def secure_accuracy(self) -> float:
-        """Float accuracy less what truncation failures can cost at worst."""
-        return self.accuracy - self.failure_rate
 
     def saved(self) -> dict[str, Any]:
         """The member as ``search.pt`` holds it (configurations as lists)."""
@@ -327,7 +328,7 @@ class SafenetStrategy(Strategy):
                 m.config[n] = replace(m.config[n], degree=d)
 
     def reward(self, m: _Member) -> float:
-        s, acc = self.s, m.secure_accuracy
+        s, acc = self.s, self.s.score(m)
         if s.cfg.latency_budget is not None:
             return acc
         if acc >= s.threshold:
@@ -335,7 +336,7 @@ class SafenetStrategy(Strategy):
         return -1.0 - (s.threshold - acc) * 100
 
     def feasible(self, m: _Member) -> bool:
-        return m.secure_accuracy >= self.s.threshold
+        return self.s.score(m) >= self.s.threshold
 
 
 class DelphiStrategy(Strategy):
@@ -377,7 +378,7 @@ class DelphiStrategy(Strategy):
 
     def reward(self, m: _Member) -> float:
         replaced = sum(1 for spec in m.config.values() if spec.ratio > 0)
-        return m.secure_accuracy * (1 + replaced / len(m.config))
+        return self.s.score(m) * (1 + replaced / len(m.config))
 
     def feasible(self, m: _Member) -> bool:
         return True
@@ -500,6 +501,14 @@ class _Search:
         stats = RangeStats()
         plan.reference(self.eval_x[:k].numpy(), stats=stats)
         return stats.failure_rate
+
+    def score(self, m: _Member) -> float:
+        """The accuracy ``m`` is judged by: float accuracy less ``failure_weight`` times its
+        failure rate (at least 0). A failure may cost one prediction, but a member that blows
+        up on held-out images is fragile, and range hardening after the search has to fix
+        every such input in the training set: weighted, a rare failure still ranks a learning
+        member above a broken one (a 10 % member cannot fail), and a frequent one loses."""
+        return max(m.accuracy - self.cfg.failure_weight * m.failure_rate, 0.0)
 
     def reward(self, m: _Member) -> float:
         """Higher is better; every infeasible member scores below -1, under every feasible one
