@@ -330,3 +330,19 @@ def test_report_round_trips_through_its_json():
                                                           "checkpoint": "best.pt"}  # fmt: skip
     assert json.dumps(again.to_dict(), indent=1) == text and "test_accuracy" in again
     assert rep.layers_json() == {"a": {"ratio": 0.5, "degree": 2}, "b": {"ratio": 1.0, "degree": 3}}
+
+
+def test_a_member_whose_configuration_changed_keeps_its_fitted_range(tiny_lenet, data_dir):
+    """The refit bound survives loading the member's other weights (it was zeroed, silently
+    turning the range penalty off for every member that had explored)."""
+    from safenet.approx.search import _Member, _Search
+    from safenet.nn.surgery import activations
+
+    ck = load(tiny_lenet)
+    ds = ImageDataset("fashion-mnist", "train", data_dir, 600)
+    s = _Search(ck.build(), ds, _cfg(steps=2, latency_budget=10.0), Calibration.nominal())
+    m = _Member({n: [1.0, 2] for n in s.layers})
+    t = s.train(m, seed=1)
+    moved = _Member({n: [1.0, 3] for n in s.layers}, state=t.state, state_config=dict(m.config))
+    bounds = [float(a.input_bound) for a in activations(s.build(moved)).values()]
+    assert all(b > 0 for b in bounds)

@@ -208,8 +208,11 @@ class ChannelActivation(nn.Module):
         self.input_bound.fill_(float(x.max()) if x.numel() else 0.0)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # checkpoints written before input_bound existed: no bound, no range penalty
-        state_dict.setdefault(prefix + "input_bound", torch.tensor(0.0))
+        # a whole layer saved before input_bound existed: no bound, no range penalty; a
+        # partial load that leaves the polynomial out (a search member whose configuration
+        # changed keeps its freshly fitted coefficients and bound) must not zero the bound
+        if prefix + "coefficients" in state_dict:
+            state_dict.setdefault(prefix + "input_bound", torch.tensor(0.0))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def config(self) -> dict:
