@@ -14,6 +14,11 @@ does so in the field. An input is flagged when any polynomial channel of any lay
 image in a few hundred doing so is invisible to a 64-image reference check but makes a plan
 unservable (a ResNet-32 searched all-polynomial at degree 3 blew up on about one training
 image in a thousand).
+
+The same pass gives each image's largest polynomial input over its layer's fitted range
+(:meth:`OpeningPeaks.range_ratios`: how close an image is to escaping, which range hardening
+trains on) and its largest |logit| (the output bound's basis); :func:`tail_estimate`
+extrapolates the ratios' tail to rates no test set can show.
 """
 
 from __future__ import annotations
