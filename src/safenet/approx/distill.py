@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distillation_loss"]
+__all__ = ["CLIP", "KD_WEIGHT", "TEMPERATURE", "distillation_loss"]
+
+#: the distillation defaults every trainer here starts from (the configs' single source)
+TEMPERATURE = 4.0
+KD_WEIGHT = 0.9  # the rest of the loss is cross-entropy with the labels
+CLIP = 2.0  # gradient-norm clipping, as Delphi's planner does
 
 
 def distillation_loss(

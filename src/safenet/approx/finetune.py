@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from safenet.approx.distill import distillation_loss
+from safenet.approx.distill import CLIP, KD_WEIGHT, TEMPERATURE, distillation_loss
 from safenet.approx.harden import HardenConfig, UnsafeModelError, harden_dataset
 from safenet.approx.scoring import score_channels
 from safenet.checkpoint import Checkpoint
@@ -45,10 +45,12 @@ class FinetuneConfig:
     batch_size: int = option(128, "images per step")
     lr: float = option(0.01, "learning rate")
     weight_decay: float = 5e-4
-    temperature: float = option(4.0, "distillation temperature")
-    kd_weight: float = option(0.9, "weight of the distillation loss (the rest: cross-entropy)")
+    temperature: float = option(TEMPERATURE, "distillation temperature")
+    kd_weight: float = option(
+        KD_WEIGHT, "weight of the distillation loss (the rest: cross-entropy)"
+    )
     blend_epochs: float = option(1.0, "epochs over which polynomials blend in from ReLU")
-    clip: float = option(2.0, "gradient norm clipping")
+    clip: float = option(CLIP, "gradient norm clipping")
     #: weight of :func:`safenet.nn.activation.range_penalty` (pre-activations of polynomial
     #: channels beyond their fitted range; keeps degree 3 from blowing up); 0 turns it off
     range_weight: float = option(

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from safenet.approx.distill import distillation_loss
+from safenet.approx.distill import CLIP, KD_WEIGHT, TEMPERATURE, distillation_loss
 from safenet.approx.float_check import opening_peaks
 from safenet.data import ImageDataset
 from safenet.field import Field
@@ -81,9 +81,9 @@ class HardenConfig:
     hard_pool: int = 512
     lr: float = 0.002
     range_weight: float = option(10.0, "weight of the range penalty while hardening")
-    temperature: float = 4.0
-    kd_weight: float = 0.9
-    clip: float = 2.0
+    temperature: float = TEMPERATURE
+    kd_weight: float = KD_WEIGHT
+    clip: float = CLIP
     seed: int = 0
 
 
