@@ -59,9 +59,10 @@ class ChannelActivation(nn.Module):
     escapes the range still gives a finite loss (and the penalty's gradient) instead of a
     skipped step; typical inputs of a trained model stay below 1.2 times the bound and never
     meet the clamp. It is off otherwise: during fine-tuning and the search's trials the bound
-    is fitted on the ReLU network's pre-activations, and a clamp at a stale bound saturates
-    and kills the gradient (a search with it on collapsed to 10 % members). Served models are
-    never clamped (a clamp is a comparison, i.e. a garbled circuit).
+    is fitted on the ReLU network's pre-activations and may be stale for the polynomial
+    network, and a clamp there would train a function that is not the one served (and
+    saturate the gradient of every input past it). Served models are never clamped (a clamp
+    is a comparison, i.e. a garbled circuit).
 
     Args:
         num_channels: size of dimension 1 of the input (conv channels or linear features).
