@@ -155,9 +155,9 @@ def _final_finetune(
     log: Callable[[str], None],
     training: dict[str, Any],
 ) -> None:
-    """Fine-tune the search's winner into ``best`` (on the full train set, measured on the
-    test set); its figures go to ``rep.extra``, and a warning to ``log`` when the fixed-point
-    check on the first test images, or the float check on all of them
+    """Fine-tune and range-harden the search's winner into ``best`` (on the full train set,
+    measured on the test set); its figures go to ``rep.extra``, and a warning to ``log`` when
+    the fixed-point check on the first test images, or the float check on all of them
     (:func:`~safenet.approx.float_check.opening_peaks`), finds inferences that may fail."""
     from safenet.approx.finetune import finetune_checkpoint
     from safenet.evaluate import secure_check
@@ -181,5 +181,6 @@ def _final_finetune(
     rep.extra["final_float_failures"] = fails
     if fails:
         log(f"warning: {fails} of {len(test)} test images reach the exact-truncation bound in "
-            "float or blow up: secure results on such inputs are wrong. Search with more "
-            "--eval-images, or fine-tune with a larger --range-weight")  # fmt: skip
+            "float or blow up although no training image does after hardening: clients will "
+            "refuse such inputs (the output bound). Harden further (safenet harden --rounds "
+            "8) or keep more ReLU channels")  # fmt: skip
