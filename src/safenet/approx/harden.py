@@ -214,37 +214,23 @@ def _train_round(
         a.train_clamp = TRAIN_CLAMP
     teacher.eval()
     try:
-        _steps(student, teacher, x, y, hard, cfg, gen, opt, params)
+        for _ in range(cfg.steps):
+            pick = torch.randint(0, len(hard), (cfg.hard_batch,), generator=gen)
+            rand = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
+            idx = torch.cat([rand, hard[pick]])
+            with torch.no_grad():
+                t = teacher(x[idx])
+            loss = distillation_loss(student(x[idx]), t, y[idx], cfg.temperature, cfg.kd_weight)
+            loss = loss + cfg.range_weight * range_penalty(student)
+            if not torch.isfinite(loss):
+                continue  # an image beyond even the clamp's reach: its neighbours still train
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
     finally:
         for a in acts:
             a.train_clamp = None
-
-
-def _steps(
-    student: nn.Module,
-    teacher: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    hard: torch.Tensor,
-    cfg: HardenConfig,
-    gen: torch.Generator,
-    opt: torch.optim.Optimizer,
-    params: list[nn.Parameter],
-) -> None:
-    for _ in range(cfg.steps):
-        pick = torch.randint(0, len(hard), (cfg.hard_batch,), generator=gen)
-        idx = torch.cat([torch.randint(0, len(x), (cfg.batch_size,), generator=gen), hard[pick]])
-        xb, yb = x[idx], y[idx]
-        with torch.no_grad():
-            t = teacher(xb)
-        loss = distillation_loss(student(xb), t, yb, cfg.temperature, cfg.kd_weight)
-        loss = loss + cfg.range_weight * range_penalty(student)
-        if not torch.isfinite(loss):
-            continue  # an image beyond even the clamp's reach: its neighbours still train
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        opt.step()
 
 
 def harden_dataset(
